@@ -1,0 +1,287 @@
+//! A simulated model server on loopback, speaking OpenAI chat completions, shared by the
+//! examples and the tests (they include this file with `#[path]`; it is not part of the
+//! library).
+//!
+//! `POST /v1/chat/completions` with `{"stream": true|false, "max_tokens": N}` answers after a
+//! time to first token, then one token per `per_token`; streamed as SSE chunks ending with
+//! `data: [DONE]`. On command it fails (500), rate-limits (429 + Retry-After), hangs, or resets
+//! the connection mid-stream. It counts its own requests in flight, so tests can check the
+//! balancer against the server's truth.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::{body::Frame, body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+/// What the server does with the next requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve normally.
+    Normal,
+    /// Answer 500 at once.
+    Fail,
+    /// Answer 429 with `Retry-After` (seconds).
+    RateLimit(u8),
+    /// Never answer.
+    Hang,
+    /// Send the headers and one token, then fail the stream.
+    ResetMidStream,
+}
+
+impl Mode {
+    fn encode(self) -> u8 {
+        match self {
+            Mode::Normal => 0,
+            Mode::Fail => 1,
+            Mode::Hang => 2,
+            Mode::ResetMidStream => 3,
+            Mode::RateLimit(s) => 128 | s.min(127),
+        }
+    }
+
+    fn decode(b: u8) -> Self {
+        match b {
+            0 => Mode::Normal,
+            1 => Mode::Fail,
+            2 => Mode::Hang,
+            3 => Mode::ResetMidStream,
+            b => Mode::RateLimit(b & 127),
+        }
+    }
+}
+
+/// How fast the simulated model is.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    /// Time to first token.
+    pub ttft: Duration,
+    /// Time per further token.
+    pub per_token: Duration,
+}
+
+/// What the server saw.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub in_flight: AtomicUsize,
+    pub peak_in_flight: AtomicUsize,
+    pub completed: AtomicU64,
+    pub disconnected: AtomicU64,
+}
+
+struct InFlight(Arc<Stats>, bool);
+
+impl InFlight {
+    fn new(stats: &Arc<Stats>) -> Self {
+        stats.requests.fetch_add(1, SeqCst);
+        let now = stats.in_flight.fetch_add(1, SeqCst) + 1;
+        stats.peak_in_flight.fetch_max(now, SeqCst);
+        Self(Arc::clone(stats), false)
+    }
+    fn done(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, SeqCst);
+        if self.1 {
+            self.0.completed.fetch_add(1, SeqCst);
+        } else {
+            self.0.disconnected.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A running simulated model server; stops accepting when dropped.
+pub struct ModelServer {
+    pub addr: SocketAddr,
+    pub spec: Spec,
+    pub stats: Arc<Stats>,
+    mode: Arc<AtomicU8>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ModelServer {
+    /// Starts a server on an ephemeral loopback port.
+    pub async fn spawn(spec: Spec) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let mode = Arc::new(AtomicU8::new(0));
+        let (s, m, sp) = (Arc::clone(&stats), Arc::clone(&mode), spec.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let _ = tcp.set_nodelay(true);
+                let (s, m, sp) = (Arc::clone(&s), Arc::clone(&m), sp.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        handle(req, Arc::clone(&s), Mode::decode(m.load(SeqCst)), sp.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, spec, stats, mode, task }
+    }
+
+    /// Changes what the server does with the next requests.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode.encode(), SeqCst);
+    }
+
+    /// Its base URI, `http://127.0.0.1:port`.
+    pub fn uri(&self) -> Uri {
+        format!("http://{}", self.addr).parse().unwrap()
+    }
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|e: Infallible| match e {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+fn chunk(name: &str, i: u64, last: bool) -> String {
+    let finish = if last { "\"stop\"" } else { "null" };
+    format!(
+        "data: {{\"id\":\"chatcmpl-{name}\",\"object\":\"chat.completion.chunk\",\"model\":\"sim\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i} \"}},\"finish_reason\":{finish}}}]}}\n\n"
+    )
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    stats: Arc<Stats>,
+    mode: Mode,
+    spec: Spec,
+) -> Result<Response<Body>, Infallible> {
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let streaming = json["stream"].as_bool().unwrap_or(false);
+    let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);
+    match mode {
+        Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
+        Mode::RateLimit(s) => {
+            let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+            r.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
+            return Ok(r);
+        }
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Normal | Mode::ResetMidStream => {}
+    }
+    let guard = InFlight::new(&stats);
+    if !streaming {
+        tokio::time::sleep(spec.ttft + spec.per_token * (tokens as u32 - 1)).await;
+        let text: String = (0..tokens).map(|i| format!("t{i} ")).collect();
+        let body = serde_json::json!({
+            "id": format!("chatcmpl-{}", spec.name), "object": "chat.completion", "model": "sim",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"completion_tokens": tokens},
+        });
+        guard.done();
+        let mut r = full(StatusCode::OK, body.to_string());
+        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        return Ok(r);
+    }
+    let reset = mode == Mode::ResetMidStream;
+    let frames = stream::unfold((0u64, Some(guard)), move |(i, guard)| {
+        let spec = spec.clone();
+        async move {
+            let guard = guard?;
+            tokio::time::sleep(if i == 0 { spec.ttft } else { spec.per_token }).await;
+            if reset && i == 1 {
+                drop(guard);
+                return Some((Err(std::io::Error::other("simulated reset")), (i + 1, None)));
+            }
+            if i == tokens {
+                guard.done();
+                return Some((Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))), (i + 1, None)));
+            }
+            let data = Bytes::from(chunk(&spec.name, i, i + 1 == tokens));
+            Some((Ok(Frame::data(data)), (i + 1, Some(guard))))
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames.boxed())));
+    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    Ok(r)
+}
+
+/// An endpoint's service: a shared hyper client that sends each request to one upstream.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: Uri,
+}
+
+impl Upstream {
+    pub fn new(client: Client<HttpConnector, Full<Bytes>>, base: Uri) -> Self {
+        Self { client, base }
+    }
+
+    /// A client suited to many concurrent streams on loopback.
+    pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector)
+    }
+}
+
+impl tower::Service<Request<Full<Bytes>>> for Upstream {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(path.parse().unwrap());
+        *req.uri_mut() = Uri::from_parts(parts).unwrap();
+        self.client.request(req)
+    }
+}
+
+/// A chat-completions request asking for `tokens` tokens.
+pub fn chat_request(tokens: u64, stream: bool) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({
+        "model": "sim", "stream": stream, "max_tokens": tokens,
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}

@@ -1,0 +1,208 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{Instant, Sleep},
+};
+use tower_service::Service;
+
+use super::{service::Miss, Balance, Queue};
+use crate::{
+    endpoint::Capacity,
+    error::{BoxError, EndpointError, Overloaded},
+    hints::Hinted,
+    load::{LoadGuard, TrackLoad},
+    sync::Ordering::SeqCst,
+};
+
+pin_project! {
+    /// The response future of [`Balance`].
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Queued {
+            balance: Balance<S>,
+            request: Option<Req>,
+            #[pin]
+            notified: OwnedNotified,
+            armed: bool,
+            #[pin]
+            sleep: Sleep,
+            since: Instant,
+            slot: WaitSlot,
+        },
+        Ready {
+            service: S,
+            request: Option<Req>,
+            guard: Option<LoadGuard>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+            guard: Option<LoadGuard>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+/// A place in the capacity queue, given back on drop.
+struct WaitSlot(Arc<Capacity>);
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, SeqCst);
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req> + Clone,
+{
+    pub(crate) fn ready(service: S, guard: LoadGuard, request: Req) -> Self {
+        Self {
+            state: State::Ready {
+                service,
+                request: Some(request),
+                guard: Some(guard),
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn queued(balance: Balance<S>, request: Req, queue: Queue) -> Self {
+        let capacity = Arc::clone(balance.pool().capacity());
+        if capacity.waiting.fetch_add(1, SeqCst) >= queue.max_waiting {
+            capacity.waiting.fetch_sub(1, SeqCst);
+            return Self::failed(Overloaded::new(None).into());
+        }
+        Self {
+            state: State::Queued {
+                notified: Arc::clone(&capacity.notify).notified_owned(),
+                slot: WaitSlot(capacity),
+                balance,
+                request: Some(request),
+                armed: false,
+                sleep: tokio::time::sleep(queue.timeout),
+                since: Instant::now(),
+            },
+        }
+    }
+}
+
+impl<S, Req> Future for ResponseFuture<S, Req>
+where
+    Req: Hinted,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    S::Response: TrackLoad,
+{
+    type Output = Result<<S::Response as TrackLoad>::Output, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Queued {
+                    balance,
+                    request,
+                    mut notified,
+                    armed,
+                    sleep,
+                    since,
+                    ..
+                } => {
+                    // Arm the wake-up before looking, so a slot freed in between is not missed.
+                    if !*armed {
+                        notified.as_mut().enable();
+                        *armed = true;
+                    }
+                    let req = request.as_ref().expect("polled after completion");
+                    match balance.try_pick(req) {
+                        Ok((service, guard)) => {
+                            let request = request.take();
+                            state.set(State::Ready {
+                                service,
+                                request,
+                                guard: Some(guard),
+                            });
+                            continue;
+                        }
+                        Err(Miss::Unavailable(e)) => return Poll::Ready(Err(e.into())),
+                        Err(Miss::Full) => {}
+                    }
+                    if sleep.poll(cx).is_ready() {
+                        return Poll::Ready(Err(Overloaded::new(Some(since.elapsed())).into()));
+                    }
+                    ready!(notified.as_mut().poll(cx));
+                    let capacity = balance.pool().capacity();
+                    notified.set(Arc::clone(&capacity.notify).notified_owned());
+                    *armed = false;
+                }
+                StateProj::Ready {
+                    service,
+                    request,
+                    guard,
+                } => {
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(fail(guard, e.into())));
+                    }
+                    let future = service.call(request.take().expect("polled after completion"));
+                    let guard = guard.take();
+                    state.set(State::Calling { future, guard });
+                }
+                StateProj::Calling { future, guard } => {
+                    return Poll::Ready(match ready!(future.poll(cx)) {
+                        Ok(response) => {
+                            Ok(response.track(guard.take().expect("polled after completion")))
+                        }
+                        Err(e) => Err(fail(guard, e.into())),
+                    });
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
+            }
+        }
+    }
+}
+
+/// Records the failure on the endpoint, releases its slot, and names it in the error.
+fn fail(guard: &mut Option<LoadGuard>, error: BoxError) -> BoxError {
+    let mut guard = guard.take().expect("polled after completion");
+    guard.fail();
+    let endpoint = Arc::clone(guard.endpoint());
+    guard.complete();
+    EndpointError::new(endpoint, error).into()
+}

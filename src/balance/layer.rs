@@ -1,0 +1,54 @@
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::Balance;
+use crate::{pick::Strategy, pool::Pool};
+
+/// What a request does when every eligible endpoint is at its concurrency limit: wait for a
+/// slot, at most `timeout`, with at most `max_waiting` requests waiting at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queue {
+    /// How many requests may wait at once; one more fails at once.
+    pub max_waiting: usize,
+    /// How long one request may wait.
+    pub timeout: Duration,
+}
+
+/// Builds a [`Balance`] over a [`Pool`]: `ServiceBuilder::new().layer(BalanceLayer::new()).service(pool)`.
+#[derive(Debug, Clone, Default)]
+pub struct BalanceLayer {
+    pub(crate) strategy: Strategy,
+    pub(crate) queue: Option<Queue>,
+}
+
+impl BalanceLayer {
+    /// Power of two choices, no queue: a request that finds every endpoint full fails with
+    /// [`Overloaded`](crate::error::Overloaded).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The picking strategy.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Lets requests wait for a slot when every endpoint is full.
+    pub fn queue(mut self, max_waiting: usize, timeout: Duration) -> Self {
+        self.queue = Some(Queue {
+            max_waiting,
+            timeout,
+        });
+        self
+    }
+}
+
+impl<S: Clone> Layer<Pool<S>> for BalanceLayer {
+    type Service = Balance<S>;
+
+    fn layer(&self, pool: Pool<S>) -> Balance<S> {
+        Balance::with_config(pool, self.clone())
+    }
+}

@@ -1,0 +1,160 @@
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{BalanceLayer, ResponseFuture};
+use crate::{
+    error::{BoxError, NoEndpoints, Overloaded},
+    hints::{Cost, Exclude, Hinted},
+    load::{LoadGuard, TrackLoad},
+    pick::Filter,
+    pool::{Pool, Snapshot},
+    rng::ThreadRng,
+};
+
+/// How often a pick is retried when its endpoint filled up between the choice and the slot.
+const ACQUIRE_TRIES: usize = 3;
+
+/// Balances requests over a [`Pool`]. See the [module docs](crate::balance).
+pub struct Balance<S> {
+    pool: Pool<S>,
+    config: Arc<BalanceLayer>,
+}
+
+impl<S> Clone for Balance<S> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Balance<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balance")
+            .field("pool", &self.pool)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Why no slot was taken.
+pub(crate) enum Miss {
+    /// Some endpoint could serve, but all such are at their concurrency limit.
+    Full,
+    /// No endpoint can serve this request.
+    Unavailable(NoEndpoints),
+}
+
+impl<S: Clone> Balance<S> {
+    /// Balances over `pool` with the default settings of [`BalanceLayer::new`].
+    pub fn new(pool: Pool<S>) -> Self {
+        Self::with_config(pool, BalanceLayer::new())
+    }
+
+    pub(crate) fn with_config(pool: Pool<S>, config: BalanceLayer) -> Self {
+        Self {
+            pool,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<S> {
+        &self.pool
+    }
+
+    /// Picks an endpoint for `request` and takes a slot on it without calling it, for callers
+    /// that route by themselves (a WebSocket upgrade, a custom transport). The slot is held
+    /// until the guard is completed or dropped. Fails with
+    /// [`NoEndpoints`] or [`Overloaded`]; never waits.
+    pub fn pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), BoxError> {
+        self.try_pick(request).map_err(|miss| match miss {
+            Miss::Full => Overloaded::new(None).into(),
+            Miss::Unavailable(e) => e.into(),
+        })
+    }
+
+    /// The hot path: pick in the lowest tier that has room, and take a slot.
+    pub(crate) fn try_pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), Miss> {
+        let snapshot = self.pool.load();
+        if snapshot.is_empty() {
+            return Err(Miss::Unavailable(NoEndpoints::empty()));
+        }
+        let hints = request.extensions();
+        let cost = hints.get::<Cost>().map_or(1, |c| c.0);
+        let filter = match hints.get::<Exclude>() {
+            Some(exclude) => Filter::new().exclude(exclude),
+            None => Filter::new(),
+        };
+        for (_tier, entries) in snapshot.tiers() {
+            for _ in 0..ACQUIRE_TRIES {
+                let strategy = self.config.strategy;
+                let Some(i) = strategy.pick(entries, &filter, self.pool.cursor(), &mut ThreadRng)
+                else {
+                    break;
+                };
+                let entry = &entries[i];
+                if entry.endpoint().try_acquire(cost) {
+                    let guard = LoadGuard::new(Arc::clone(entry.endpoint()), cost);
+                    return Ok((entry.service().clone(), guard));
+                }
+            }
+        }
+        Err(miss(&snapshot, &filter))
+    }
+}
+
+/// The cold path after a failed pick: is it capacity, or availability?
+fn miss<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> Miss {
+    let mut back: Option<Instant> = None;
+    for entry in snapshot.entries() {
+        let e = entry.endpoint();
+        if filter.serves(e) {
+            return Miss::Full;
+        }
+        if e.weight() > 0.0 && !e.is_removed() {
+            if let Some(at) = e.available_at() {
+                back = Some(back.map_or(at, |b| b.min(at)));
+            }
+        }
+    }
+    let now = filter.now();
+    Miss::Unavailable(NoEndpoints::unavailable(
+        back.map(|at| at.saturating_duration_since(now)),
+    ))
+}
+
+impl<S, Req> Service<Req> for Balance<S>
+where
+    Req: Hinted,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    S::Response: TrackLoad,
+{
+    type Response = <S::Response as TrackLoad>::Output;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is per endpoint: the response future drives the picked one.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match self.try_pick(&request) {
+            Ok((service, guard)) => ResponseFuture::ready(service, guard, request),
+            Err(Miss::Full) => match self.config.queue {
+                Some(queue) => ResponseFuture::queued(self.clone(), request, queue),
+                None => ResponseFuture::failed(Overloaded::new(None).into()),
+            },
+            Err(Miss::Unavailable(e)) => ResponseFuture::failed(e.into()),
+        }
+    }
+}

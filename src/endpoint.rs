@@ -1,0 +1,590 @@
+//! One endpoint: its key and metadata, its service, and its live state.
+//!
+//! The live state is a handful of atomics that the pick reads and the load guard writes:
+//! requests in flight, outstanding work, peak-EWMA estimates of time to first byte and of
+//! duration, health, and whether the endpoint was removed. An [`Arc<Endpoint>`] is the cheap
+//! handle that layers pass around (in [`Served`](crate::hints::Served) and in errors).
+
+use std::{
+    borrow::Borrow,
+    fmt,
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{
+    error::ConfigError,
+    load::{Acquired, Slots},
+    sync::{AtomicU64, AtomicUsize, Ordering::SeqCst},
+};
+
+/// An endpoint's name in its pool: cheap to clone, compared by value.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<SocketAddr> for Key {
+    fn from(a: SocketAddr) -> Self {
+        Self(a.to_string().into())
+    }
+}
+
+impl From<http::Uri> for Key {
+    fn from(u: http::Uri) -> Self {
+        Self(u.to_string().into())
+    }
+}
+
+/// How to add an endpoint: its key and metadata. Validated when the pool takes it.
+///
+/// ```
+/// use tower_ai_balance::EndpointConfig;
+/// let gpu = EndpointConfig::new("h100-0").weight(2.0).max_concurrency(64).tier(0).label("model", "llama-3-70b");
+/// ```
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    key: Key,
+    weight: f64,
+    max_concurrency: Option<usize>,
+    tier: u32,
+    labels: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl EndpointConfig {
+    /// An endpoint with weight 1, no concurrency limit, tier 0 and no labels.
+    pub fn new(key: impl Into<Key>) -> Self {
+        Self {
+            key: key.into(),
+            weight: 1.0,
+            max_concurrency: None,
+            tier: 0,
+            labels: Vec::new(),
+        }
+    }
+
+    /// Its relative capacity: load is compared as in-flight requests divided by weight, and the
+    /// weighted strategies send traffic in proportion. Weight 0 takes no new requests.
+    pub fn weight(mut self, weight: f64) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// The most requests it may serve at once; never exceeded.
+    pub fn max_concurrency(mut self, max: usize) -> Self {
+        self.max_concurrency = Some(max);
+        self
+    }
+
+    /// Its tier: lower tiers are preferred while they have an endpoint with free capacity
+    /// (for example 0 for self-hosted instances, 1 for a paid provider).
+    pub fn tier(mut self, tier: u32) -> Self {
+        self.tier = tier;
+        self
+    }
+
+    /// A free-form label, such as `model` or `region`.
+    pub fn label(mut self, name: impl Into<Arc<str>>, value: impl Into<Arc<str>>) -> Self {
+        self.labels.push((name.into(), value.into()));
+        self
+    }
+
+    /// The key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        check_weight(&self.key, self.weight)?;
+        if self.max_concurrency == Some(0) {
+            return Err(ConfigError::ZeroMaxConcurrency {
+                key: self.key.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl From<&str> for EndpointConfig {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for EndpointConfig {
+    fn from(s: String) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<Key> for EndpointConfig {
+    fn from(k: Key) -> Self {
+        Self::new(k)
+    }
+}
+
+impl From<SocketAddr> for EndpointConfig {
+    fn from(a: SocketAddr) -> Self {
+        Self::new(a)
+    }
+}
+
+pub(crate) fn check_weight(key: &Key, weight: f64) -> Result<(), ConfigError> {
+    if !weight.is_finite() {
+        Err(ConfigError::NonFiniteWeight {
+            key: key.clone(),
+            weight,
+        })
+    } else if weight < 0.0 {
+        Err(ConfigError::NegativeWeight {
+            key: key.clone(),
+            weight,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// An endpoint's health, as the health layer sets it and the pick reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Takes traffic.
+    Healthy,
+    /// Failing: takes no traffic until `until`, then trial requests decide.
+    Ejected {
+        /// When it may be tried again.
+        until: Instant,
+    },
+    /// Rate-limited: takes no traffic until `until`, then returns without trial.
+    CoolingDown {
+        /// When the cooldown ends.
+        until: Instant,
+    },
+}
+
+const HEALTHY: u64 = 0;
+const EJECTED: u64 = 1;
+const COOLING: u64 = 2;
+
+/// The pool-wide queue of requests waiting for capacity; endpoints wake it on release.
+#[derive(Debug, Default)]
+pub(crate) struct Capacity {
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) waiting: AtomicUsize,
+}
+
+impl Capacity {
+    pub(crate) fn wake(&self) {
+        if self.waiting.load(SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Lock-free peak-EWMA estimate: a sample above the estimate replaces it at once, one below
+/// is blended in with a weight that decays with the time since the last sample.
+#[derive(Debug)]
+struct PeakEwma {
+    nanos: AtomicU64,
+    stamp: AtomicU64,
+}
+
+impl PeakEwma {
+    fn new() -> Self {
+        Self {
+            nanos: AtomicU64::new(0),
+            stamp: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, sample: f64, at: u64, decay_nanos: f64) {
+        let last = self.stamp.swap(at.max(1), SeqCst);
+        let weight = if last == 0 {
+            0.0
+        } else {
+            (-(at.saturating_sub(last) as f64) / decay_nanos).exp()
+        };
+        let mut old = self.nanos.load(SeqCst);
+        loop {
+            let prev = f64::from_bits(old);
+            let next = if last == 0 || sample > prev {
+                sample
+            } else {
+                prev * weight + sample * (1.0 - weight)
+            };
+            match self
+                .nanos
+                .compare_exchange_weak(old, next.to_bits(), SeqCst, SeqCst)
+            {
+                Ok(_) => return,
+                Err(actual) => old = actual,
+            }
+        }
+    }
+
+    /// The estimate decayed to `now`, or `None` before the first sample.
+    fn get(&self, now: u64, decay_nanos: f64) -> Option<f64> {
+        let stamp = self.stamp.load(SeqCst);
+        if stamp == 0 {
+            return None;
+        }
+        let est = f64::from_bits(self.nanos.load(SeqCst));
+        Some(est * (-(now.saturating_sub(stamp) as f64) / decay_nanos).exp())
+    }
+}
+
+/// How fast the latency estimates forget: tower's default.
+pub(crate) const DECAY: Duration = Duration::from_secs(10);
+/// The least a failed request counts as, so an endpoint that fails fast never looks fast.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
+/// One endpoint of a [`Pool`](crate::pool::Pool): metadata and live state.
+pub struct Endpoint {
+    // Read on every pick: kept together.
+    slots: Slots,
+    weight: AtomicU64,
+    health: AtomicU64,
+    max_concurrency: usize,
+    id: u64,
+    tier: u32,
+
+    key: Key,
+    labels: Box<[(Arc<str>, Arc<str>)]>,
+    born: Instant,
+    ttfb: PeakEwma,
+    latency: PeakEwma,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    drained: Notify,
+    capacity: Arc<Capacity>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("key", &self.key)
+            .field("weight", &self.weight())
+            .field("tier", &self.tier)
+            .field("in_flight", &self.in_flight())
+            .field("health", &self.health())
+            .finish_non_exhaustive()
+    }
+}
+
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Endpoint {
+    /// A standalone endpoint, outside any pool: for simulations that drive the
+    /// [`pick`](crate::pick) functions directly.
+    pub fn new(config: EndpointConfig) -> Result<Arc<Self>, ConfigError> {
+        Self::with_capacity(config, Arc::default())
+    }
+
+    pub(crate) fn with_capacity(
+        config: EndpointConfig,
+        capacity: Arc<Capacity>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        config.validate()?;
+        Ok(Arc::new(Self {
+            slots: Slots::new(),
+            weight: AtomicU64::new(normalize(config.weight).to_bits()),
+            health: AtomicU64::new(HEALTHY),
+            max_concurrency: config.max_concurrency.unwrap_or(usize::MAX),
+            id: next_id(),
+            tier: config.tier,
+            key: config.key,
+            labels: config.labels.into_boxed_slice(),
+            born: Instant::now(),
+            ttfb: PeakEwma::new(),
+            latency: PeakEwma::new(),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            drained: Notify::new(),
+            capacity,
+        }))
+    }
+
+    /// The key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The metadata it was created with, at its current weight.
+    pub fn config(&self) -> EndpointConfig {
+        EndpointConfig {
+            key: self.key.clone(),
+            weight: self.weight(),
+            max_concurrency: self.max_concurrency(),
+            tier: self.tier,
+            labels: self.labels.to_vec(),
+        }
+    }
+
+    /// A process-unique number, used by [`Exclude`](crate::hints::Exclude).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The tier.
+    pub fn tier(&self) -> u32 {
+        self.tier
+    }
+
+    /// The current weight.
+    #[inline]
+    pub fn weight(&self) -> f64 {
+        f64::from_bits(self.weight.load(SeqCst))
+    }
+
+    pub(crate) fn set_weight(&self, weight: f64) {
+        self.weight.store(normalize(weight).to_bits(), SeqCst);
+        self.capacity.wake();
+    }
+
+    /// The concurrency limit, if any.
+    pub fn max_concurrency(&self) -> Option<usize> {
+        (self.max_concurrency != usize::MAX).then_some(self.max_concurrency)
+    }
+
+    /// A label's value.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Requests picked for this endpoint and not yet finished (for a streamed response, until
+    /// its body ends or is dropped).
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.slots.in_flight()
+    }
+
+    /// The [`Cost`](crate::hints::Cost) of the requests in flight.
+    #[inline]
+    pub fn outstanding(&self) -> u64 {
+        self.slots.outstanding()
+    }
+
+    /// Requests that completed or failed here.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(SeqCst)
+    }
+
+    /// Requests that failed here.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(SeqCst)
+    }
+
+    /// Peak-EWMA of the time to the first byte of the response body (the first token of a
+    /// stream), as of `now`; `None` before the first response.
+    pub fn ttfb_estimate(&self, now: Instant) -> Option<Duration> {
+        self.ttfb
+            .get(self.nanos_at(now), decay_nanos())
+            .map(|n| Duration::from_nanos(n as u64))
+    }
+
+    /// Peak-EWMA of the time from pick to the end of the response, as of `now`.
+    pub fn latency_estimate(&self, now: Instant) -> Option<Duration> {
+        self.latency
+            .get(self.nanos_at(now), decay_nanos())
+            .map(|n| Duration::from_nanos(n as u64))
+    }
+
+    pub(crate) fn ttfb_nanos(&self, now: Instant) -> Option<f64> {
+        self.ttfb.get(self.nanos_at(now), decay_nanos())
+    }
+
+    /// The current health.
+    pub fn health(&self) -> Health {
+        let raw = self.health.load(SeqCst);
+        let until = self.born + Duration::from_millis(raw >> 2);
+        match raw & 3 {
+            EJECTED => Health::Ejected { until },
+            COOLING => Health::CoolingDown { until },
+            _ => Health::Healthy,
+        }
+    }
+
+    /// Sets the health. The health layer calls this; tests and custom layers may too.
+    pub fn set_health(&self, health: Health) {
+        let raw = match health {
+            Health::Healthy => HEALTHY,
+            Health::Ejected { until } => EJECTED | (self.millis_at(until) << 2),
+            Health::CoolingDown { until } => COOLING | (self.millis_at(until) << 2),
+        };
+        self.health.store(raw, SeqCst);
+        if raw == HEALTHY {
+            self.capacity.wake();
+        }
+    }
+
+    /// Whether the health cell lets a request through at this moment. The clock is read only
+    /// when the endpoint is not healthy.
+    #[inline]
+    pub(crate) fn health_allows(&self, now: &crate::pick::LazyNow) -> bool {
+        let raw = self.health.load(SeqCst);
+        raw == HEALTHY || self.born + Duration::from_millis(raw >> 2) <= now.get()
+    }
+
+    /// When a currently unavailable endpoint becomes available again, if it is only waiting.
+    pub(crate) fn available_at(&self) -> Option<Instant> {
+        match self.health() {
+            Health::Healthy => None,
+            Health::Ejected { until } | Health::CoolingDown { until } => Some(until),
+        }
+    }
+
+    /// Whether the endpoint was removed from its pool.
+    pub fn is_removed(&self) -> bool {
+        self.slots.is_removed()
+    }
+
+    /// Whether the pick may choose it at all (not removed, weight above 0, healthy or due).
+    #[inline]
+    pub(crate) fn takes_traffic(&self, now: &crate::pick::LazyNow) -> bool {
+        self.weight.load(SeqCst) != 0 && !self.slots.is_removed() && self.health_allows(now)
+    }
+
+    /// Whether it has a free slot under its concurrency limit.
+    #[inline]
+    pub(crate) fn has_room(&self) -> bool {
+        self.slots.in_flight() < self.max_concurrency
+    }
+
+    /// Takes a slot: `false` if the endpoint is full or was removed meanwhile.
+    #[inline]
+    pub(crate) fn try_acquire(&self, cost: u64) -> bool {
+        match self.slots.try_acquire(self.max_concurrency, cost) {
+            Acquired::Yes => true,
+            Acquired::Full => false,
+            Acquired::Removed { drained } => {
+                if drained {
+                    self.drained.notify_waiters();
+                }
+                false
+            }
+        }
+    }
+
+    /// Gives a slot back; wakes the drain and the capacity queue as needed.
+    pub(crate) fn release(&self, cost: u64) {
+        if self.slots.release(cost) {
+            self.drained.notify_waiters();
+        }
+        self.capacity.wake();
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        if self.slots.remove() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Resolves once the endpoint is removed and its last in-flight request has finished.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_removed() && self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records a successful response's time to first byte.
+    pub fn observe_ttfb(&self, ttfb: Duration, at: Instant) {
+        self.ttfb
+            .observe(ttfb.as_nanos() as f64, self.nanos_at(at), decay_nanos());
+    }
+
+    /// Records a finished request. A failure is recorded as at least twice the current
+    /// estimate and at least [`FAILURE_PENALTY`], never as its (often short) round trip, so a
+    /// failing endpoint never looks fast.
+    pub fn observe_completion(&self, elapsed: Duration, failed: bool, at: Instant) {
+        let now = self.nanos_at(at);
+        self.requests.fetch_add(1, SeqCst);
+        if failed {
+            self.failures.fetch_add(1, SeqCst);
+            let current = self.ttfb.get(now, decay_nanos()).unwrap_or(0.0);
+            let penalty = (elapsed.as_nanos() as f64)
+                .max(current * 2.0)
+                .max(FAILURE_PENALTY.as_nanos() as f64);
+            self.ttfb.observe(penalty, now, decay_nanos());
+            self.latency.observe(penalty, now, decay_nanos());
+        } else {
+            self.latency
+                .observe(elapsed.as_nanos() as f64, now, decay_nanos());
+        }
+    }
+
+    fn nanos_at(&self, at: Instant) -> u64 {
+        // 1 is added so that 0 can mean "no sample yet".
+        at.saturating_duration_since(self.born).as_nanos() as u64 + 1
+    }
+
+    fn millis_at(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.born).as_millis();
+        // Round up so that an endpoint is never back before its time.
+        let ms = ms + u128::from(at > self.born + Duration::from_millis(ms as u64));
+        ms.min(u128::from(u64::MAX >> 2)) as u64
+    }
+}
+
+fn normalize(weight: f64) -> f64 {
+    // -0.0 passes validation; store it as +0.0 so "weight bits are 0" means draining.
+    if weight == 0.0 {
+        0.0
+    } else {
+        weight
+    }
+}
+
+fn decay_nanos() -> f64 {
+    DECAY.as_nanos() as f64
+}

@@ -1,0 +1,205 @@
+//! The crate's typed errors.
+//!
+//! Services in this crate return [`BoxError`], as tower middleware does; each condition is its own
+//! small type so callers can tell them apart with `err.is::<Overloaded>()` or
+//! `err.downcast_ref::<EndpointError>()`. Every error that an endpoint caused names it.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use crate::endpoint::{Endpoint, Key};
+
+/// A type-erased error, as used across tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// No endpoint could take the request: the pool is empty, or every endpoint is removed,
+/// draining (weight 0), ejected, cooling down or excluded by the request's hints.
+#[derive(Debug, Clone)]
+pub struct NoEndpoints {
+    empty: bool,
+    retry_after: Option<Duration>,
+}
+
+impl NoEndpoints {
+    pub(crate) fn empty() -> Self {
+        Self {
+            empty: true,
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn unavailable(retry_after: Option<Duration>) -> Self {
+        Self {
+            empty: false,
+            retry_after,
+        }
+    }
+
+    /// Whether the pool had no endpoints at all (as opposed to none that could serve).
+    pub fn pool_was_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// When endpoints are only cooling down or ejected, how long until the first comes back.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for NoEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.empty {
+            f.write_str("no endpoints: the pool is empty")
+        } else {
+            f.write_str("no endpoints: none is available for this request")?;
+            if let Some(d) = self.retry_after {
+                write!(f, " (the first returns in {d:?})")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl std::error::Error for NoEndpoints {}
+
+/// Every eligible endpoint is at its maximum concurrency, and the request could not wait
+/// (no queue, the queue was full, or the wait timed out).
+#[derive(Debug, Clone)]
+pub struct Overloaded {
+    waited: Option<Duration>,
+}
+
+impl Overloaded {
+    pub(crate) fn new(waited: Option<Duration>) -> Self {
+        Self { waited }
+    }
+
+    /// How long the request waited in the queue before giving up, if it queued at all.
+    pub fn waited(&self) -> Option<Duration> {
+        self.waited
+    }
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.waited {
+            Some(d) => write!(
+                f,
+                "overloaded: every endpoint is at its concurrency limit (waited {d:?})"
+            ),
+            None => f.write_str("overloaded: every endpoint is at its concurrency limit"),
+        }
+    }
+}
+
+impl std::error::Error for Overloaded {}
+
+/// A configuration the pool or a layer refused.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A weight below zero.
+    NegativeWeight {
+        /// The endpoint.
+        key: Key,
+        /// The weight given.
+        weight: f64,
+    },
+    /// A weight that is NaN or infinite.
+    NonFiniteWeight {
+        /// The endpoint.
+        key: Key,
+        /// The weight given.
+        weight: f64,
+    },
+    /// A maximum concurrency of zero: such an endpoint could never serve.
+    ZeroMaxConcurrency {
+        /// The endpoint.
+        key: Key,
+    },
+    /// An endpoint with this key is already in the pool.
+    DuplicateKey {
+        /// The key.
+        key: Key,
+    },
+    /// No endpoint with this key is in the pool.
+    UnknownEndpoint {
+        /// The key.
+        key: Key,
+    },
+    /// A layer setting out of its range.
+    InvalidSetting {
+        /// The setting.
+        name: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NegativeWeight { key, weight } => {
+                write!(f, "endpoint {key}: weight {weight} is negative")
+            }
+            Self::NonFiniteWeight { key, weight } => {
+                write!(f, "endpoint {key}: weight {weight} is not a finite number")
+            }
+            Self::ZeroMaxConcurrency { key } => {
+                write!(f, "endpoint {key}: max concurrency 0 could never serve")
+            }
+            Self::DuplicateKey { key } => write!(f, "endpoint {key} is already in the pool"),
+            Self::UnknownEndpoint { key } => write!(f, "endpoint {key} is not in the pool"),
+            Self::InvalidSetting { name, reason } => write!(f, "setting {name}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The endpoint's own service failed; carries the endpoint and its error.
+pub struct EndpointError {
+    endpoint: Arc<Endpoint>,
+    source: BoxError,
+}
+
+impl EndpointError {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, source: BoxError) -> Self {
+        Self { endpoint, source }
+    }
+
+    /// The endpoint that failed.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// The inner service's error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+
+    /// Takes the inner service's error.
+    pub fn into_inner(self) -> BoxError {
+        self.source
+    }
+}
+
+impl fmt::Debug for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointError")
+            .field("endpoint", self.endpoint.key())
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "endpoint {} failed: {}", self.endpoint.key(), self.source)
+    }
+}
+
+impl std::error::Error for EndpointError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}

@@ -1,0 +1,110 @@
+//! How the layers talk: routing hints in, the serving endpoint out.
+//!
+//! Inward, a layer that wants to steer the pick puts a hint in the request's
+//! [`http::Extensions`]: [`Exclude`] (endpoints already tried), [`Cost`] (the request's work in
+//! units such as tokens). [`Balance`](crate::balance::Balance) reads them.
+//!
+//! Outward, the endpoint that served a request is attached to the response's extensions as
+//! [`Served`], and carried in [`EndpointError`](crate::error::EndpointError) when it failed.
+//!
+//! Requests that are not `http::Request` take part through the [`Hinted`] trait; [`WithHints`]
+//! implements it for any `T`.
+
+use std::sync::Arc;
+
+use http::Extensions;
+
+use crate::endpoint::Endpoint;
+
+/// A request that can carry routing hints.
+pub trait Hinted {
+    /// The request's extensions, where hints live.
+    fn extensions(&self) -> &Extensions;
+    /// The request's extensions, mutably.
+    fn extensions_mut(&mut self) -> &mut Extensions;
+}
+
+impl<B> Hinted for http::Request<B> {
+    fn extensions(&self) -> &Extensions {
+        http::Request::extensions(self)
+    }
+
+    fn extensions_mut(&mut self) -> &mut Extensions {
+        http::Request::extensions_mut(self)
+    }
+}
+
+/// Any request, with an [`Extensions`] beside it for hints.
+#[derive(Debug, Clone, Default)]
+pub struct WithHints<T> {
+    /// The request itself.
+    pub request: T,
+    /// Its hints.
+    pub extensions: Extensions,
+}
+
+impl<T> WithHints<T> {
+    /// Wraps a request with no hints.
+    pub fn new(request: T) -> Self {
+        Self {
+            request,
+            extensions: Extensions::new(),
+        }
+    }
+}
+
+impl<T> Hinted for WithHints<T> {
+    fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+}
+
+/// Endpoints this request must not be sent to (for example, those a retry already tried).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exclude {
+    ids: Vec<u64>,
+}
+
+impl Exclude {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an endpoint.
+    pub fn insert(&mut self, endpoint: &Endpoint) {
+        if !self.contains(endpoint) {
+            self.ids.push(endpoint.id());
+        }
+    }
+
+    /// Whether the endpoint is excluded.
+    #[inline]
+    pub fn contains(&self, endpoint: &Endpoint) -> bool {
+        self.ids.contains(&endpoint.id())
+    }
+
+    /// How many endpoints are excluded.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no endpoint is excluded.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// The work a request brings, in units of the caller's choosing (prompt tokens plus maximum
+/// output tokens is a good one). Counted in the serving endpoint's outstanding work until the
+/// response ends. A request without it counts 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cost(pub u64);
+
+/// The endpoint that served a response, in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct Served(pub Arc<Endpoint>);

@@ -1,0 +1,72 @@
+//! Load balancing for AI inference traffic, as [tower] layers.
+//!
+//! Inference requests differ a thousandfold in length, streams hold an instance for minutes,
+//! sessions want the instance that holds their cache, and providers fail and rate-limit. This
+//! crate spreads such traffic over a shared [`Pool`] of endpoints with a lock-free,
+//! allocation-free least-loaded picker, and holds each endpoint's load until a streamed
+//! response's body has ended.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_ai_balance::{balance::BalanceLayer, EndpointConfig, Pool};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_ai_balance::BoxError> {
+//! let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("data: hello\n\n"))))
+//! });
+//! let pool = Pool::new();
+//! pool.insert(EndpointConfig::new("h100-0").weight(2.0).max_concurrency(64), upstream.clone())?;
+//! pool.insert(EndpointConfig::new("a10-0").weight(1.0).max_concurrency(16), upstream)?;
+//!
+//! let balancer = ServiceBuilder::new().layer(BalanceLayer::new()).service(pool.clone());
+//! let response = balancer.clone().oneshot(Request::new(Full::new(Bytes::new()))).await?;
+//! // The endpoint's load is held until the body is read to its end.
+//! let body = response.into_body().collect().await?.to_bytes();
+//! assert_eq!(body, "data: hello\n\n");
+//! assert!(pool.endpoints().iter().all(|e| e.in_flight() == 0));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Parts
+//!
+//! - [`pool`]: the shared endpoint set, changed at run time without blocking a pick.
+//! - [`endpoint`]: one endpoint's metadata and live state.
+//! - [`pick`]: the strategies, as plain functions usable without a runtime.
+//! - [`load`]: the guard that holds an endpoint's load until the response is finished.
+//! - [`balance`]: the `Balance` service and layer.
+//! - [`hints`]: how layers steer the pick and learn which endpoint served.
+//! - [`error`]: the typed errors.
+//!
+//! # Feature flags
+//!
+//! None yet: the default build depends on tower, tokio (`sync`, `time`), http, http-body,
+//! arc-swap, parking_lot, rand, futures and pin-project-lite only.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod balance;
+pub mod classify;
+pub mod endpoint;
+pub mod error;
+pub mod hints;
+pub mod load;
+pub mod pick;
+pub mod pool;
+mod rng;
+mod sync;
+
+pub use crate::{
+    balance::{Balance, BalanceLayer},
+    endpoint::{Endpoint, EndpointConfig, Health, Key},
+    error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded},
+    pool::Pool,
+    rng::{FastRng, ThreadRng},
+};

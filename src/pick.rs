@@ -1,0 +1,517 @@
+//! Picking strategies: plain functions over a slice of endpoints.
+//!
+//! Each function reads the endpoints' live state, applies a [`Filter`] (health, weight 0,
+//! concurrency limit, [`Exclude`]) and returns the index of its choice. None takes a lock,
+//! allocates or needs a runtime, so a simulation can drive them with virtual time
+//! ([`Filter::at`]) and a seeded [`FastRng`](crate::FastRng).
+//!
+//! Load is compared as `(in_flight + 1) / weight`: the load the endpoint would have with this
+//! request, relative to its capacity. Ties are broken at random, never "first wins".
+//!
+//! ```
+//! use tower_ai_balance::{pick, Endpoint, EndpointConfig, FastRng};
+//! let endpoints: Vec<_> = ["a", "b", "c"]
+//!     .into_iter()
+//!     .map(|k| Endpoint::new(EndpointConfig::new(k)).unwrap())
+//!     .collect();
+//! let mut rng = FastRng::seeded(1);
+//! let i = pick::p2c(&endpoints, &pick::Filter::new(), &mut rng).unwrap();
+//! assert!(i < 3);
+//! ```
+
+use std::cell::Cell;
+
+use rand::RngCore;
+use tokio::time::Instant;
+
+use crate::{endpoint::Endpoint, hints::Exclude, sync::AtomicUsize, sync::Ordering::Relaxed};
+
+/// How many times power-of-two-choices re-draws an ineligible sample before it falls back to
+/// a full scan.
+const REDRAWS: usize = 4;
+
+/// The clock, read at most once per pick and only if something needs it.
+#[derive(Debug, Default)]
+pub struct LazyNow(Cell<Option<Instant>>);
+
+impl LazyNow {
+    /// Reads the clock on first use.
+    pub fn new() -> Self {
+        Self(Cell::new(None))
+    }
+
+    /// A fixed time, for simulations.
+    pub fn at(now: Instant) -> Self {
+        Self(Cell::new(Some(now)))
+    }
+
+    /// The time.
+    #[inline]
+    pub fn get(&self) -> Instant {
+        match self.0.get() {
+            Some(t) => t,
+            None => {
+                let t = Instant::now();
+                self.0.set(Some(t));
+                t
+            }
+        }
+    }
+}
+
+/// Which endpoints may take this request.
+#[derive(Debug, Default)]
+pub struct Filter<'a> {
+    exclude: Option<&'a Exclude>,
+    now: LazyNow,
+}
+
+impl<'a> Filter<'a> {
+    /// Endpoints that take traffic (not removed, weight above 0, healthy or due back) and have
+    /// room under their concurrency limit.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also leaves out these endpoints.
+    pub fn exclude(mut self, exclude: &'a Exclude) -> Self {
+        if !exclude.is_empty() {
+            self.exclude = Some(exclude);
+        }
+        self
+    }
+
+    /// Judges health at this time instead of the clock's.
+    pub fn at(mut self, now: Instant) -> Self {
+        self.now = LazyNow::at(now);
+        self
+    }
+
+    /// The time the filter judges at.
+    pub fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    /// Whether the endpoint may take the request now, concurrency limit included.
+    #[inline]
+    pub fn eligible(&self, e: &Endpoint) -> bool {
+        self.serves(e) && e.has_room()
+    }
+
+    /// Whether the endpoint may take the request, ignoring its concurrency limit.
+    #[inline]
+    pub fn serves(&self, e: &Endpoint) -> bool {
+        e.takes_traffic(&self.now) && self.exclude.map_or(true, |x| !x.contains(e))
+    }
+}
+
+/// A picking strategy, for [`Balance`](crate::balance::Balance).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Power of two choices over in-flight load: the default. See [`p2c`].
+    #[default]
+    PowerOfTwoChoices,
+    /// The least-loaded endpoint by full scan. See [`least_loaded`].
+    LeastLoaded,
+    /// Power of two choices over peak-EWMA time to first byte × load. See [`peak_ewma`].
+    PeakEwma,
+    /// Each endpoint in turn. See [`round_robin`].
+    RoundRobin,
+    /// Uniformly at random. See [`random`].
+    Random,
+    /// At random in proportion to weight. See [`weighted`].
+    Weighted,
+}
+
+impl Strategy {
+    /// Picks with this strategy. `cursor` is round-robin's position, shared by its callers.
+    #[inline]
+    pub fn pick<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+        self,
+        endpoints: &[E],
+        filter: &Filter<'_>,
+        cursor: &AtomicUsize,
+        rng: &mut R,
+    ) -> Option<usize> {
+        match self {
+            Self::PowerOfTwoChoices => p2c(endpoints, filter, rng),
+            Self::LeastLoaded => least_loaded(endpoints, filter, rng),
+            Self::PeakEwma => peak_ewma(endpoints, filter, rng),
+            Self::RoundRobin => round_robin(endpoints, filter, cursor),
+            Self::Random => random(endpoints, filter, rng),
+            Self::Weighted => weighted(endpoints, filter, rng),
+        }
+    }
+}
+
+/// `a` is less loaded than `b` (`Less`), as loaded, or more: `(in_flight + 1) / weight`,
+/// compared without division.
+#[inline]
+fn compare_load(a: &Endpoint, b: &Endpoint) -> std::cmp::Ordering {
+    let la = (a.in_flight() + 1) as f64 * b.weight();
+    let lb = (b.in_flight() + 1) as f64 * a.weight();
+    la.total_cmp(&lb)
+}
+
+/// Two distinct indices below `n` (`n >= 2`) and a coin, from one draw.
+#[inline]
+fn two_of(r: u64, n: usize) -> (usize, usize, bool) {
+    let a = (((r & 0x7fff_ffff) * n as u64) >> 31) as usize;
+    let b = ((((r >> 31) & 0x7fff_ffff) * (n as u64 - 1)) >> 31) as usize;
+    (a, b + usize::from(b >= a), r >> 63 == 1)
+}
+
+/// Samples two eligible endpoints; falls back to `None` when re-draws keep missing.
+#[inline]
+fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<(usize, usize, bool)> {
+    let n = endpoints.len();
+    let ok = |i: usize| filter.eligible(endpoints[i].as_ref());
+    let (mut a, mut b, coin) = two_of(rng.next_u64(), n);
+    let (mut ea, mut eb) = (ok(a), ok(b));
+    let mut tries = 0;
+    while !(ea && eb) {
+        if tries == REDRAWS {
+            return None;
+        }
+        tries += 1;
+        let r = rng.next_u64();
+        if !ea {
+            a = crate::rng::below(r as u32, n);
+            ea = a != b && ok(a);
+        }
+        if !eb {
+            b = crate::rng::below((r >> 32) as u32, n);
+            eb = b != a && ok(b);
+        }
+    }
+    Some((a, b, coin))
+}
+
+/// Power of two choices: samples two eligible endpoints and takes the less loaded, a coin
+/// deciding ties. Constant time; when the filter leaves few endpoints, falls back to
+/// [`least_loaded`].
+#[inline]
+pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    if endpoints.len() < 2 {
+        return least_loaded(endpoints, filter, rng);
+    }
+    let Some((a, b, coin)) = sample_two(endpoints, filter, rng) else {
+        return least_loaded(endpoints, filter, rng);
+    };
+    Some(
+        match compare_load(endpoints[a].as_ref(), endpoints[b].as_ref()) {
+            std::cmp::Ordering::Less => a,
+            std::cmp::Ordering::Greater => b,
+            std::cmp::Ordering::Equal if coin => a,
+            std::cmp::Ordering::Equal => b,
+        },
+    )
+}
+
+/// The least-loaded eligible endpoint by full scan; ties broken uniformly at random.
+pub fn least_loaded<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    let mut ties = 0u32;
+    for (i, e) in endpoints.iter().enumerate() {
+        let e = e.as_ref();
+        if !filter.eligible(e) {
+            continue;
+        }
+        let Some(b) = best else {
+            best = Some(i);
+            ties = 1;
+            continue;
+        };
+        match compare_load(e, endpoints[b].as_ref()) {
+            std::cmp::Ordering::Less => {
+                best = Some(i);
+                ties = 1;
+            }
+            std::cmp::Ordering::Equal => {
+                // Reservoir sampling: the k-th tie replaces the choice with probability 1/k.
+                ties += 1;
+                if crate::rng::below(rng.next_u32(), ties as usize) == 0 {
+                    best = Some(i);
+                }
+            }
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    best
+}
+
+/// Power of two choices over peak-EWMA time to first byte × `(in_flight + 1) / weight`
+/// (Finagle's and tower's least-latency rule, without the lock). An endpoint with no
+/// estimate yet borrows the other's, so a new endpoint is tried without being flooded.
+pub fn peak_ewma<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    if endpoints.len() < 2 {
+        return least_loaded(endpoints, filter, rng);
+    }
+    let Some((a, b, coin)) = sample_two(endpoints, filter, rng) else {
+        return least_loaded(endpoints, filter, rng);
+    };
+    let (ea, eb) = (endpoints[a].as_ref(), endpoints[b].as_ref());
+    let now = filter.now();
+    let (ta, tb) = (ea.ttfb_nanos(now), eb.ttfb_nanos(now));
+    let ta_ = ta.or(tb).unwrap_or(1.0).max(1.0);
+    let tb_ = tb.or(ta).unwrap_or(1.0).max(1.0);
+    let ca = ta_ * (ea.in_flight() + 1) as f64 * eb.weight();
+    let cb = tb_ * (eb.in_flight() + 1) as f64 * ea.weight();
+    Some(match ca.total_cmp(&cb) {
+        std::cmp::Ordering::Less => a,
+        std::cmp::Ordering::Greater => b,
+        std::cmp::Ordering::Equal if coin => a,
+        std::cmp::Ordering::Equal => b,
+    })
+}
+
+/// Each eligible endpoint in turn, from a shared cursor; blind to load.
+pub fn round_robin<E: AsRef<Endpoint>>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    cursor: &AtomicUsize,
+) -> Option<usize> {
+    let n = endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    let start = cursor.fetch_add(1, Relaxed) % n;
+    (0..n)
+        .map(|k| (start + k) % n)
+        .find(|&i| filter.eligible(endpoints[i].as_ref()))
+}
+
+/// Uniformly at random among the eligible endpoints; blind to load.
+pub fn random<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    let n = endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    for _ in 0..=REDRAWS {
+        let i = crate::rng::below(rng.next_u32(), n);
+        if filter.eligible(endpoints[i].as_ref()) {
+            return Some(i);
+        }
+    }
+    // Most are filtered out: choose uniformly among those left, in two passes.
+    let count = endpoints
+        .iter()
+        .filter(|e| filter.eligible(e.as_ref()))
+        .count();
+    if count == 0 {
+        return None;
+    }
+    let k = crate::rng::below(rng.next_u32(), count);
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| filter.eligible(e.as_ref()))
+        .nth(k)
+        .map(|(i, _)| i)
+}
+
+/// At random in proportion to weight among the eligible endpoints; blind to load. Linear in
+/// the number of endpoints.
+pub fn weighted<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    let total: f64 = endpoints
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|e| filter.eligible(e))
+        .map(Endpoint::weight)
+        .sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut x = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+    let mut last = None;
+    for (i, e) in endpoints.iter().enumerate() {
+        let e = e.as_ref();
+        if !filter.eligible(e) {
+            continue;
+        }
+        last = Some(i);
+        x -= e.weight();
+        if x < 0.0 {
+            return Some(i);
+        }
+    }
+    last
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{EndpointConfig, FastRng, Health};
+
+    fn endpoints(weights: &[f64]) -> Vec<Arc<Endpoint>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(*w)).unwrap())
+            .collect()
+    }
+
+    fn hold(e: &Endpoint, n: usize) {
+        for _ in 0..n {
+            assert!(e.try_acquire(1));
+        }
+    }
+
+    #[test]
+    fn ties_are_broken_at_random_not_first_wins() {
+        let eps = endpoints(&[1.0; 5]);
+        let mut rng = FastRng::seeded(3);
+        let cursor = AtomicUsize::new(0);
+        for strategy in [Strategy::PowerOfTwoChoices, Strategy::LeastLoaded, Strategy::PeakEwma] {
+            let mut counts = [0usize; 5];
+            for _ in 0..50_000 {
+                counts[strategy.pick(&eps, &Filter::new(), &cursor, &mut rng).unwrap()] += 1;
+            }
+            for c in counts {
+                assert!((9_000..11_000).contains(&c), "{strategy:?} is biased: {counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_loaded_and_p2c_prefer_the_lighter_endpoint_relative_to_weight() {
+        let eps = endpoints(&[1.0, 4.0]);
+        hold(&eps[0], 2); // load (2+1)/1 = 3
+        hold(&eps[1], 4); // load (4+1)/4 = 1.25
+        let mut rng = FastRng::seeded(1);
+        for _ in 0..100 {
+            assert_eq!(least_loaded(&eps, &Filter::new(), &mut rng), Some(1));
+            assert_eq!(p2c(&eps, &Filter::new(), &mut rng), Some(1));
+        }
+    }
+
+    #[test]
+    fn filters_leave_out_excluded_drained_ejected_and_full_endpoints() {
+        let eps: Vec<_> = (0..6)
+            .map(|i| {
+                let mut c = EndpointConfig::new(format!("e{i}"));
+                if i == 3 {
+                    c = c.max_concurrency(1);
+                }
+                Endpoint::new(c).unwrap()
+            })
+            .collect();
+        let mut exclude = Exclude::new();
+        exclude.insert(&eps[0]);
+        eps[1].set_weight(0.0);
+        eps[2].set_health(Health::Ejected {
+            until: Instant::now() + std::time::Duration::from_secs(60),
+        });
+        hold(&eps[3], 1);
+        eps[4].mark_removed();
+        let filter = Filter::new().exclude(&exclude);
+        let mut rng = FastRng::seeded(9);
+        let cursor = AtomicUsize::new(0);
+        for strategy in [
+            Strategy::PowerOfTwoChoices,
+            Strategy::LeastLoaded,
+            Strategy::PeakEwma,
+            Strategy::RoundRobin,
+            Strategy::Random,
+            Strategy::Weighted,
+        ] {
+            for _ in 0..200 {
+                assert_eq!(strategy.pick(&eps, &filter, &cursor, &mut rng), Some(5), "{strategy:?}");
+            }
+        }
+        eps[5].set_weight(0.0);
+        assert_eq!(p2c(&eps, &filter, &mut rng), None);
+        assert_eq!(round_robin(&eps, &filter, &cursor), None);
+    }
+
+    #[test]
+    fn an_expired_ejection_lets_the_endpoint_back_at_the_filter_time() {
+        let eps = endpoints(&[1.0]);
+        let t0 = Instant::now();
+        eps[0].set_health(Health::CoolingDown {
+            until: t0 + std::time::Duration::from_millis(1500),
+        });
+        let mut rng = FastRng::seeded(1);
+        let before = Filter::new().at(t0 + std::time::Duration::from_millis(1400));
+        let after = Filter::new().at(t0 + std::time::Duration::from_millis(1501));
+        assert_eq!(p2c(&eps, &before, &mut rng), None);
+        assert_eq!(p2c(&eps, &after, &mut rng), Some(0));
+    }
+
+    #[test]
+    fn weighted_sends_traffic_in_proportion() {
+        let eps = endpoints(&[1.0, 2.0, 3.0, 0.0]);
+        let mut rng = FastRng::seeded(5);
+        let mut counts = [0usize; 4];
+        let n = 60_000;
+        for _ in 0..n {
+            counts[weighted(&eps, &Filter::new(), &mut rng).unwrap()] += 1;
+        }
+        for (i, expected) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0, 0.0].iter().enumerate() {
+            let share = counts[i] as f64 / n as f64;
+            assert!((share - expected).abs() < 0.01, "share {i}: {share} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn p2c_holds_in_flight_in_proportion_to_weight() {
+        // 600 long requests arrive one after another and all stay: the in-flight split should
+        // follow the weights.
+        let eps = endpoints(&[1.0, 2.0, 3.0]);
+        let mut rng = FastRng::seeded(11);
+        for _ in 0..600 {
+            let i = p2c(&eps, &Filter::new(), &mut rng).unwrap();
+            assert!(eps[i].try_acquire(1));
+        }
+        for (i, w) in [1.0, 2.0, 3.0].iter().enumerate() {
+            let expected = 600.0 * w / 6.0;
+            let got = eps[i].in_flight() as f64;
+            assert!((got - expected).abs() <= expected * 0.05, "endpoint {i}: {got} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn a_failing_endpoint_never_looks_fast_to_peak_ewma() {
+        let eps = endpoints(&[1.0, 1.0]);
+        let now = Instant::now();
+        // e0 answers in 200 ms; e1 fails in 1 ms.
+        eps[0].observe_ttfb(std::time::Duration::from_millis(200), now);
+        eps[0].observe_completion(std::time::Duration::from_millis(200), false, now);
+        for _ in 0..5 {
+            eps[1].observe_completion(std::time::Duration::from_millis(1), true, now);
+        }
+        assert!(eps[1].ttfb_estimate(now).unwrap() >= crate::endpoint::FAILURE_PENALTY);
+        let mut rng = FastRng::seeded(2);
+        let filter = Filter::new().at(now);
+        for _ in 0..100 {
+            assert_eq!(peak_ewma(&eps, &filter, &mut rng), Some(0));
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The shared endpoint set.
+//!
+//! Readers (every pick) load an immutable [`Snapshot`] through `arc-swap`: lock-free, and never
+//! blocked by a writer. Writers (insert, remove, re-weight, a `Discover` stream) build a new
+//! snapshot under a mutex and swap it in; one snapshot per change, so a pick sees the whole
+//! change or none of it.
+//!
+//! A removed endpoint takes no new picks and drains: its in-flight requests finish, and
+//! [`Endpoint::drained`] resolves when the last one has.
+//!
+//! ```
+//! use tower_ai_balance::{EndpointConfig, Pool};
+//! let pool = Pool::new();
+//! pool.insert("a", 1).unwrap();
+//! pool.insert(EndpointConfig::new("b").weight(3.0).max_concurrency(8), 2).unwrap();
+//! assert_eq!(pool.len(), 2);
+//! let removed = pool.remove("a").unwrap();
+//! assert!(removed.is_removed());
+//! ```
+
+use std::{fmt, future::poll_fn, ops::Range, pin::pin, sync::Arc};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tower::discover::{Change, Discover};
+
+use crate::{
+    endpoint::{check_weight, Capacity, Endpoint, EndpointConfig, Key},
+    error::ConfigError,
+    sync::AtomicUsize,
+};
+
+/// An endpoint and its service, as a snapshot holds them.
+#[derive(Debug, Clone)]
+pub struct Entry<S> {
+    endpoint: Arc<Endpoint>,
+    service: S,
+}
+
+impl<S> Entry<S> {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// Its service.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+}
+
+impl<S> AsRef<Endpoint> for Entry<S> {
+    #[inline]
+    fn as_ref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// An immutable view of the pool: its entries sorted by tier, and each tier's range.
+#[derive(Debug)]
+pub struct Snapshot<S> {
+    entries: Box<[Entry<S>]>,
+    tiers: Box<[(u32, Range<usize>)]>,
+}
+
+impl<S> Snapshot<S> {
+    fn new(mut entries: Vec<Entry<S>>) -> Self {
+        entries.sort_by_key(|e| e.endpoint.tier());
+        let mut tiers: Vec<(u32, Range<usize>)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            match tiers.last_mut() {
+                Some((t, r)) if *t == e.endpoint.tier() => r.end = i + 1,
+                _ => tiers.push((e.endpoint.tier(), i..i + 1)),
+            }
+        }
+        Self {
+            entries: entries.into_boxed_slice(),
+            tiers: tiers.into_boxed_slice(),
+        }
+    }
+
+    /// The entries, lowest tier first.
+    pub fn entries(&self) -> &[Entry<S>] {
+        &self.entries
+    }
+
+    /// Each tier and its entries, lowest first.
+    pub fn tiers(&self) -> impl Iterator<Item = (u32, &[Entry<S>])> + '_ {
+        self.tiers
+            .iter()
+            .map(|(t, r)| (*t, &self.entries[r.clone()]))
+    }
+
+    /// The number of endpoints.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        find(&self.entries, key)
+    }
+}
+
+fn find<S>(entries: &[Entry<S>], key: &str) -> Option<usize> {
+    entries.iter().position(|e| e.endpoint.key().as_str() == key)
+}
+
+/// Takes the endpoint out of `entries` and marks it removed, so picks on older snapshots pass
+/// it over.
+fn take<S>(entries: &mut Vec<Entry<S>>, key: &str) -> Option<Arc<Endpoint>> {
+    let removed = entries.remove(find(entries, key)?);
+    removed.endpoint.mark_removed();
+    Some(removed.endpoint)
+}
+
+struct Shared<S> {
+    snapshot: ArcSwap<Snapshot<S>>,
+    writer: Mutex<()>,
+    capacity: Arc<Capacity>,
+    cursor: AtomicUsize,
+}
+
+/// The shared endpoint set: cheap to clone, every clone the same pool.
+pub struct Pool<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for Pool<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Pool<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snap = self.shared.snapshot.load();
+        f.debug_list()
+            .entries(snap.entries.iter().map(|e| &e.endpoint))
+            .finish()
+    }
+}
+
+impl<S: Clone> Default for Pool<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Clone> Pool<S> {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(Snapshot::new(Vec::new())),
+                writer: Mutex::new(()),
+                capacity: Arc::default(),
+                cursor: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Adds an endpoint. Refuses a duplicate key, a negative or non-finite weight and a
+    /// maximum concurrency of 0.
+    pub fn insert(
+        &self,
+        config: impl Into<EndpointConfig>,
+        service: S,
+    ) -> Result<Arc<Endpoint>, ConfigError> {
+        let config = config.into();
+        self.update(|entries| {
+            if find(entries, config.key().as_str()).is_some() {
+                return Err(ConfigError::DuplicateKey {
+                    key: config.key().clone(),
+                });
+            }
+            self.push(entries, config, service)
+        })
+    }
+
+    /// Removes an endpoint: it takes no new picks, and its in-flight requests finish. Returns
+    /// it, so the caller can await [`Endpoint::drained`].
+    pub fn remove(&self, key: &str) -> Option<Arc<Endpoint>> {
+        self.update(|entries| take(entries, key).ok_or(ConfigError::UnknownEndpoint { key: key.into() }))
+            .ok()
+    }
+
+    /// Replaces the service of the endpoint with this key (the old endpoint drains), keeping
+    /// its metadata, or adds it with the default metadata: one snapshot either way.
+    pub fn upsert(&self, key: impl Into<Key>, service: S) -> Arc<Endpoint> {
+        let key = key.into();
+        let result = self.update(|entries| {
+            let config = match take(entries, key.as_str()) {
+                Some(old) => old.config(),
+                None => EndpointConfig::new(key.clone()),
+            };
+            self.push(entries, config, service)
+        });
+        result.expect("a config taken from a live endpoint, or the default, is valid")
+    }
+
+    fn push(
+        &self,
+        entries: &mut Vec<Entry<S>>,
+        config: EndpointConfig,
+        service: S,
+    ) -> Result<Arc<Endpoint>, ConfigError> {
+        let endpoint = Endpoint::with_capacity(config, Arc::clone(&self.shared.capacity))?;
+        entries.push(Entry {
+            endpoint: Arc::clone(&endpoint),
+            service,
+        });
+        Ok(endpoint)
+    }
+
+    /// Applies one change to a copy of the entries and publishes it as one snapshot; nothing
+    /// is published if the change fails.
+    fn update<R>(
+        &self,
+        change: impl FnOnce(&mut Vec<Entry<S>>) -> Result<R, ConfigError>,
+    ) -> Result<R, ConfigError> {
+        let _write = self.shared.writer.lock();
+        let mut entries = self.shared.snapshot.load().entries.to_vec();
+        let result = change(&mut entries)?;
+        self.shared.snapshot.store(Arc::new(Snapshot::new(entries)));
+        self.shared.capacity.wake();
+        Ok(result)
+    }
+
+    /// Changes an endpoint's weight. Weight 0 drains it: no new picks, in-flight requests
+    /// finish.
+    pub fn set_weight(&self, key: &str, weight: f64) -> Result<(), ConfigError> {
+        let endpoint = self.get(key).ok_or_else(|| ConfigError::UnknownEndpoint {
+            key: Key::from(key),
+        })?;
+        check_weight(endpoint.key(), weight)?;
+        endpoint.set_weight(weight);
+        Ok(())
+    }
+
+    /// The endpoint with this key.
+    pub fn get(&self, key: &str) -> Option<Arc<Endpoint>> {
+        let snap = self.shared.snapshot.load();
+        snap.find(key).map(|i| Arc::clone(&snap.entries[i].endpoint))
+    }
+
+    /// Every endpoint, lowest tier first.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.snapshot()
+            .entries
+            .iter()
+            .map(|e| Arc::clone(&e.endpoint))
+            .collect()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot<S>> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Reads the current snapshot without touching its reference count (the pick's way).
+    #[inline]
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot<S>>> {
+        self.shared.snapshot.load()
+    }
+
+    pub(crate) fn capacity(&self) -> &Arc<Capacity> {
+        &self.shared.capacity
+    }
+
+    pub(crate) fn cursor(&self) -> &AtomicUsize {
+        &self.shared.cursor
+    }
+
+    /// The number of endpoints.
+    pub fn len(&self) -> usize {
+        self.shared.snapshot.load().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Feeds the pool from a [`Discover`] stream until it ends or fails. An insert of a key
+    /// already present replaces its service (the old endpoint drains); endpoints discovered
+    /// this way get the default metadata.
+    pub async fn discover<D>(&self, discover: D) -> Result<(), D::Error>
+    where
+        D: Discover<Service = S>,
+        D::Key: Into<Key>,
+    {
+        let mut discover = pin!(discover);
+        while let Some(change) = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await {
+            match change? {
+                Change::Insert(key, service) => {
+                    self.upsert(key, service);
+                }
+                Change::Remove(key) => {
+                    self.remove(key.into().as_str());
+                }
+            }
+        }
+        Ok(())
+    }
+}
