@@ -1,1 +1,159 @@
-fn main(){}
+//! Nanoseconds per pick, beside the physical floor.
+//!
+//! `cargo bench --bench pick`. Groups:
+//! - `pick/floor`: a bare power-of-two-choices loop over an array of atomic counters (draw,
+//!   compare, increment, decrement): what any least-loaded picker must at least pay.
+//! - `pick/p2c`, `pick/p2c+2 filters`: the pick function alone over a pool snapshot, without and
+//!   with two filters (an `Exclude` hint of two endpoints and an ejected endpoint).
+//! - `pick/p2c+2 filters+slot`: the same, plus taking and giving back the slot (what the floor
+//!   does with its counter), timed in virtual time so no clock is read.
+//! - `pick/balance`: `Balance::pick` end to end with the two filters: snapshot load, hint
+//!   look-ups, pick, slot, guard, and the one clock read that times the request.
+//! - `pick/least-loaded scan`: the full-scan strategy, for scale.
+//!
+//! At the end, the ratio of each to the floor at the same size is printed.
+
+use std::{
+    hint::black_box,
+    sync::atomic::{AtomicUsize, Ordering::SeqCst},
+    time::Duration,
+};
+
+use criterion::{BenchmarkId, Criterion};
+use rand::RngCore;
+use tower_ai_balance::{
+    hints::{Exclude, WithHints},
+    load::LoadGuard,
+    pick::{self, Filter, Strategy},
+    Balance, EndpointConfig, FastRng, Health, Pool, ThreadRng,
+};
+
+const SIZES: [usize; 3] = [8, 100, 1000];
+
+#[derive(Clone, Copy)]
+struct Unit;
+
+fn pool(n: usize) -> Pool<Unit> {
+    let pool = Pool::new();
+    for i in 0..n {
+        pool.insert(EndpointConfig::new(format!("e{i}")), Unit)
+            .unwrap();
+    }
+    pool
+}
+
+/// Two filters: an `Exclude` of two endpoints and one ejected endpoint.
+fn filtered(pool: &Pool<Unit>) -> Exclude {
+    let endpoints = pool.endpoints();
+    let mut exclude = Exclude::new();
+    exclude.insert(&endpoints[0]);
+    exclude.insert(&endpoints[endpoints.len() / 2]);
+    endpoints[1].set_health(Health::Ejected {
+        until: tokio::time::Instant::now() + Duration::from_secs(3600),
+    });
+    exclude
+}
+
+fn floor_pick(counters: &[AtomicUsize], rng: &mut FastRng) -> usize {
+    let n = counters.len() as u64;
+    let r = rng.next_u64();
+    let a = (((r & 0xffff_ffff) * n) >> 32) as usize;
+    let b = (((r >> 32) * n) >> 32) as usize;
+    let i = if counters[a].load(SeqCst) <= counters[b].load(SeqCst) {
+        a
+    } else {
+        b
+    };
+    counters[i].fetch_add(1, SeqCst);
+    counters[i].fetch_sub(1, SeqCst);
+    i
+}
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for &n in &SIZES {
+        let counters: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        let mut rng = FastRng::seeded(1);
+        group.bench_with_input(BenchmarkId::new("floor", n), &n, |b, _| {
+            b.iter(|| black_box(floor_pick(&counters, &mut rng)))
+        });
+
+        let p = pool(n);
+        let snapshot = p.snapshot();
+        group.bench_with_input(BenchmarkId::new("p2c", n), &n, |b, _| {
+            let mut rng = ThreadRng;
+            b.iter(|| black_box(pick::p2c(snapshot.entries(), &Filter::new(), &mut rng)))
+        });
+
+        let exclude = filtered(&p);
+        group.bench_with_input(BenchmarkId::new("p2c+2 filters", n), &n, |b, _| {
+            let mut rng = ThreadRng;
+            b.iter(|| {
+                let filter = Filter::new().exclude(&exclude);
+                black_box(pick::p2c(snapshot.entries(), &filter, &mut rng))
+            })
+        });
+
+        let t0 = tokio::time::Instant::now();
+        group.bench_with_input(BenchmarkId::new("p2c+2 filters+slot", n), &n, |b, _| {
+            let mut rng = ThreadRng;
+            b.iter(|| {
+                let filter = Filter::new().exclude(&exclude);
+                let i = pick::p2c(snapshot.entries(), &filter, &mut rng).unwrap();
+                black_box(LoadGuard::acquire_at(
+                    snapshot.entries()[i].endpoint(),
+                    1,
+                    t0,
+                ))
+            })
+        });
+
+        group.bench_with_input(BenchmarkId::new("balance", n), &n, |b, _| {
+            let balance = Balance::new(p.clone());
+            let mut request = WithHints::new(());
+            request.extensions.insert(exclude.clone());
+            b.iter(|| black_box(balance.pick(&request).unwrap()))
+        });
+
+        let cursor = AtomicUsize::new(0);
+        group.bench_with_input(BenchmarkId::new("least-loaded scan", n), &n, |b, _| {
+            let mut rng = ThreadRng;
+            b.iter(|| {
+                black_box(Strategy::LeastLoaded.pick(
+                    snapshot.entries(),
+                    &Filter::new(),
+                    &cursor,
+                    &mut rng,
+                ))
+            })
+        });
+    }
+    group.finish();
+}
+
+#[path = "support/ratios.rs"]
+mod ratios;
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    for n in SIZES {
+        ratios::print(
+            &format!("pick at {n} endpoints, against the bare atomic floor"),
+            "pick",
+            &format!("floor/{n}"),
+            &[
+                "p2c",
+                "p2c+2 filters",
+                "p2c+2 filters+slot",
+                "balance",
+                "least-loaded scan",
+            ]
+            .map(|f| format!("{f}/{n}")),
+        );
+    }
+}

@@ -1,1 +1,148 @@
-fn main(){}
+//! Throughput of the balancer around ready endpoint services, side by side with calling one
+//! service directly and with tower's p2c `Balance` behind a `Buffer` (what tower users need to
+//! share a balancer across tasks), with 1 and 64 concurrent callers on a 2-worker runtime.
+//!
+//! `cargo bench --bench stack`. Each iteration is one request; the summary at the end prints
+//! each contender's time per request and its ratio to the direct call.
+
+use std::{
+    convert::Infallible,
+    future::{ready, Ready},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion};
+use http::{Request, Response};
+use http_body_util::Empty;
+use tower::{
+    balance::p2c,
+    buffer::Buffer,
+    discover::ServiceList,
+    load::{CompleteOnResponse, PendingRequests},
+    Service, ServiceExt,
+};
+use tower_ai_balance::{BalanceLayer, Pool};
+
+const ENDPOINTS: usize = 8;
+const CALLERS: [usize; 2] = [1, 64];
+
+/// An endpoint that is always ready and answers at once with an empty body.
+#[derive(Clone, Copy)]
+struct Instant200;
+
+impl Service<Request<()>> for Instant200 {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `iters` requests split over `callers` tasks, each with its own clone of `svc`.
+fn drive<S>(rt: &tokio::runtime::Runtime, svc: S, callers: usize, iters: u64) -> Duration
+where
+    S: Service<Request<()>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: std::fmt::Debug,
+{
+    rt.block_on(async move {
+        let per_caller = (iters as usize).div_ceil(callers);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let mut svc = svc.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_caller {
+                        let response = svc
+                            .ready()
+                            .await
+                            .unwrap()
+                            .call(Request::new(()))
+                            .await
+                            .unwrap();
+                        drop(response);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("stack");
+    for callers in CALLERS {
+        group.bench_with_input(BenchmarkId::new("direct", callers), &callers, |b, &n| {
+            b.iter_custom(|iters| drive(&rt, Instant200, n, iters))
+        });
+
+        let pool = Pool::new();
+        for i in 0..ENDPOINTS {
+            pool.insert(format!("e{i}"), Instant200).unwrap();
+        }
+        let ours = tower::ServiceBuilder::new()
+            .layer(BalanceLayer::new())
+            .service(pool);
+        group.bench_with_input(
+            BenchmarkId::new("tower-ai-balance", callers),
+            &callers,
+            |b, &n| b.iter_custom(|iters| drive(&rt, ours.clone(), n, iters)),
+        );
+
+        group.bench_with_input(
+            BenchmarkId::new("tower p2c + Buffer", callers),
+            &callers,
+            |b, &n| {
+                let services: Vec<_> = (0..ENDPOINTS)
+                    .map(|_| PendingRequests::new(Instant200, CompleteOnResponse::default()))
+                    .collect();
+                let buffered = rt.block_on(async {
+                    Buffer::new(p2c::Balance::new(ServiceList::new(services)), 1024)
+                });
+                b.iter_custom(|iters| drive(&rt, buffered.clone(), n, iters))
+            },
+        );
+    }
+    group.finish();
+}
+
+#[path = "support/ratios.rs"]
+mod ratios;
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    for n in CALLERS {
+        ratios::print(
+            &format!("time per request with {n} concurrent callers, against a direct call"),
+            "stack",
+            &format!("direct/{n}"),
+            &["tower-ai-balance", "tower p2c + Buffer"].map(|s| format!("{s}/{n}")),
+        );
+    }
+}

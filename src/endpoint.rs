@@ -5,13 +5,7 @@
 //! duration, health, and whether the endpoint was removed. An [`Arc<Endpoint>`] is the cheap
 //! handle that layers pass around (in [`Served`](crate::hints::Served) and in errors).
 
-use std::{
-    borrow::Borrow,
-    fmt,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{borrow::Borrow, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{sync::Notify, time::Instant};
 

@@ -194,7 +194,12 @@ impl fmt::Debug for EndpointError {
 
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "endpoint {} failed: {}", self.endpoint.key(), self.source)
+        write!(
+            f,
+            "endpoint {} failed: {}",
+            self.endpoint.key(),
+            self.source
+        )
     }
 }
 

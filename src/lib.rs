@@ -50,7 +50,7 @@
 //! None yet: the default build depends on tower, tokio (`sync`, `time`), http, http-body,
 //! arc-swap, parking_lot, rand, futures and pin-project-lite only.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![forbid(unsafe_code)]
 
 pub mod balance;
 pub mod classify;
@@ -62,6 +62,10 @@ pub mod pick;
 pub mod pool;
 mod rng;
 mod sync;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use crate::{
     balance::{Balance, BalanceLayer},

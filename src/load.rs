@@ -19,18 +19,21 @@ use tokio::time::Instant;
 use crate::{
     endpoint::Endpoint,
     hints::{Served, WithHints},
-    sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst},
+    sync::{AtomicU64, AtomicUsize, Ordering::SeqCst},
 };
 
-/// An endpoint's load counters: requests in flight, their outstanding cost, and whether the
-/// endpoint was removed (so the last release can announce the drain). Pure atomics, modelled
-/// under loom.
+/// An endpoint's load counters: requests in flight and their outstanding cost. The top bit of
+/// the in-flight word says the endpoint was removed, so that acquiring, releasing and removing
+/// each read and write one atomic in one step: whoever makes a removed endpoint empty learns it
+/// from the value its own read-modify-write returns, and the drain is always announced. Pure
+/// atomics, modelled under loom.
 #[derive(Debug)]
 pub(crate) struct Slots {
     in_flight: AtomicUsize,
     outstanding: AtomicU64,
-    removed: AtomicBool,
 }
+
+const REMOVED: usize = 1 << (usize::BITS - 1);
 
 /// The outcome of [`Slots::try_acquire`].
 #[derive(Debug, PartialEq, Eq)]
@@ -39,7 +42,9 @@ pub(crate) enum Acquired {
     Full,
     /// The endpoint was removed meanwhile; the slot was given back. `drained` if that made it
     /// empty.
-    Removed { drained: bool },
+    Removed {
+        drained: bool,
+    },
 }
 
 impl Slots {
@@ -47,13 +52,12 @@ impl Slots {
         Self {
             in_flight: AtomicUsize::new(0),
             outstanding: AtomicU64::new(0),
-            removed: AtomicBool::new(false),
         }
     }
 
     #[inline]
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(SeqCst)
+        self.in_flight.load(SeqCst) & !REMOVED
     }
 
     pub(crate) fn outstanding(&self) -> u64 {
@@ -62,27 +66,25 @@ impl Slots {
 
     #[inline]
     pub(crate) fn is_removed(&self) -> bool {
-        self.removed.load(SeqCst)
+        self.in_flight.load(SeqCst) & REMOVED != 0
     }
 
-    /// Takes a slot unless `max` are taken. One `fetch_add` without a limit, a CAS loop with
+    /// Takes a slot unless `max` are taken: one `fetch_add` without a limit, a CAS loop with
     /// one, so the limit is never exceeded, not even for an instant.
     #[inline]
     pub(crate) fn try_acquire(&self, max: usize, cost: u64) -> Acquired {
-        if max == usize::MAX {
-            self.in_flight.fetch_add(1, SeqCst);
-        } else if self
-            .in_flight
-            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
-            .is_err()
-        {
-            return Acquired::Full;
-        }
+        let before = if max == usize::MAX {
+            self.in_flight.fetch_add(1, SeqCst)
+        } else {
+            match self.in_flight.fetch_update(SeqCst, SeqCst, |n| {
+                (n & REMOVED != 0 || n < max).then_some(n + 1)
+            }) {
+                Ok(before) => before,
+                Err(_) => return Acquired::Full,
+            }
+        };
         self.outstanding.fetch_add(cost, SeqCst);
-        // Removal stores `removed` then reads `in_flight`; we add to `in_flight` then read
-        // `removed` (all SeqCst): at least one side sees the other, so a slot taken on a
-        // removed endpoint is always given back, and the drain is always announced.
-        if self.removed.load(SeqCst) {
+        if before & REMOVED != 0 {
             return Acquired::Removed {
                 drained: self.release(cost),
             };
@@ -95,14 +97,13 @@ impl Slots {
     pub(crate) fn release(&self, cost: u64) -> bool {
         self.outstanding.fetch_sub(cost, SeqCst);
         let before = self.in_flight.fetch_sub(1, SeqCst);
-        debug_assert!(before > 0, "in-flight underflow");
-        before == 1 && self.removed.load(SeqCst)
+        debug_assert!(before & !REMOVED > 0, "in-flight underflow");
+        before == REMOVED | 1
     }
 
     /// Marks the endpoint removed. Returns whether it is already empty.
     pub(crate) fn remove(&self) -> bool {
-        self.removed.store(true, SeqCst);
-        self.in_flight.load(SeqCst) == 0
+        self.in_flight.fetch_or(REMOVED, SeqCst) & !REMOVED == 0
     }
 }
 
@@ -117,12 +118,30 @@ pub struct LoadGuard {
 }
 
 impl LoadGuard {
-    /// Wraps a slot already taken with `try_acquire`.
-    pub(crate) fn new(endpoint: Arc<Endpoint>, cost: u64) -> Self {
+    /// Takes a slot on `endpoint` for a request of `cost`, timed from now; `None` if the
+    /// endpoint is at its concurrency limit or was removed.
+    #[inline]
+    pub fn acquire(endpoint: &Arc<Endpoint>, cost: u64) -> Option<Self> {
+        if endpoint.try_acquire(cost) {
+            Some(Self::held(endpoint, cost, Instant::now()))
+        } else {
+            None
+        }
+    }
+
+    /// As [`acquire`](Self::acquire), timed from `start`: for simulations in virtual time.
+    #[inline]
+    pub fn acquire_at(endpoint: &Arc<Endpoint>, cost: u64, start: Instant) -> Option<Self> {
+        endpoint
+            .try_acquire(cost)
+            .then(|| Self::held(endpoint, cost, start))
+    }
+
+    fn held(endpoint: &Arc<Endpoint>, cost: u64, start: Instant) -> Self {
         Self {
-            endpoint,
+            endpoint: Arc::clone(endpoint),
             cost,
-            start: Instant::now(),
+            start,
             first_byte: false,
             failed: false,
         }
@@ -140,19 +159,27 @@ impl LoadGuard {
 
     /// Records the first byte of the response body (once).
     pub fn first_byte(&mut self) {
+        self.first_byte_at(Instant::now());
+    }
+
+    /// As [`first_byte`](Self::first_byte), at `at`.
+    pub fn first_byte_at(&mut self, at: Instant) {
         if !self.first_byte && !self.failed {
             self.first_byte = true;
-            let now = Instant::now();
-            self.endpoint.observe_ttfb(now - self.start, now);
+            self.endpoint.observe_ttfb(at - self.start, at);
         }
     }
 
     /// Records the request's completion and releases the slot.
-    pub fn complete(mut self) {
-        self.first_byte();
-        let now = Instant::now();
+    pub fn complete(self) {
+        self.complete_at(Instant::now());
+    }
+
+    /// As [`complete`](Self::complete), at `at`.
+    pub fn complete_at(mut self, at: Instant) {
+        self.first_byte_at(at);
         self.endpoint
-            .observe_completion(now - self.start, self.failed, now);
+            .observe_completion(at - self.start, self.failed, at);
     }
 }
 

@@ -389,13 +389,22 @@ mod tests {
         let eps = endpoints(&[1.0; 5]);
         let mut rng = FastRng::seeded(3);
         let cursor = AtomicUsize::new(0);
-        for strategy in [Strategy::PowerOfTwoChoices, Strategy::LeastLoaded, Strategy::PeakEwma] {
+        for strategy in [
+            Strategy::PowerOfTwoChoices,
+            Strategy::LeastLoaded,
+            Strategy::PeakEwma,
+        ] {
             let mut counts = [0usize; 5];
             for _ in 0..50_000 {
-                counts[strategy.pick(&eps, &Filter::new(), &cursor, &mut rng).unwrap()] += 1;
+                counts[strategy
+                    .pick(&eps, &Filter::new(), &cursor, &mut rng)
+                    .unwrap()] += 1;
             }
             for c in counts {
-                assert!((9_000..11_000).contains(&c), "{strategy:?} is biased: {counts:?}");
+                assert!(
+                    (9_000..11_000).contains(&c),
+                    "{strategy:?} is biased: {counts:?}"
+                );
             }
         }
     }
@@ -443,7 +452,11 @@ mod tests {
             Strategy::Weighted,
         ] {
             for _ in 0..200 {
-                assert_eq!(strategy.pick(&eps, &filter, &cursor, &mut rng), Some(5), "{strategy:?}");
+                assert_eq!(
+                    strategy.pick(&eps, &filter, &cursor, &mut rng),
+                    Some(5),
+                    "{strategy:?}"
+                );
             }
         }
         eps[5].set_weight(0.0);
@@ -476,7 +489,10 @@ mod tests {
         }
         for (i, expected) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0, 0.0].iter().enumerate() {
             let share = counts[i] as f64 / n as f64;
-            assert!((share - expected).abs() < 0.01, "share {i}: {share} vs {expected}");
+            assert!(
+                (share - expected).abs() < 0.01,
+                "share {i}: {share} vs {expected}"
+            );
         }
     }
 
@@ -493,7 +509,10 @@ mod tests {
         for (i, w) in [1.0, 2.0, 3.0].iter().enumerate() {
             let expected = 600.0 * w / 6.0;
             let got = eps[i].in_flight() as f64;
-            assert!((got - expected).abs() <= expected * 0.05, "endpoint {i}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() <= expected * 0.05,
+                "endpoint {i}: {got} vs {expected}"
+            );
         }
     }
 

@@ -107,7 +107,9 @@ impl<S> Snapshot<S> {
 }
 
 fn find<S>(entries: &[Entry<S>], key: &str) -> Option<usize> {
-    entries.iter().position(|e| e.endpoint.key().as_str() == key)
+    entries
+        .iter()
+        .position(|e| e.endpoint.key().as_str() == key)
 }
 
 /// Takes the endpoint out of `entries` and marks it removed, so picks on older snapshots pass
@@ -187,8 +189,10 @@ impl<S: Clone> Pool<S> {
     /// Removes an endpoint: it takes no new picks, and its in-flight requests finish. Returns
     /// it, so the caller can await [`Endpoint::drained`].
     pub fn remove(&self, key: &str) -> Option<Arc<Endpoint>> {
-        self.update(|entries| take(entries, key).ok_or(ConfigError::UnknownEndpoint { key: key.into() }))
-            .ok()
+        self.update(|entries| {
+            take(entries, key).ok_or(ConfigError::UnknownEndpoint { key: key.into() })
+        })
+        .ok()
     }
 
     /// Replaces the service of the endpoint with this key (the old endpoint drains), keeping
@@ -247,7 +251,8 @@ impl<S: Clone> Pool<S> {
     /// The endpoint with this key.
     pub fn get(&self, key: &str) -> Option<Arc<Endpoint>> {
         let snap = self.shared.snapshot.load();
-        snap.find(key).map(|i| Arc::clone(&snap.entries[i].endpoint))
+        snap.find(key)
+            .map(|i| Arc::clone(&snap.entries[i].endpoint))
     }
 
     /// Every endpoint, lowest tier first.

@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 /// A wyrand generator: 64 bits of state, one multiply per draw. Not cryptographic.
 ///
-/// [`FastRng::thread`] draws from a per-thread state; [`FastRng::seeded`] gives a reproducible
+/// [`FastRng::thread_u64`] and [`ThreadRng`] draw from a per-thread state; [`FastRng::seeded`] gives a reproducible
 /// stream for simulations and tests. It implements [`rand::RngCore`], and every pick function
 /// accepts any `RngCore`.
 #[derive(Debug, Clone)]

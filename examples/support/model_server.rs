@@ -22,7 +22,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::{body::Frame, body::Incoming, service::service_fn};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -112,7 +112,7 @@ impl Drop for InFlight {
     }
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// A running simulated model server; stops accepting when dropped.
 pub struct ModelServer {
@@ -132,19 +132,28 @@ impl Drop for ModelServer {
 impl ModelServer {
     /// Starts a server on an ephemeral loopback port.
     pub async fn spawn(spec: Spec) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(Stats::default());
         let mode = Arc::new(AtomicU8::new(0));
         let (s, m, sp) = (Arc::clone(&stats), Arc::clone(&mode), spec.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let (s, m, sp) = (Arc::clone(&s), Arc::clone(&m), sp.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        handle(req, Arc::clone(&s), Mode::decode(m.load(SeqCst)), sp.clone())
+                        handle(
+                            req,
+                            Arc::clone(&s),
+                            Mode::decode(m.load(SeqCst)),
+                            sp.clone(),
+                        )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
@@ -152,7 +161,13 @@ impl ModelServer {
                 });
             }
         });
-        Self { addr, spec, stats, mode, task }
+        Self {
+            addr,
+            spec,
+            stats,
+            mode,
+            task,
+        }
     }
 
     /// Changes what the server does with the next requests.
@@ -167,7 +182,11 @@ impl ModelServer {
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|e: Infallible| match e {}).boxed());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|e: Infallible| match e {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     r
 }
@@ -185,7 +204,12 @@ async fn handle(
     mode: Mode,
     spec: Spec,
 ) -> Result<Response<Body>, Infallible> {
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let streaming = json["stream"].as_bool().unwrap_or(false);
     let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);
@@ -193,7 +217,8 @@ async fn handle(
         Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
         Mode::RateLimit(s) => {
             let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-            r.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
+            r.headers_mut()
+                .insert("retry-after", s.to_string().parse().unwrap());
             return Ok(r);
         }
         Mode::Hang => std::future::pending::<()>().await,
@@ -210,7 +235,8 @@ async fn handle(
         });
         guard.done();
         let mut r = full(StatusCode::OK, body.to_string());
-        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
         return Ok(r);
     }
     let reset = mode == Mode::ResetMidStream;
@@ -225,14 +251,18 @@ async fn handle(
             }
             if i == tokens {
                 guard.done();
-                return Some((Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))), (i + 1, None)));
+                return Some((
+                    Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
+                    (i + 1, None),
+                ));
             }
             let data = Bytes::from(chunk(&spec.name, i, i + 1 == tokens));
             Some((Ok(Frame::data(data)), (i + 1, Some(guard))))
         }
     });
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames.boxed())));
-    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())));
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
     Ok(r)
 }
 
@@ -252,7 +282,9 @@ impl Upstream {
     pub fn client() -> Client<HttpConnector, Full<Bytes>> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector)
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector)
     }
 }
 
@@ -261,12 +293,19 @@ impl tower::Service<Request<Full<Bytes>>> for Upstream {
     type Error = hyper_util::client::legacy::Error;
     type Future = hyper_util::client::legacy::ResponseFuture;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = Some(path.parse().unwrap());
         *req.uri_mut() = Uri::from_parts(parts).unwrap();

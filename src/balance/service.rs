@@ -101,8 +101,7 @@ impl<S: Clone> Balance<S> {
                     break;
                 };
                 let entry = &entries[i];
-                if entry.endpoint().try_acquire(cost) {
-                    let guard = LoadGuard::new(Arc::clone(entry.endpoint()), cost);
+                if let Some(guard) = LoadGuard::acquire(entry.endpoint(), cost) {
                     return Ok((entry.service().clone(), guard));
                 }
             }

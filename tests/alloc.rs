@@ -1,0 +1,133 @@
+//! A pick allocates nothing: counted with a global allocator that counts this thread's
+//! allocations.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    sync::atomic::AtomicUsize,
+};
+
+use tower_ai_balance::{
+    hints::{Exclude, WithHints},
+    pick::{Filter, Strategy},
+    Balance, EndpointConfig, Health, Pool,
+};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn the_counter_sees_an_allocation() {
+    assert_eq!(
+        allocations_during(|| drop(std::hint::black_box(Vec::<u8>::with_capacity(8)))),
+        1
+    );
+}
+
+/// A service that costs nothing to clone.
+#[derive(Clone, Copy)]
+struct Unit;
+
+fn pool(n: usize) -> Pool<Unit> {
+    let pool = Pool::new();
+    for i in 0..n {
+        pool.insert(
+            EndpointConfig::new(format!("e{i}")).max_concurrency(1 << 20),
+            Unit,
+        )
+        .unwrap();
+    }
+    pool
+}
+
+#[test]
+fn a_pick_with_filters_allocates_nothing() {
+    let pool = pool(1000);
+    let endpoints = pool.endpoints();
+    let mut exclude = Exclude::new();
+    exclude.insert(&endpoints[3]);
+    exclude.insert(&endpoints[500]);
+    endpoints[7].set_health(Health::Ejected {
+        until: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+    });
+    let snapshot = pool.snapshot();
+    let cursor = AtomicUsize::new(0);
+    let mut rng = tower_ai_balance::ThreadRng;
+    // Warm up the thread-local generator and the clock.
+    Strategy::PowerOfTwoChoices.pick(snapshot.entries(), &Filter::new(), &cursor, &mut rng);
+
+    for strategy in [
+        Strategy::PowerOfTwoChoices,
+        Strategy::LeastLoaded,
+        Strategy::PeakEwma,
+        Strategy::RoundRobin,
+        Strategy::Random,
+        Strategy::Weighted,
+    ] {
+        let n = allocations_during(|| {
+            for _ in 0..10_000 {
+                let filter = Filter::new().exclude(&exclude);
+                let i = strategy
+                    .pick(snapshot.entries(), &filter, &cursor, &mut rng)
+                    .unwrap();
+                assert!(!exclude.contains(snapshot.entries()[i].endpoint()));
+            }
+        });
+        assert_eq!(n, 0, "{strategy:?} allocated {n} times in 10,000 picks");
+    }
+}
+
+#[test]
+fn balance_pick_with_hints_allocates_nothing() {
+    // The whole hot path of `Balance`: snapshot load, hint lookup, filter, choice, slot, guard.
+    let pool = pool(1000);
+    let balance = Balance::new(pool.clone());
+    let mut request = WithHints::new(());
+    let mut exclude = Exclude::new();
+    exclude.insert(&pool.endpoints()[1]);
+    request.extensions.insert(exclude);
+    drop(balance.pick(&request).unwrap());
+    let n = allocations_during(|| {
+        for _ in 0..10_000 {
+            let (_service, guard) = balance.pick(&request).unwrap();
+            drop(guard);
+        }
+    });
+    assert_eq!(n, 0, "Balance::pick allocated {n} times in 10,000 picks");
+    assert_eq!(
+        pool.endpoints()
+            .iter()
+            .map(|e| e.in_flight())
+            .sum::<usize>(),
+        0
+    );
+}

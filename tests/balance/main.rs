@@ -1,0 +1,12 @@
+//! The Balance layer: picking, load held for a stream's life, drains, limits and typed errors.
+#![allow(unreachable_pub)]
+
+#[path = "../../examples/support/model_server.rs"]
+mod model_server;
+mod support;
+
+mod churn;
+mod config;
+mod drain;
+mod limits;
+mod streams;
