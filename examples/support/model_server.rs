@@ -73,8 +73,36 @@ pub struct Spec {
     pub name: String,
     /// Time to first token.
     pub ttft: Duration,
-    /// Time per further token.
+    /// Time per further token while at most `batch` sequences run.
     pub per_token: Duration,
+    /// How many sequences run at full speed; beyond that every token slows in proportion, as
+    /// on a GPU whose batch is full.
+    pub batch: usize,
+}
+
+impl Spec {
+    pub fn new(name: impl Into<String>, ttft: Duration, per_token: Duration) -> Self {
+        Self {
+            name: name.into(),
+            ttft,
+            per_token,
+            batch: usize::MAX,
+        }
+    }
+
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// The time for the next token with `running` sequences in flight.
+    fn token_time(&self, running: usize) -> Duration {
+        if running <= self.batch {
+            self.per_token
+        } else {
+            self.per_token.mul_f64(running as f64 / self.batch as f64)
+        }
+    }
 }
 
 /// What the server saw.
@@ -226,7 +254,10 @@ async fn handle(
     }
     let guard = InFlight::new(&stats);
     if !streaming {
-        tokio::time::sleep(spec.ttft + spec.per_token * (tokens as u32 - 1)).await;
+        tokio::time::sleep(spec.ttft).await;
+        for _ in 1..tokens {
+            tokio::time::sleep(spec.token_time(stats.in_flight.load(SeqCst))).await;
+        }
         let text: String = (0..tokens).map(|i| format!("t{i} ")).collect();
         let body = serde_json::json!({
             "id": format!("chatcmpl-{}", spec.name), "object": "chat.completion", "model": "sim",
@@ -242,9 +273,15 @@ async fn handle(
     let reset = mode == Mode::ResetMidStream;
     let frames = stream::unfold((0u64, Some(guard)), move |(i, guard)| {
         let spec = spec.clone();
+        let stats = Arc::clone(&stats);
         async move {
             let guard = guard?;
-            tokio::time::sleep(if i == 0 { spec.ttft } else { spec.per_token }).await;
+            let wait = if i == 0 {
+                spec.ttft
+            } else {
+                spec.token_time(stats.in_flight.load(SeqCst))
+            };
+            tokio::time::sleep(wait).await;
             if reset && i == 1 {
                 drop(guard);
                 return Some((Err(std::io::Error::other("simulated reset")), (i + 1, None)));

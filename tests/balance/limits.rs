@@ -14,12 +14,7 @@ async fn max_concurrency_is_never_exceeded_and_the_queue_serves_everyone() {
     let client = Upstream::client();
     let mut servers = Vec::new();
     for i in 0..3 {
-        let s = ModelServer::spawn(Spec {
-            name: format!("m{i}"),
-            ttft: ms(2),
-            per_token: ms(3),
-        })
-        .await;
+        let s = ModelServer::spawn(Spec::new(format!("m{i}"), ms(2), ms(3))).await;
         pool.insert(
             EndpointConfig::new(format!("m{i}")).max_concurrency(2),
             Upstream::new(client.clone(), s.uri()),

@@ -20,12 +20,7 @@ pub async fn http_pool(
     let client = Upstream::client();
     let mut servers = Vec::new();
     for i in 0..n {
-        let s = ModelServer::spawn(Spec {
-            name: format!("m{i}"),
-            ttft,
-            per_token,
-        })
-        .await;
+        let s = ModelServer::spawn(Spec::new(format!("m{i}"), ttft, per_token)).await;
         pool.insert(format!("m{i}"), Upstream::new(client.clone(), s.uri()))
             .unwrap();
         servers.push(s);
