@@ -12,7 +12,8 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     error::ConfigError,
     load::{Acquired, Slots},
-    sync::{AtomicU64, AtomicUsize, Ordering::SeqCst},
+    outlier::Outliers,
+    sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst},
 };
 
 /// An endpoint's name in its pool: cheap to clone, compared by value.
@@ -183,7 +184,8 @@ pub(crate) fn check_weight(key: &Key, weight: f64) -> Result<(), ConfigError> {
 pub enum Health {
     /// Takes traffic.
     Healthy,
-    /// Failing: takes no traffic until `until`, then trial requests decide.
+    /// Failing: takes no traffic until `until`; then, if the health layer set trial requests,
+    /// only that many until it decides (half-open).
     Ejected {
         /// When it may be tried again.
         until: Instant,
@@ -193,11 +195,23 @@ pub enum Health {
         /// When the cooldown ends.
         until: Instant,
     },
+    /// Back after an ejection: takes traffic, with its weight ramping up to full at `until`.
+    SlowStart {
+        /// When the ramp ends.
+        until: Instant,
+    },
 }
 
 const HEALTHY: u64 = 0;
 const EJECTED: u64 = 1;
 const COOLING: u64 = 2;
+const RAMPING: u64 = 3;
+/// Trial permits meaning "no limit": set by a plain `set_health`, so an ejection set by hand
+/// simply expires. Otherwise the low 16 bits are the permits left, the high 16 the most there
+/// may be.
+const UNLIMITED: u32 = u32::MAX;
+/// The least share of its weight a slow-starting endpoint gets.
+const RAMP_FLOOR: f64 = 0.05;
 
 /// The pool-wide queue of requests waiting for capacity; endpoints wake it on release.
 #[derive(Debug, Default)]
@@ -280,6 +294,8 @@ pub struct Endpoint {
     max_concurrency: usize,
     id: u64,
     tier: u32,
+    trials: AtomicU32,
+    ramp_ms: AtomicU64,
 
     key: Key,
     labels: Box<[(Arc<str>, Arc<str>)]>,
@@ -288,6 +304,7 @@ pub struct Endpoint {
     latency: PeakEwma,
     requests: AtomicU64,
     failures: AtomicU64,
+    pub(crate) outliers: parking_lot::Mutex<Outliers>,
     drained: Notify,
     capacity: Arc<Capacity>,
 }
@@ -328,6 +345,8 @@ impl Endpoint {
             max_concurrency: config.max_concurrency.unwrap_or(usize::MAX),
             id: next_id(),
             tier: config.tier,
+            trials: AtomicU32::new(UNLIMITED),
+            ramp_ms: AtomicU64::new(0),
             key: config.key,
             labels: config.labels.into_boxed_slice(),
             born: Instant::now(),
@@ -335,6 +354,7 @@ impl Endpoint {
             latency: PeakEwma::new(),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            outliers: parking_lot::Mutex::new(Outliers::default()),
             drained: Notify::new(),
             capacity,
         }))
@@ -435,25 +455,60 @@ impl Endpoint {
     /// The current health.
     pub fn health(&self) -> Health {
         let raw = self.health.load(SeqCst);
-        let until = self.born + Duration::from_millis(raw >> 2);
+        let until = self.until(raw);
         match raw & 3 {
             EJECTED => Health::Ejected { until },
             COOLING => Health::CoolingDown { until },
+            RAMPING => Health::SlowStart { until },
             _ => Health::Healthy,
         }
     }
 
-    /// Sets the health. The health layer calls this; tests and custom layers may too.
+    /// Sets the health. A `SlowStart` ramps over the time from now to its `until`; an
+    /// `Ejected` set here lets traffic back freely once it expires (the health layer uses
+    /// its own ejection, which lets only trial requests through).
     pub fn set_health(&self, health: Health) {
+        self.store_health(health, UNLIMITED);
+    }
+
+    /// Ejects until `until`, then lets `trials` requests through at a time until the health
+    /// layer decides.
+    pub(crate) fn eject(&self, until: Instant, trials: u16) {
+        let trials = u32::from(trials);
+        self.store_health(Health::Ejected { until }, (trials << 16) | trials);
+    }
+
+    /// Holds the weight at its floor for `hold`, then ramps it back to full over `window`:
+    /// a soft ejection, for when a hard one would take too much of the pool away.
+    pub(crate) fn soften(&self, hold: Duration, window: Duration, now: Instant) {
+        let window = window.max(Duration::from_millis(1));
+        self.ramp_ms.store(window.as_millis() as u64, SeqCst);
+        let until = now + hold + window;
+        self.trials.store(UNLIMITED, SeqCst);
+        self.health
+            .store(RAMPING | (self.millis_at(until) << 2), SeqCst);
+    }
+
+    fn store_health(&self, health: Health, trials: u32) {
         let raw = match health {
             Health::Healthy => HEALTHY,
             Health::Ejected { until } => EJECTED | (self.millis_at(until) << 2),
             Health::CoolingDown { until } => COOLING | (self.millis_at(until) << 2),
+            Health::SlowStart { until } => {
+                let window = until.saturating_duration_since(Instant::now());
+                self.ramp_ms.store(window.as_millis().max(1) as u64, SeqCst);
+                RAMPING | (self.millis_at(until) << 2)
+            }
         };
+        self.trials.store(trials, SeqCst);
         self.health.store(raw, SeqCst);
-        if raw == HEALTHY {
+        if raw & 3 == HEALTHY || raw & 3 == RAMPING {
             self.capacity.wake();
         }
+    }
+
+    fn until(&self, raw: u64) -> Instant {
+        self.born + Duration::from_millis(raw >> 2)
     }
 
     /// Whether the health cell lets a request through at this moment. The clock is read only
@@ -461,15 +516,61 @@ impl Endpoint {
     #[inline]
     pub(crate) fn health_allows(&self, now: &crate::pick::LazyNow) -> bool {
         let raw = self.health.load(SeqCst);
-        raw == HEALTHY || self.born + Duration::from_millis(raw >> 2) <= now.get()
+        match raw & 3 {
+            HEALTHY | RAMPING => true,
+            COOLING => self.until(raw) <= now.get(),
+            _ => self.until(raw) <= now.get() && self.trials.load(SeqCst) & 0xffff > 0,
+        }
+    }
+
+    /// The weight as the pick sees it: reduced while slow-starting.
+    #[inline]
+    pub(crate) fn effective_weight(&self, now: &crate::pick::LazyNow) -> f64 {
+        let weight = self.weight();
+        let raw = self.health.load(SeqCst);
+        if raw & 3 != RAMPING {
+            return weight;
+        }
+        let left = self
+            .until(raw)
+            .saturating_duration_since(now.get())
+            .as_millis() as f64;
+        let window = self.ramp_ms.load(SeqCst).max(1) as f64;
+        weight * (1.0 - left / window).clamp(RAMP_FLOOR, 1.0)
     }
 
     /// When a currently unavailable endpoint becomes available again, if it is only waiting.
     pub(crate) fn available_at(&self) -> Option<Instant> {
         match self.health() {
-            Health::Healthy => None,
             Health::Ejected { until } | Health::CoolingDown { until } => Some(until),
+            _ => None,
         }
+    }
+
+    /// Takes a half-open trial permit if the endpoint is ejected and due; `Some(true)` if one
+    /// was taken, `Some(false)` if none is needed, `None` if none is left.
+    #[inline]
+    fn take_trial(&self) -> Option<bool> {
+        if self.health.load(SeqCst) & 3 != EJECTED {
+            return Some(false);
+        }
+        match self.trials.fetch_update(SeqCst, SeqCst, |t| match t {
+            UNLIMITED => Some(t),
+            t if t & 0xffff == 0 => None,
+            t => Some(t - 1),
+        }) {
+            Ok(UNLIMITED) => Some(false),
+            Ok(_) => Some(true),
+            Err(_) => None,
+        }
+    }
+
+    /// Gives back a trial permit when its request ends (the verdict, if any, was already
+    /// recorded): never more than the ejection allowed.
+    pub(crate) fn return_trial(&self) {
+        let _ = self.trials.fetch_update(SeqCst, SeqCst, |t| {
+            (t != UNLIMITED && t & 0xffff < t >> 16).then(|| t + 1)
+        });
     }
 
     /// Whether the endpoint was removed from its pool.
@@ -479,8 +580,10 @@ impl Endpoint {
 
     /// Whether the pick may choose it at all (not removed, weight above 0, healthy or due).
     #[inline]
-    pub(crate) fn takes_traffic(&self, now: &crate::pick::LazyNow) -> bool {
-        self.weight.load(SeqCst) != 0 && !self.slots.is_removed() && self.health_allows(now)
+    pub(crate) fn takes_traffic(&self, now: &crate::pick::LazyNow, ignore_health: bool) -> bool {
+        self.weight.load(SeqCst) != 0
+            && !self.slots.is_removed()
+            && (ignore_health || self.health_allows(now))
     }
 
     /// Whether it has a free slot under its concurrency limit.
@@ -489,9 +592,24 @@ impl Endpoint {
         self.slots.in_flight() < self.max_concurrency
     }
 
-    /// Takes a slot: `false` if the endpoint is full or was removed meanwhile.
+    /// Takes a slot, and a half-open trial permit if the endpoint is on trial. `None` if the
+    /// endpoint is full, out of trial permits, or was removed meanwhile; else whether a trial
+    /// permit was taken (to be given back with [`return_trial`](Self::return_trial)).
     #[inline]
-    pub(crate) fn try_acquire(&self, cost: u64) -> bool {
+    pub(crate) fn try_acquire(&self, cost: u64) -> Option<bool> {
+        let trial = self.take_trial()?;
+        if self.try_acquire_any(cost) {
+            Some(trial)
+        } else {
+            if trial {
+                self.return_trial();
+            }
+            None
+        }
+    }
+
+    /// Takes a slot whatever the endpoint's health (panic mode).
+    pub(crate) fn try_acquire_any(&self, cost: u64) -> bool {
         match self.slots.try_acquire(self.max_concurrency, cost) {
             Acquired::Yes => true,
             Acquired::Full => false,

@@ -93,6 +93,32 @@ impl fmt::Display for Overloaded {
 
 impl std::error::Error for Overloaded {}
 
+/// The endpoint did not answer within the per-attempt timeout. Carried inside an
+/// [`EndpointError`], which names the endpoint.
+#[derive(Debug, Clone)]
+pub struct Timeout {
+    after: Duration,
+}
+
+impl Timeout {
+    pub(crate) fn new(after: Duration) -> Self {
+        Self { after }
+    }
+
+    /// The timeout that elapsed.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no response within {:?}", self.after)
+    }
+}
+
+impl std::error::Error for Timeout {}
+
 /// A configuration the pool or a layer refused.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -42,6 +42,8 @@
 //! - [`pick`]: the strategies, as plain functions usable without a runtime.
 //! - [`load`]: the guard that holds an endpoint's load until the response is finished.
 //! - [`balance`]: the `Balance` service and layer.
+//! - [`health`]: the `HealthFilter` layer: ejection, cooldown, half-open trials, probes.
+//! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
 //! - [`error`]: the typed errors.
 //!
@@ -56,8 +58,10 @@ pub mod balance;
 pub mod classify;
 pub mod endpoint;
 pub mod error;
+pub mod health;
 pub mod hints;
 pub mod load;
+mod outlier;
 pub mod pick;
 pub mod pool;
 mod rng;
@@ -70,7 +74,8 @@ struct ReadmeDoctests;
 pub use crate::{
     balance::{Balance, BalanceLayer},
     endpoint::{Endpoint, EndpointConfig, Health, Key},
-    error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded},
+    error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, Timeout},
+    health::{HealthFilter, HealthFilterLayer, HealthPolicy},
     pool::Pool,
     rng::{FastRng, ThreadRng},
 };

@@ -77,7 +77,7 @@ impl Slots {
             self.in_flight.fetch_add(1, SeqCst)
         } else {
             match self.in_flight.fetch_update(SeqCst, SeqCst, |n| {
-                (n & REMOVED != 0 || n < max).then_some(n + 1)
+                (n & REMOVED != 0 || n < max).then(|| n + 1)
             }) {
                 Ok(before) => before,
                 Err(_) => return Acquired::Full,
@@ -115,6 +115,8 @@ pub struct LoadGuard {
     start: Instant,
     first_byte: bool,
     failed: bool,
+    /// Holds one of the endpoint's half-open trial permits.
+    trial: bool,
 }
 
 impl LoadGuard {
@@ -122,28 +124,32 @@ impl LoadGuard {
     /// endpoint is at its concurrency limit or was removed.
     #[inline]
     pub fn acquire(endpoint: &Arc<Endpoint>, cost: u64) -> Option<Self> {
-        if endpoint.try_acquire(cost) {
-            Some(Self::held(endpoint, cost, Instant::now()))
-        } else {
-            None
-        }
+        let trial = endpoint.try_acquire(cost)?;
+        Some(Self::held(endpoint, cost, Instant::now(), trial))
     }
 
     /// As [`acquire`](Self::acquire), timed from `start`: for simulations in virtual time.
     #[inline]
     pub fn acquire_at(endpoint: &Arc<Endpoint>, cost: u64, start: Instant) -> Option<Self> {
-        endpoint
-            .try_acquire(cost)
-            .then(|| Self::held(endpoint, cost, start))
+        let trial = endpoint.try_acquire(cost)?;
+        Some(Self::held(endpoint, cost, start, trial))
     }
 
-    fn held(endpoint: &Arc<Endpoint>, cost: u64, start: Instant) -> Self {
+    /// Takes a slot whatever the endpoint's health (panic mode).
+    pub(crate) fn acquire_any(endpoint: &Arc<Endpoint>, cost: u64) -> Option<Self> {
+        endpoint
+            .try_acquire_any(cost)
+            .then(|| Self::held(endpoint, cost, Instant::now(), false))
+    }
+
+    fn held(endpoint: &Arc<Endpoint>, cost: u64, start: Instant, trial: bool) -> Self {
         Self {
             endpoint: Arc::clone(endpoint),
             cost,
             start,
             first_byte: false,
             failed: false,
+            trial,
         }
     }
 
@@ -186,6 +192,9 @@ impl LoadGuard {
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.endpoint.release(self.cost);
+        if self.trial {
+            self.endpoint.return_trial();
+        }
     }
 }
 

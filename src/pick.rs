@@ -63,6 +63,7 @@ impl LazyNow {
 #[derive(Debug, Default)]
 pub struct Filter<'a> {
     exclude: Option<&'a Exclude>,
+    ignore_health: bool,
     now: LazyNow,
 }
 
@@ -78,6 +79,12 @@ impl<'a> Filter<'a> {
         if !exclude.is_empty() {
             self.exclude = Some(exclude);
         }
+        self
+    }
+
+    /// Passes over health: panic mode, when health would leave no endpoint at all.
+    pub fn ignore_health(mut self) -> Self {
+        self.ignore_health = true;
         self
     }
 
@@ -101,7 +108,14 @@ impl<'a> Filter<'a> {
     /// Whether the endpoint may take the request, ignoring its concurrency limit.
     #[inline]
     pub fn serves(&self, e: &Endpoint) -> bool {
-        e.takes_traffic(&self.now) && self.exclude.map_or(true, |x| !x.contains(e))
+        e.takes_traffic(&self.now, self.ignore_health)
+            && self.exclude.map_or(true, |x| !x.contains(e))
+    }
+
+    /// The endpoint's weight as picks see it now (reduced while it slow-starts).
+    #[inline]
+    pub fn weight(&self, e: &Endpoint) -> f64 {
+        e.effective_weight(&self.now)
     }
 }
 
@@ -148,9 +162,9 @@ impl Strategy {
 /// `a` is less loaded than `b` (`Less`), as loaded, or more: `(in_flight + 1) / weight`,
 /// compared without division.
 #[inline]
-fn compare_load(a: &Endpoint, b: &Endpoint) -> std::cmp::Ordering {
-    let la = (a.in_flight() + 1) as f64 * b.weight();
-    let lb = (b.in_flight() + 1) as f64 * a.weight();
+fn compare_load(a: &Endpoint, b: &Endpoint, filter: &Filter<'_>) -> std::cmp::Ordering {
+    let la = (a.in_flight() + 1) as f64 * filter.weight(b);
+    let lb = (b.in_flight() + 1) as f64 * filter.weight(a);
     la.total_cmp(&lb)
 }
 
@@ -208,7 +222,7 @@ pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         return least_loaded(endpoints, filter, rng);
     };
     Some(
-        match compare_load(endpoints[a].as_ref(), endpoints[b].as_ref()) {
+        match compare_load(endpoints[a].as_ref(), endpoints[b].as_ref(), filter) {
             std::cmp::Ordering::Less => a,
             std::cmp::Ordering::Greater => b,
             std::cmp::Ordering::Equal if coin => a,
@@ -235,7 +249,7 @@ pub fn least_loaded<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
             ties = 1;
             continue;
         };
-        match compare_load(e, endpoints[b].as_ref()) {
+        match compare_load(e, endpoints[b].as_ref(), filter) {
             std::cmp::Ordering::Less => {
                 best = Some(i);
                 ties = 1;
@@ -272,8 +286,8 @@ pub fn peak_ewma<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     let (ta, tb) = (ea.ttfb_nanos(now), eb.ttfb_nanos(now));
     let ta_ = ta.or(tb).unwrap_or(1.0).max(1.0);
     let tb_ = tb.or(ta).unwrap_or(1.0).max(1.0);
-    let ca = ta_ * (ea.in_flight() + 1) as f64 * eb.weight();
-    let cb = tb_ * (eb.in_flight() + 1) as f64 * ea.weight();
+    let ca = ta_ * (ea.in_flight() + 1) as f64 * filter.weight(eb);
+    let cb = tb_ * (eb.in_flight() + 1) as f64 * filter.weight(ea);
     Some(match ca.total_cmp(&cb) {
         std::cmp::Ordering::Less => a,
         std::cmp::Ordering::Greater => b,
@@ -342,7 +356,7 @@ pub fn weighted<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         .iter()
         .map(AsRef::as_ref)
         .filter(|e| filter.eligible(e))
-        .map(Endpoint::weight)
+        .map(|e| filter.weight(e))
         .sum();
     if total <= 0.0 {
         return None;
@@ -355,7 +369,7 @@ pub fn weighted<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
             continue;
         }
         last = Some(i);
-        x -= e.weight();
+        x -= filter.weight(e);
         if x < 0.0 {
             return Some(i);
         }
@@ -380,7 +394,7 @@ mod tests {
 
     fn hold(e: &Endpoint, n: usize) {
         for _ in 0..n {
-            assert!(e.try_acquire(1));
+            assert!(e.try_acquire(1).is_some());
         }
     }
 
@@ -504,7 +518,7 @@ mod tests {
         let mut rng = FastRng::seeded(11);
         for _ in 0..600 {
             let i = p2c(&eps, &Filter::new(), &mut rng).unwrap();
-            assert!(eps[i].try_acquire(1));
+            assert!(eps[i].try_acquire(1).is_some());
         }
         for (i, w) in [1.0, 2.0, 3.0].iter().enumerate() {
             let expected = 600.0 * w / 6.0;

@@ -18,7 +18,13 @@
 //! assert!(removed.is_removed());
 //! ```
 
-use std::{fmt, future::poll_fn, ops::Range, pin::pin, sync::Arc};
+use std::{
+    fmt,
+    future::poll_fn,
+    ops::Range,
+    pin::pin,
+    sync::{Arc, Weak},
+};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -27,7 +33,7 @@ use tower::discover::{Change, Discover};
 use crate::{
     endpoint::{check_weight, Capacity, Endpoint, EndpointConfig, Key},
     error::ConfigError,
-    sync::AtomicUsize,
+    sync::{AtomicBool, AtomicUsize, Ordering::Relaxed},
 };
 
 /// An endpoint and its service, as a snapshot holds them.
@@ -125,6 +131,58 @@ struct Shared<S> {
     writer: Mutex<()>,
     capacity: Arc<Capacity>,
     cursor: AtomicUsize,
+    /// Whether a request that health would leave with no endpoint goes to all of them.
+    panic_routing: AtomicBool,
+    /// Whether the last pick that needed it routed in panic mode.
+    in_panic: AtomicBool,
+}
+
+/// A pool's endpoints, without its service type and without keeping it alive: what layers that
+/// watch endpoints (health probes, metrics) hold.
+#[derive(Clone)]
+pub struct Members(Arc<dyn MemberSource>);
+
+trait MemberSource: Send + Sync {
+    fn endpoints(&self) -> Option<Vec<Arc<Endpoint>>>;
+    fn set_panic_routing(&self, on: bool);
+}
+
+impl<S: Send + Sync> MemberSource for Weak<Shared<S>> {
+    fn endpoints(&self) -> Option<Vec<Arc<Endpoint>>> {
+        let shared = self.upgrade()?;
+        let snapshot = shared.snapshot.load();
+        Some(
+            snapshot
+                .entries
+                .iter()
+                .map(|e| Arc::clone(&e.endpoint))
+                .collect(),
+        )
+    }
+
+    fn set_panic_routing(&self, on: bool) {
+        if let Some(shared) = self.upgrade() {
+            shared.panic_routing.store(on, Relaxed);
+        }
+    }
+}
+
+impl Members {
+    /// The endpoints now, or `None` once the pool is gone.
+    pub fn endpoints(&self) -> Option<Vec<Arc<Endpoint>>> {
+        self.0.endpoints()
+    }
+
+    /// Lets requests that health would leave with no endpoint go to all of them (panic mode).
+    pub fn set_panic_routing(&self, on: bool) {
+        self.0.set_panic_routing(on);
+    }
+}
+
+impl fmt::Debug for Members {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Members").finish_non_exhaustive()
+    }
 }
 
 /// The shared endpoint set: cheap to clone, every clone the same pool.
@@ -164,6 +222,8 @@ impl<S: Clone> Pool<S> {
                 writer: Mutex::new(()),
                 capacity: Arc::default(),
                 cursor: AtomicUsize::new(0),
+                panic_routing: AtomicBool::new(false),
+                in_panic: AtomicBool::new(false),
             }),
         }
     }
@@ -283,9 +343,38 @@ impl<S: Clone> Pool<S> {
         &self.shared.cursor
     }
 
+    pub(crate) fn panic_routing(&self) -> bool {
+        self.shared.panic_routing.load(Relaxed)
+    }
+
+    /// Records whether this pick routed in panic mode, and says so when that changes.
+    #[inline]
+    pub(crate) fn note_panic(&self, panicking: bool) {
+        if self.shared.in_panic.load(Relaxed) != panicking
+            && self.shared.in_panic.swap(panicking, Relaxed) != panicking
+        {
+            if panicking {
+                tracing::warn!(
+                    endpoints = self.len(),
+                    "panic mode: health leaves no endpoint available; routing to all of them"
+                );
+            } else {
+                tracing::info!("panic mode over: healthy endpoints are available again");
+            }
+        }
+    }
+
     /// The number of endpoints.
     pub fn len(&self) -> usize {
         self.shared.snapshot.load().len()
+    }
+
+    /// A view of the endpoints for layers that watch them, which does not keep the pool alive.
+    pub fn members(&self) -> Members
+    where
+        S: Send + Sync + 'static,
+    {
+        Members(Arc::new(Arc::downgrade(&self.shared)))
     }
 
     /// Whether there are none.

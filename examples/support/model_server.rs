@@ -350,6 +350,28 @@ impl tower::Service<Request<Full<Bytes>>> for Upstream {
     }
 }
 
+/// A probe that GETs `/health` on the upstream whose base URI is the endpoint's `base` label.
+pub fn http_probe(
+    client: Client<HttpConnector, Full<Bytes>>,
+) -> impl Fn(
+    Arc<tower_ai_balance::Endpoint>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move |endpoint| {
+        let client = client.clone();
+        let uri = endpoint.label("base").map(|b| format!("{b}/health"));
+        Box::pin(async move {
+            let Some(Ok(uri)) = uri.map(|u| u.parse::<Uri>()) else {
+                return false;
+            };
+            let request = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+            matches!(client.request(request).await, Ok(r) if r.status().is_success())
+        })
+    }
+}
+
 /// A chat-completions request asking for `tokens` tokens.
 pub fn chat_request(tokens: u64, stream: bool) -> Request<Full<Bytes>> {
     let body = serde_json::json!({

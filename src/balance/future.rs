@@ -4,6 +4,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use pin_project_lite::pin_project;
@@ -16,7 +17,7 @@ use tower_service::Service;
 use super::{service::Miss, Balance, Queue};
 use crate::{
     endpoint::Capacity,
-    error::{BoxError, EndpointError, Overloaded},
+    error::{BoxError, EndpointError, Overloaded, Timeout},
     hints::Hinted,
     load::{LoadGuard, TrackLoad},
     sync::Ordering::SeqCst,
@@ -30,6 +31,10 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req>,
+        // Set when an endpoint is picked, if the layer has a per-attempt timeout.
+        #[pin]
+        deadline: Option<Sleep>,
+        timeout: Option<Duration>,
     }
 }
 
@@ -85,23 +90,33 @@ impl<S, Req> ResponseFuture<S, Req>
 where
     S: Service<Req> + Clone,
 {
-    pub(crate) fn ready(service: S, guard: LoadGuard, request: Req) -> Self {
+    pub(crate) fn ready(
+        service: S,
+        guard: LoadGuard,
+        request: Req,
+        timeout: Option<Duration>,
+    ) -> Self {
         Self {
             state: State::Ready {
                 service,
                 request: Some(request),
                 guard: Some(guard),
             },
+            deadline: timeout.map(tokio::time::sleep),
+            timeout,
         }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
         Self {
             state: State::Failed { error: Some(error) },
+            deadline: None,
+            timeout: None,
         }
     }
 
     pub(crate) fn queued(balance: Balance<S>, request: Req, queue: Queue) -> Self {
+        let timeout = balance.timeout();
         let capacity = Arc::clone(balance.pool().capacity());
         if capacity.waiting.fetch_add(1, SeqCst) >= queue.max_waiting {
             capacity.waiting.fetch_sub(1, SeqCst);
@@ -117,6 +132,8 @@ where
                 sleep: tokio::time::sleep(queue.timeout),
                 since: Instant::now(),
             },
+            deadline: None,
+            timeout,
         }
     }
 }
@@ -131,7 +148,10 @@ where
     type Output = Result<<S::Response as TrackLoad>::Output, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
+        let mut deadline = this.deadline;
+        let timeout = *this.timeout;
         loop {
             match state.as_mut().project() {
                 StateProj::Queued {
@@ -157,6 +177,7 @@ where
                                 request,
                                 guard: Some(guard),
                             });
+                            deadline.set(timeout.map(tokio::time::sleep));
                             continue;
                         }
                         Err(Miss::Unavailable(e)) => return Poll::Ready(Err(e.into())),
@@ -175,7 +196,11 @@ where
                     request,
                     guard,
                 } => {
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                    let readiness = match service.poll_ready(cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => return timed_out(deadline.as_mut(), timeout, guard, cx),
+                    };
+                    if let Err(e) = readiness {
                         return Poll::Ready(Err(fail(guard, e.into())));
                     }
                     let future = service.call(request.take().expect("polled after completion"));
@@ -183,7 +208,10 @@ where
                     state.set(State::Calling { future, guard });
                 }
                 StateProj::Calling { future, guard } => {
-                    return Poll::Ready(match ready!(future.poll(cx)) {
+                    let Poll::Ready(result) = future.poll(cx) else {
+                        return timed_out(deadline.as_mut(), timeout, guard, cx);
+                    };
+                    return Poll::Ready(match result {
                         Ok(response) => {
                             Ok(response.track(guard.take().expect("polled after completion")))
                         }
@@ -196,6 +224,21 @@ where
             }
         }
     }
+}
+
+/// While the endpoint has not answered: fails the attempt if its deadline has passed.
+fn timed_out<T>(
+    deadline: Pin<&mut Option<Sleep>>,
+    timeout: Option<Duration>,
+    guard: &mut Option<LoadGuard>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, BoxError>> {
+    if let (Some(sleep), Some(after)) = (deadline.as_pin_mut(), timeout) {
+        if sleep.poll(cx).is_ready() {
+            return Poll::Ready(Err(fail(guard, Timeout::new(after).into())));
+        }
+    }
+    Poll::Pending
 }
 
 /// Records the failure on the endpoint, releases its slot, and names it in the error.

@@ -20,6 +20,7 @@ pub struct Queue {
 pub struct BalanceLayer {
     pub(crate) strategy: Strategy,
     pub(crate) queue: Option<Queue>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl BalanceLayer {
@@ -32,6 +33,14 @@ impl BalanceLayer {
     /// The picking strategy.
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
+        self
+    }
+
+    /// Fails an attempt whose endpoint has not answered (response headers) within `timeout`
+    /// of being picked, with an [`EndpointError`](crate::error::EndpointError) around a
+    /// [`Timeout`](crate::error::Timeout), so the health layer counts it against that endpoint.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 

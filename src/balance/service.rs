@@ -2,6 +2,7 @@ use std::{
     fmt,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::time::Instant;
@@ -70,6 +71,10 @@ impl<S: Clone> Balance<S> {
         &self.pool
     }
 
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.config.timeout
+    }
+
     /// Picks an endpoint for `request` and takes a slot on it without calling it, for callers
     /// that route by themselves (a WebSocket upgrade, a custom transport). The slot is held
     /// until the guard is completed or dropped. Fails with
@@ -93,20 +98,45 @@ impl<S: Clone> Balance<S> {
             Some(exclude) => Filter::new().exclude(exclude),
             None => Filter::new(),
         };
+        if let Some(picked) = self.pick_in(&snapshot, &filter, cost, LoadGuard::acquire) {
+            self.pool.note_panic(false);
+            return Ok(picked);
+        }
+        match miss(&snapshot, &filter) {
+            Miss::Unavailable(_) if self.pool.panic_routing() => {
+                // Health leaves nothing: route to every endpoint rather than fail everything.
+                let filter = filter.ignore_health();
+                let picked = self.pick_in(&snapshot, &filter, cost, LoadGuard::acquire_any);
+                self.pool.note_panic(picked.is_some());
+                picked.ok_or_else(|| miss(&snapshot, &filter))
+            }
+            miss => Err(miss),
+        }
+    }
+
+    /// Picks in the lowest tier with an eligible endpoint that has room, and takes a slot.
+    #[inline]
+    fn pick_in(
+        &self,
+        snapshot: &Snapshot<S>,
+        filter: &Filter<'_>,
+        cost: u64,
+        acquire: fn(&Arc<crate::Endpoint>, u64) -> Option<LoadGuard>,
+    ) -> Option<(S, LoadGuard)> {
         for (_tier, entries) in snapshot.tiers() {
             for _ in 0..ACQUIRE_TRIES {
                 let strategy = self.config.strategy;
-                let Some(i) = strategy.pick(entries, &filter, self.pool.cursor(), &mut ThreadRng)
+                let Some(i) = strategy.pick(entries, filter, self.pool.cursor(), &mut ThreadRng)
                 else {
-                    break;
+                    break; // nothing eligible in this tier: try the next
                 };
                 let entry = &entries[i];
-                if let Some(guard) = LoadGuard::acquire(entry.endpoint(), cost) {
-                    return Ok((entry.service().clone(), guard));
+                if let Some(guard) = acquire(entry.endpoint(), cost) {
+                    return Some((entry.service().clone(), guard));
                 }
             }
         }
-        Err(miss(&snapshot, &filter))
+        None
     }
 }
 
@@ -148,7 +178,9 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         match self.try_pick(&request) {
-            Ok((service, guard)) => ResponseFuture::ready(service, guard, request),
+            Ok((service, guard)) => {
+                ResponseFuture::ready(service, guard, request, self.config.timeout)
+            }
             Err(Miss::Full) => match self.config.queue {
                 Some(queue) => ResponseFuture::queued(self.clone(), request, queue),
                 None => ResponseFuture::failed(Overloaded::new(None).into()),

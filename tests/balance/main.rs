@@ -3,6 +3,7 @@
 
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
+#[path = "../support/mod.rs"]
 mod support;
 
 mod churn;

@@ -1,3 +1,6 @@
+//! Helpers shared by the integration test binaries; each uses a part of them.
+#![allow(dead_code)]
+
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -10,7 +13,8 @@ use crate::model_server::{ModelServer, Spec, Upstream};
 
 pub type HttpService = Upstream;
 
-/// `n` simulated model servers, each behind its own endpoint in a fresh pool.
+/// `n` simulated model servers, each behind its own endpoint (`m0`, `m1`, ...) in a fresh
+/// pool; each endpoint's `base` label is its server's URI.
 pub async fn http_pool(
     n: usize,
     ttft: Duration,
@@ -21,7 +25,9 @@ pub async fn http_pool(
     let mut servers = Vec::new();
     for i in 0..n {
         let s = ModelServer::spawn(Spec::new(format!("m{i}"), ttft, per_token)).await;
-        pool.insert(format!("m{i}"), Upstream::new(client.clone(), s.uri()))
+        let config = tower_ai_balance::EndpointConfig::new(format!("m{i}"))
+            .label("base", s.uri().to_string().trim_end_matches('/'));
+        pool.insert(config, Upstream::new(client.clone(), s.uri()))
             .unwrap();
         servers.push(s);
     }

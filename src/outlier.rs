@@ -1,0 +1,92 @@
+//! The record of an endpoint's recent outcomes, which the health layer judges it by:
+//! consecutive failures, a sliding window of successes and failures, how often it was ejected,
+//! and the streaks of trial requests and probes. Guarded by a mutex on the endpoint, taken once
+//! per outcome (never by a pick).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Successes and failures over the last `len`, as two buckets: the current one and the one
+/// before, weighted by how much of it still lies inside the window.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Window {
+    start: Option<Instant>,
+    previous: (u32, u32),
+    current: (u32, u32),
+}
+
+impl Window {
+    fn roll(&mut self, now: Instant, len: Duration) {
+        let start = *self.start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= len * 2 {
+            self.previous = (0, 0);
+            self.current = (0, 0);
+            self.start = Some(now);
+        } else if elapsed >= len {
+            self.previous = self.current;
+            self.current = (0, 0);
+            self.start = Some(start + len);
+        }
+    }
+
+    pub(crate) fn record(&mut self, now: Instant, len: Duration, failed: bool) {
+        self.roll(now, len);
+        if failed {
+            self.current.1 += 1;
+        } else {
+            self.current.0 += 1;
+        }
+    }
+
+    /// `(requests, failures)` over the last `len`, estimated.
+    pub(crate) fn counts(&mut self, now: Instant, len: Duration) -> (f64, f64) {
+        self.roll(now, len);
+        let into = self
+            .start
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        let keep = 1.0 - (into.as_secs_f64() / len.as_secs_f64()).min(1.0);
+        let ok = f64::from(self.current.0) + f64::from(self.previous.0) * keep;
+        let failed = f64::from(self.current.1) + f64::from(self.previous.1) * keep;
+        (ok + failed, failed)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// What the health layer remembers of one endpoint.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Outliers {
+    pub(crate) consecutive_failures: u32,
+    pub(crate) window: Window,
+    /// Ejections so far; the next ejection lasts longer. Forgotten after a long healthy spell.
+    pub(crate) ejections: u32,
+    pub(crate) last_ejected: Option<Instant>,
+    /// Successful trial requests since the ejection expired.
+    pub(crate) trial_successes: u32,
+    /// Consecutive probe results: above 0 successes, below 0 failures.
+    pub(crate) probe_streak: i32,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_forgets_old_outcomes() {
+        let t0 = Instant::now();
+        let len = Duration::from_secs(10);
+        let mut w = Window::default();
+        for _ in 0..10 {
+            w.record(t0, len, true);
+        }
+        assert_eq!(w.counts(t0, len), (10.0, 10.0));
+        // Half a window later the old bucket counts half.
+        let (n, f) = w.counts(t0 + Duration::from_secs(15), len);
+        assert!((n - 5.0).abs() < 0.01 && (f - 5.0).abs() < 0.01, "{n} {f}");
+        assert_eq!(w.counts(t0 + Duration::from_secs(31), len), (0.0, 0.0));
+    }
+}
