@@ -12,6 +12,11 @@
 //! with power of two choices (the default) and once with round-robin. For each, the demo prints
 //! a table per endpoint (requests, peak in flight as the server saw it, p50 and p99 latency)
 //! and the latency of short and long requests overall.
+//!
+//! Then the same traffic runs through `HealthFilter` over `Balance` while things go wrong: one
+//! GPU starts answering 500 and heals a second later, another answers 429 with
+//! `Retry-After: 1` for a moment. The health layer's own events (ejected, cooling down, back in
+//! service) are printed as they happen, with a table of what each endpoint answered.
 
 #[path = "support/model_server.rs"]
 mod model_server;
@@ -23,7 +28,12 @@ use model_server::{chat_request, ModelServer, Spec, Upstream};
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_ai_balance::{hints::Served, pick::Strategy, BalanceLayer, EndpointConfig, Pool};
+use tower_ai_balance::{
+    health::{HealthFilterLayer, ProbeConfig},
+    hints::Served,
+    pick::Strategy,
+    BalanceLayer, EndpointConfig, HealthPolicy, Pool,
+};
 
 /// One request's plan: when it arrives, how many tokens, whether it streams.
 #[derive(Clone, Copy)]
@@ -39,6 +49,7 @@ struct Outcome {
     long: bool,
     latency: Duration,
     ok: bool,
+    status: u16,
 }
 
 fn workload(seed: u64, n: usize) -> Vec<Plan> {
@@ -79,50 +90,64 @@ fn servers() -> Vec<(Spec, f64)> {
     ]
 }
 
-async fn run(strategy: Strategy, plans: &[Plan]) -> (Vec<Outcome>, Vec<(String, usize)>) {
+async fn start_servers() -> (Pool<Upstream>, Vec<ModelServer>) {
     let client = Upstream::client();
     let pool = Pool::new();
     let mut running = Vec::new();
     for (spec, weight) in servers() {
         let server = ModelServer::spawn(spec.clone()).await;
-        pool.insert(
-            EndpointConfig::new(spec.name.as_str()).weight(weight),
-            Upstream::new(client.clone(), server.uri()),
-        )
-        .expect("valid endpoint");
+        let config = EndpointConfig::new(spec.name.as_str())
+            .weight(weight)
+            .label("base", server.uri().to_string().trim_end_matches('/'));
+        pool.insert(config, Upstream::new(client.clone(), server.uri()))
+            .expect("valid endpoint");
         running.push(server);
     }
-    let balancer = ServiceBuilder::new()
-        .layer(BalanceLayer::new().strategy(strategy))
-        .service(pool.clone());
+    (pool, running)
+}
 
+/// Sends the planned traffic through `svc`, each request at its time.
+async fn replay<S, B>(svc: S, plans: &[Plan]) -> Vec<Outcome>
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = http::Response<B>,
+            Error = tower_ai_balance::BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let start = Instant::now();
     let tasks: Vec<_> = plans
         .iter()
         .map(|&plan| {
-            let balancer = balancer.clone();
+            let svc = svc.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(start + plan.at).await;
                 let sent = Instant::now();
-                let (endpoint, ok) = match balancer
-                    .oneshot(chat_request(plan.tokens, plan.stream))
-                    .await
-                {
-                    Ok(response) => {
-                        let endpoint = response
-                            .extensions()
-                            .get::<Served>()
-                            .map(|s| s.0.key().to_string());
-                        let ok = response.into_body().collect().await.is_ok();
-                        (endpoint.unwrap_or_default(), ok)
-                    }
-                    Err(_) => (String::from("-"), false),
-                };
+                let (endpoint, ok, status) =
+                    match svc.oneshot(chat_request(plan.tokens, plan.stream)).await {
+                        Ok(response) => {
+                            let endpoint = response
+                                .extensions()
+                                .get::<Served>()
+                                .map(|s| s.0.key().to_string());
+                            let status = response.status();
+                            let ok =
+                                response.into_body().collect().await.is_ok() && status.is_success();
+                            (endpoint.unwrap_or_default(), ok, status.as_u16())
+                        }
+                        Err(_) => (String::from("-"), false, 0),
+                    };
                 Outcome {
                     endpoint,
                     long: plan.stream,
                     latency: sent.elapsed(),
                     ok,
+                    status,
                 }
             })
         })
@@ -131,6 +156,15 @@ async fn run(strategy: Strategy, plans: &[Plan]) -> (Vec<Outcome>, Vec<(String, 
     for t in tasks {
         outcomes.push(t.await.expect("request task"));
     }
+    outcomes
+}
+
+async fn run(strategy: Strategy, plans: &[Plan]) -> (Vec<Outcome>, Vec<(String, usize)>) {
+    let (pool, running) = start_servers().await;
+    let balancer = ServiceBuilder::new()
+        .layer(BalanceLayer::new().strategy(strategy))
+        .service(pool.clone());
+    let outcomes = replay(balancer, plans).await;
     assert!(
         pool.endpoints().iter().all(|e| e.in_flight() == 0),
         "load released"
@@ -140,6 +174,73 @@ async fn run(strategy: Strategy, plans: &[Plan]) -> (Vec<Outcome>, Vec<(String, 
         .map(|s| (s.spec.name.clone(), s.stats.peak_in_flight.load(SeqCst)))
         .collect();
     (outcomes, peaks)
+}
+
+/// The full stack while one GPU fails and heals and another rate-limits.
+async fn health_scenario(plans: &[Plan]) {
+    println!(
+        "\nhealth: gpu-fast-1 answers 500 from 0.5 s to 1.5 s; gpu-slow-0 answers 429 (Retry-After: 1) from 1.0 s to 1.2 s"
+    );
+    let (pool, running) = start_servers().await;
+    let mut policy = HealthPolicy::default();
+    policy.base_ejection = Duration::from_millis(500);
+    policy.slow_start = Some(Duration::from_secs(1));
+    let health = HealthFilterLayer::new(&pool)
+        .policy(policy)
+        .expect("valid policy");
+    let mut probes = ProbeConfig::default();
+    probes.interval = Duration::from_millis(250);
+    let probing = health.spawn_probes(model_server::http_probe(Upstream::client()), probes);
+    let svc = ServiceBuilder::new()
+        .layer(health)
+        .layer(BalanceLayer::new().timeout(Duration::from_secs(10)))
+        .service(pool.clone());
+
+    let servers = std::sync::Arc::new(running);
+    let faults = {
+        let servers = std::sync::Arc::clone(&servers);
+        tokio::spawn(async move {
+            let at = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+            at(500).await;
+            servers[1].set_mode(model_server::Mode::Fail);
+            at(500).await;
+            servers[2].set_mode(model_server::Mode::RateLimit(1));
+            at(200).await;
+            servers[2].set_mode(model_server::Mode::Normal);
+            at(300).await;
+            servers[1].set_mode(model_server::Mode::Normal);
+        })
+    };
+    let outcomes = replay(svc, plans).await;
+    faults.await.expect("fault script");
+    probing.abort();
+
+    println!(
+        "  {:<12} {:>9} {:>6} {:>6} {:>6}   health at the end",
+        "endpoint", "requests", "200", "500", "429"
+    );
+    for e in pool.endpoints() {
+        let here: Vec<_> = outcomes
+            .iter()
+            .filter(|o| o.endpoint == e.key().as_str())
+            .collect();
+        let count = |s: u16| here.iter().filter(|o| o.status == s).count();
+        println!(
+            "  {:<12} {:>9} {:>6} {:>6} {:>6}   {:?}",
+            e.key(),
+            here.len(),
+            count(200),
+            count(500),
+            count(429),
+            e.health()
+        );
+    }
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    println!(
+        "  {} of {} requests succeeded; {failed} saw a 5xx, a 429 or an error (Failover, to come, retries those)",
+        outcomes.len() - failed,
+        outcomes.len()
+    );
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -238,4 +339,11 @@ async fn main() {
             peak
         );
     }
+
+    // The health layer's events, as they happen, with the time since the demo began.
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .init();
+    health_scenario(&plans).await;
 }
