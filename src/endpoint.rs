@@ -293,6 +293,7 @@ pub struct Endpoint {
     health: AtomicU64,
     max_concurrency: usize,
     id: u64,
+    key_hash: u64,
     tier: u32,
     trials: AtomicU32,
     ramp_ms: AtomicU64,
@@ -344,6 +345,7 @@ impl Endpoint {
             health: AtomicU64::new(HEALTHY),
             max_concurrency: config.max_concurrency.unwrap_or(usize::MAX),
             id: next_id(),
+            key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
             tier: config.tier,
             trials: AtomicU32::new(UNLIMITED),
             ramp_ms: AtomicU64::new(0),
@@ -379,6 +381,11 @@ impl Endpoint {
     /// A process-unique number, used by [`Exclude`](crate::hints::Exclude).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The stable hash of the key, the same in every replica: what affinity ranks by.
+    pub fn key_hash(&self) -> u64 {
+        self.key_hash
     }
 
     /// The tier.

@@ -16,7 +16,7 @@ use http::Extensions;
 
 use crate::endpoint::Endpoint;
 
-/// A request that can carry routing hints.
+/// A request (or response) that can carry routing hints.
 pub trait Hinted {
     /// The request's extensions, where hints live.
     fn extensions(&self) -> &Extensions;
@@ -31,6 +31,16 @@ impl<B> Hinted for http::Request<B> {
 
     fn extensions_mut(&mut self) -> &mut Extensions {
         http::Request::extensions_mut(self)
+    }
+}
+
+impl<B> Hinted for http::Response<B> {
+    fn extensions(&self) -> &Extensions {
+        http::Response::extensions(self)
+    }
+
+    fn extensions_mut(&mut self) -> &mut Extensions {
+        http::Response::extensions_mut(self)
     }
 }
 
@@ -96,6 +106,40 @@ impl Exclude {
     /// Whether no endpoint is excluded.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+}
+
+/// Keeps requests with the same key (a session, a stream) on the same endpoint.
+///
+/// [`Balance`](crate::balance::Balance) ranks the eligible endpoints by weighted rendezvous
+/// hashing of the key and takes the first whose load is under `bound` × its share of the
+/// total (consistent hashing with bounded loads): the same key finds the same endpoint in every
+/// replica, only the keys of an endpoint that leaves move, and a hot key spills over instead of
+/// swamping one endpoint. With `prefer`, that endpoint is taken first while it is eligible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Affinity {
+    /// The key's [`stable_hash`](crate::hash::stable_hash).
+    pub key: u64,
+    /// How far above its share of the load an endpoint may go before the key spills to the
+    /// next in its order (1.25 by default; at least 1).
+    pub bound: f64,
+    /// An endpoint ([`Endpoint::id`]) to use first while it can serve.
+    pub prefer: Option<u64>,
+}
+
+impl Affinity {
+    /// Affinity by `key`, with the default bound of 1.25.
+    pub fn new(key: &[u8]) -> Self {
+        Self::hashed(crate::hash::stable_hash(key))
+    }
+
+    /// Affinity by an already hashed key.
+    pub fn hashed(key: u64) -> Self {
+        Self {
+            key,
+            bound: 1.25,
+            prefer: None,
+        }
     }
 }
 

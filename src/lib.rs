@@ -42,6 +42,7 @@
 //! - [`pick`]: the strategies, as plain functions usable without a runtime.
 //! - [`load`]: the guard that holds an endpoint's load until the response is finished.
 //! - [`balance`]: the `Balance` service and layer.
+//! - [`affinity`]: the `StreamAffinity` layer: sessions and streams back to their instance.
 //! - [`health`]: the `HealthFilter` layer: ejection, cooldown, half-open trials, probes.
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
@@ -54,14 +55,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod balance;
 pub mod classify;
 pub mod endpoint;
 pub mod error;
+pub mod hash;
 pub mod health;
 pub mod hints;
 pub mod load;
 mod outlier;
+pub mod peek;
 pub mod pick;
 pub mod pool;
 mod rng;
@@ -72,6 +76,7 @@ mod sync;
 struct ReadmeDoctests;
 
 pub use crate::{
+    affinity::{StreamAffinity, StreamAffinityLayer},
     balance::{Balance, BalanceLayer},
     endpoint::{Endpoint, EndpointConfig, Health, Key},
     error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, Timeout},

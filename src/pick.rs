@@ -24,7 +24,11 @@ use std::cell::Cell;
 use rand::RngCore;
 use tokio::time::Instant;
 
-use crate::{endpoint::Endpoint, hints::Exclude, sync::AtomicUsize, sync::Ordering::Relaxed};
+use crate::{
+    endpoint::Endpoint,
+    hints::{Affinity, Exclude},
+    sync::{AtomicUsize, Ordering::Relaxed},
+};
 
 /// How many times power-of-two-choices re-draws an ineligible sample before it falls back to
 /// a full scan.
@@ -294,6 +298,82 @@ pub fn peak_ewma<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         std::cmp::Ordering::Equal if coin => a,
         std::cmp::Ordering::Equal => b,
     })
+}
+
+/// Affinity: the preferred endpoint if it can serve, else [`rendezvous`].
+#[inline]
+pub fn affine<E: AsRef<Endpoint>>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    affinity: &Affinity,
+) -> Option<usize> {
+    if let Some(id) = affinity.prefer {
+        let preferred = endpoints
+            .iter()
+            .position(|e| e.as_ref().id() == id && filter.eligible(e.as_ref()));
+        if preferred.is_some() {
+            return preferred;
+        }
+    }
+    rendezvous(endpoints, filter, affinity.key, affinity.bound)
+}
+
+/// Weighted rendezvous (highest random weight) hashing with bounded loads.
+///
+/// Each eligible endpoint scores `weight / -ln(u)`, `u` uniform from the key's and the
+/// endpoint key's [`stable_hash`](crate::hash::stable_hash)es, and the best score wins among
+/// those with fewer requests in flight than `⌈bound × (total + 1) × weight / Σweight⌉`. The
+/// same key finds the same endpoint wherever it is computed; removing an endpoint moves only
+/// its keys; a hot key spills over rather than pile up. Two passes over the endpoints.
+pub fn rendezvous<E: AsRef<Endpoint>>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    key: u64,
+    bound: f64,
+) -> Option<usize> {
+    let mut total = 0usize;
+    let mut weights = 0.0;
+    for e in endpoints.iter().map(AsRef::as_ref) {
+        if filter.eligible(e) {
+            total += e.in_flight();
+            weights += filter.weight(e);
+        }
+    }
+    if weights <= 0.0 {
+        return None;
+    }
+    let share = bound.max(1.0) * (total + 1) as f64 / weights;
+    let mut best: Option<(usize, f64)> = None;
+    let mut best_any: Option<(usize, f64)> = None;
+    for (i, e) in endpoints.iter().enumerate() {
+        let e = e.as_ref();
+        if !filter.eligible(e) {
+            continue;
+        }
+        let weight = filter.weight(e);
+        let u =
+            ((crate::hash::combine(key, e.key_hash()) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = weight / -u.ln();
+        if best_any.is_none_or_lower(score) {
+            best_any = Some((i, score));
+        }
+        let capacity = (share * weight).ceil();
+        if (e.in_flight() as f64) < capacity && best.is_none_or_lower(score) {
+            best = Some((i, score));
+        }
+    }
+    best.or(best_any).map(|(i, _)| i)
+}
+
+trait Best {
+    fn is_none_or_lower(&self, score: f64) -> bool;
+}
+
+impl Best for Option<(usize, f64)> {
+    #[inline]
+    fn is_none_or_lower(&self, score: f64) -> bool {
+        self.map_or(true, |(_, s)| s < score)
+    }
 }
 
 /// Each eligible endpoint in turn, from a shared cursor; blind to load.

@@ -11,9 +11,9 @@ use tower_service::Service;
 use super::{BalanceLayer, ResponseFuture};
 use crate::{
     error::{BoxError, NoEndpoints, Overloaded},
-    hints::{Cost, Exclude, Hinted},
+    hints::{Affinity, Cost, Exclude, Hinted},
     load::{LoadGuard, TrackLoad},
-    pick::Filter,
+    pick::{self, Filter},
     pool::{Pool, Snapshot},
     rng::ThreadRng,
 };
@@ -94,11 +94,12 @@ impl<S: Clone> Balance<S> {
         }
         let hints = request.extensions();
         let cost = hints.get::<Cost>().map_or(1, |c| c.0);
+        let affinity = hints.get::<Affinity>();
         let filter = match hints.get::<Exclude>() {
             Some(exclude) => Filter::new().exclude(exclude),
             None => Filter::new(),
         };
-        if let Some(picked) = self.pick_in(&snapshot, &filter, cost, LoadGuard::acquire) {
+        if let Some(picked) = self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire) {
             self.pool.note_panic(false);
             return Ok(picked);
         }
@@ -106,7 +107,8 @@ impl<S: Clone> Balance<S> {
             Miss::Unavailable(_) if self.pool.panic_routing() => {
                 // Health leaves nothing: route to every endpoint rather than fail everything.
                 let filter = filter.ignore_health();
-                let picked = self.pick_in(&snapshot, &filter, cost, LoadGuard::acquire_any);
+                let picked =
+                    self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire_any);
                 self.pool.note_panic(picked.is_some());
                 picked.ok_or_else(|| miss(&snapshot, &filter))
             }
@@ -120,14 +122,22 @@ impl<S: Clone> Balance<S> {
         &self,
         snapshot: &Snapshot<S>,
         filter: &Filter<'_>,
+        affinity: Option<&Affinity>,
         cost: u64,
         acquire: fn(&Arc<crate::Endpoint>, u64) -> Option<LoadGuard>,
     ) -> Option<(S, LoadGuard)> {
         for (_tier, entries) in snapshot.tiers() {
             for _ in 0..ACQUIRE_TRIES {
-                let strategy = self.config.strategy;
-                let Some(i) = strategy.pick(entries, filter, self.pool.cursor(), &mut ThreadRng)
-                else {
+                let picked = match affinity {
+                    Some(affinity) => pick::affine(entries, filter, affinity),
+                    None => self.config.strategy.pick(
+                        entries,
+                        filter,
+                        self.pool.cursor(),
+                        &mut ThreadRng,
+                    ),
+                };
+                let Some(i) = picked else {
                     break; // nothing eligible in this tier: try the next
                 };
                 let entry = &entries[i];
