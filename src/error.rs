@@ -119,6 +119,32 @@ impl fmt::Display for Timeout {
 
 impl std::error::Error for Timeout {}
 
+/// A streamed response sent nothing for longer than the idle timeout; it was ended and counted
+/// as its endpoint's failure.
+#[derive(Debug, Clone)]
+pub struct Stalled {
+    after: Duration,
+}
+
+impl Stalled {
+    pub(crate) fn new(after: Duration) -> Self {
+        Self { after }
+    }
+
+    /// The idle timeout that elapsed.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for Stalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the stream sent nothing for {:?}", self.after)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
 /// A configuration the pool or a layer refused.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -149,6 +149,28 @@ impl Affinity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cost(pub u64);
 
+/// Filled by [`Balance`](crate::balance::Balance) with the endpoint it picked, as soon as it
+/// picks: a layer above can tell where a request in flight went before it answers (to hedge
+/// elsewhere, or to name the endpoint of an attempt it cancels).
+#[derive(Debug, Clone, Default)]
+pub struct Picked(Arc<std::sync::OnceLock<Arc<Endpoint>>>);
+
+impl Picked {
+    /// An empty cell; put a clone in the request's extensions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The endpoint picked, once it has been.
+    pub fn get(&self) -> Option<&Arc<Endpoint>> {
+        self.0.get()
+    }
+
+    pub(crate) fn set(&self, endpoint: &Arc<Endpoint>) {
+        let _ = self.0.set(Arc::clone(endpoint));
+    }
+}
+
 /// The endpoint that served a response, in the response's extensions.
 #[derive(Debug, Clone)]
 pub struct Served(pub Arc<Endpoint>);

@@ -7,17 +7,20 @@
 //! it when the stream ends, fails or is dropped.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::{
     endpoint::Endpoint,
+    error::{BoxError, Stalled},
     hints::{Served, WithHints},
     sync::{AtomicU64, AtomicUsize, Ordering::SeqCst},
 };
@@ -111,6 +114,8 @@ impl Slots {
 #[derive(Debug)]
 pub struct LoadGuard {
     endpoint: Arc<Endpoint>,
+    /// How long the response body may go without a frame (set by `Balance`).
+    pub(crate) idle_timeout: Option<Duration>,
     cost: u64,
     start: Instant,
     first_byte: bool,
@@ -145,6 +150,7 @@ impl LoadGuard {
     fn held(endpoint: &Arc<Endpoint>, cost: u64, start: Instant, trial: bool) -> Self {
         Self {
             endpoint: Arc::clone(endpoint),
+            idle_timeout: None,
             cost,
             start,
             first_byte: false,
@@ -209,7 +215,11 @@ pub trait TrackLoad {
     fn track(self, guard: LoadGuard) -> Self::Output;
 }
 
-impl<B: Body> TrackLoad for http::Response<B> {
+impl<B> TrackLoad for http::Response<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     type Output = http::Response<ResponseBody<B>>;
 
     fn track(self, mut guard: LoadGuard) -> Self::Output {
@@ -236,25 +246,39 @@ impl<T> TrackLoad for WithHints<T> {
 
 pin_project! {
     /// A response body that holds its endpoint's load until the stream ends, fails or is
-    /// dropped.
+    /// dropped; with an idle timeout, a stream that stops sending fails with [`Stalled`] and
+    /// counts as its endpoint's failure.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
         guard: Option<LoadGuard>,
+        // Boxed so that the body stays `Unpin` like the bodies it wraps; allocated only when an
+        // idle timeout is set.
+        idle: Option<Pin<Box<Sleep>>>,
+        idle_after: Option<Duration>,
     }
 }
 
 impl<B: Body> ResponseBody<B> {
     /// Wraps `inner`; an already finished body releases the guard at once.
     pub fn new(inner: B, guard: LoadGuard) -> Self {
+        let idle_after = guard.idle_timeout;
         let guard = if inner.is_end_stream() {
             guard.complete();
             None
         } else {
             Some(guard)
         };
-        Self { inner, guard }
+        let idle = idle_after
+            .filter(|_| guard.is_some())
+            .map(|after| Box::pin(tokio::time::sleep(after)));
+        Self {
+            inner,
+            guard,
+            idle,
+            idle_after,
+        }
     }
 
     /// The endpoint serving this body, while it still holds its load.
@@ -263,23 +287,49 @@ impl<B: Body> ResponseBody<B> {
     }
 }
 
-impl<B: Body> Body for ResponseBody<B> {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let result = ready!(this.inner.as_mut().poll_frame(cx));
+        let result = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                let Some(idle) = this.idle.as_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(idle.as_mut().poll(cx));
+                // The stream stopped sending: end it as the endpoint's failure.
+                *this.idle = None;
+                let after = this.idle_after.unwrap_or_default();
+                return Poll::Ready(this.guard.take().map(|mut g| {
+                    g.fail();
+                    g.complete();
+                    Err(Stalled::new(after).into())
+                }));
+            }
+        };
+        if let (Some(idle), Some(after)) = (this.idle.as_mut(), *this.idle_after) {
+            idle.as_mut().reset(Instant::now() + after);
+        }
+        let result = result.map(|r| r.map_err(Into::into));
         match &result {
             None => {
                 if let Some(g) = this.guard.take() {
                     g.complete();
                 }
+                *this.idle = None;
             }
             Some(Err(_)) => {
+                *this.idle = None;
                 if let Some(mut g) = this.guard.take() {
                     g.fail();
                     g.complete();
@@ -296,6 +346,7 @@ impl<B: Body> Body for ResponseBody<B> {
                     if let Some(g) = this.guard.take() {
                         g.complete();
                     }
+                    *this.idle = None;
                 }
             }
         }

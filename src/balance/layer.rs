@@ -21,6 +21,7 @@ pub struct BalanceLayer {
     pub(crate) strategy: Strategy,
     pub(crate) queue: Option<Queue>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl BalanceLayer {
@@ -41,6 +42,14 @@ impl BalanceLayer {
     /// [`Timeout`](crate::error::Timeout), so the health layer counts it against that endpoint.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Ends a response body that sends nothing for `idle` (a stalled stream) with a
+    /// [`Stalled`](crate::error::Stalled) error, releases its load and counts it as the
+    /// endpoint's failure.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 

@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::{BalanceLayer, ResponseFuture};
 use crate::{
     error::{BoxError, NoEndpoints, Overloaded},
-    hints::{Affinity, Cost, Exclude, Hinted},
+    hints::{Affinity, Cost, Exclude, Hinted, Picked},
     load::{LoadGuard, TrackLoad},
     pick::{self, Filter},
     pool::{Pool, Snapshot},
@@ -101,7 +101,7 @@ impl<S: Clone> Balance<S> {
         };
         if let Some(picked) = self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire) {
             self.pool.note_panic(false);
-            return Ok(picked);
+            return Ok(self.picked(hints, picked));
         }
         match miss(&snapshot, &filter) {
             Miss::Unavailable(_) if self.pool.panic_routing() => {
@@ -110,10 +110,26 @@ impl<S: Clone> Balance<S> {
                 let picked =
                     self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire_any);
                 self.pool.note_panic(picked.is_some());
-                picked.ok_or_else(|| miss(&snapshot, &filter))
+                picked
+                    .map(|p| self.picked(hints, p))
+                    .ok_or_else(|| miss(&snapshot, &filter))
             }
             miss => Err(miss),
         }
+    }
+
+    /// Arms the slot with the idle timeout and tells a `Picked` cell where the request goes.
+    #[inline]
+    fn picked(
+        &self,
+        hints: &http::Extensions,
+        (service, mut guard): (S, LoadGuard),
+    ) -> (S, LoadGuard) {
+        guard.idle_timeout = self.config.idle_timeout;
+        if let Some(cell) = hints.get::<Picked>() {
+            cell.set(guard.endpoint());
+        }
+        (service, guard)
     }
 
     /// Picks in the lowest tier with an eligible endpoint that has room, and takes a slot.
