@@ -546,6 +546,18 @@ impl Endpoint {
         weight * (1.0 - left / window).clamp(RAMP_FLOOR, 1.0)
     }
 
+    /// Whether the endpoint is held back by a soft ejection (its weight at the floor, before
+    /// the ramp back begins): used only when no other endpoint can serve.
+    #[inline]
+    pub(crate) fn is_held(&self, now: &crate::pick::LazyNow) -> bool {
+        let raw = self.health.load(SeqCst);
+        if raw & 3 != RAMPING {
+            return false;
+        }
+        let window = Duration::from_millis(self.ramp_ms.load(SeqCst));
+        self.until(raw).saturating_duration_since(now.get()) > window
+    }
+
     /// When a currently unavailable endpoint becomes available again, if it is only waiting.
     pub(crate) fn available_at(&self) -> Option<Instant> {
         match self.health() {

@@ -145,6 +145,150 @@ impl fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
+/// One failed attempt, as [`AttemptsFailed`] lists it.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The endpoint it went to, if it got that far.
+    pub endpoint: Option<Key>,
+    /// What went wrong.
+    pub failure: AttemptFailure,
+}
+
+/// What went wrong with one attempt.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AttemptFailure {
+    /// The endpoint answered with a status that calls for another endpoint (5xx, 429).
+    Status {
+        /// The status.
+        status: http::StatusCode,
+        /// The `Retry-After` it gave, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The endpoint's service failed (connect error, timeout, reset).
+    Error(BoxError),
+    /// The stream failed or stalled before its first chunk, or its first event was an error.
+    FirstChunk(BoxError),
+}
+
+/// Why [`AttemptsFailed`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GaveUp {
+    /// Every allowed attempt was made.
+    Attempts,
+    /// The retry budget had nothing left.
+    Budget,
+    /// The overall deadline passed.
+    Deadline,
+    /// No endpoint was left to try.
+    NoEndpoints,
+}
+
+/// Every attempt failed: each one's endpoint and failure, and why no more were made.
+#[derive(Debug)]
+pub struct AttemptsFailed {
+    attempts: Vec<Attempt>,
+    gave_up: GaveUp,
+    retry_after: Option<Duration>,
+}
+
+impl AttemptsFailed {
+    pub(crate) fn new(
+        attempts: Vec<Attempt>,
+        gave_up: GaveUp,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let asked = attempts.iter().filter_map(|a| match a.failure {
+            AttemptFailure::Status { retry_after, .. } => retry_after,
+            _ => None,
+        });
+        let retry_after = retry_after.into_iter().chain(asked).min();
+        Self {
+            attempts,
+            gave_up,
+            retry_after,
+        }
+    }
+
+    /// The attempts, in order.
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.attempts
+    }
+
+    /// Why no more attempts were made.
+    pub fn gave_up(&self) -> GaveUp {
+        self.gave_up
+    }
+
+    /// When it is worth trying again: the soonest an endpoint comes back from a cooldown or an
+    /// ejection, or the shortest `Retry-After` an attempt was given. For a `Retry-After` of
+    /// the gateway's own.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for AttemptsFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.gave_up {
+            GaveUp::Attempts => "no attempts left",
+            GaveUp::Budget => "the retry budget is spent",
+            GaveUp::Deadline => "the deadline passed",
+            GaveUp::NoEndpoints => "no endpoint left to try",
+        };
+        write!(f, "{} attempt(s) failed, {why}", self.attempts.len())?;
+        for (i, a) in self.attempts.iter().enumerate() {
+            let at = a.endpoint.as_ref().map_or("-", Key::as_str);
+            match &a.failure {
+                AttemptFailure::Status { status, .. } => {
+                    write!(f, "; {}: {at} answered {status}", i + 1)?
+                }
+                AttemptFailure::Error(e) => write!(f, "; {}: {at}: {e}", i + 1)?,
+                AttemptFailure::FirstChunk(e) => {
+                    write!(f, "; {}: {at}: before the first chunk: {e}", i + 1)?
+                }
+            }
+        }
+        if let Some(d) = self.retry_after {
+            write!(f, "; retry after {d:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for AttemptsFailed {}
+
+/// A retry was needed, but the request's body cannot be sent again (it was streamed, not
+/// buffered). The retry was not sent; an empty body is never sent in its place.
+#[derive(Debug)]
+pub struct NotReplayable {
+    attempts: Vec<Attempt>,
+}
+
+impl NotReplayable {
+    pub(crate) fn new(attempts: Vec<Attempt>) -> Self {
+        Self { attempts }
+    }
+
+    /// The attempts made before the retry that could not be sent.
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.attempts
+    }
+}
+
+impl fmt::Display for NotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the request body cannot be replayed, so the failed attempt was not retried ({} made)",
+            self.attempts.len()
+        )
+    }
+}
+
+impl std::error::Error for NotReplayable {}
+
 /// A configuration the pool or a layer refused.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

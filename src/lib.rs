@@ -43,6 +43,7 @@
 //! - [`load`]: the guard that holds an endpoint's load until the response is finished.
 //! - [`balance`]: the `Balance` service and layer.
 //! - [`affinity`]: the `StreamAffinity` layer: sessions and streams back to their instance.
+//! - [`failover`]: the `Failover` layer: retries elsewhere, across tiers, within a budget.
 //! - [`health`]: the `HealthFilter` layer: ejection, cooldown, half-open trials, probes.
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
@@ -60,6 +61,7 @@ pub mod balance;
 pub mod classify;
 pub mod endpoint;
 pub mod error;
+pub mod failover;
 pub mod hash;
 pub mod health;
 pub mod hints;

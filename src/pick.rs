@@ -68,6 +68,7 @@ impl LazyNow {
 pub struct Filter<'a> {
     exclude: Option<&'a Exclude>,
     ignore_health: bool,
+    include_held: bool,
     now: LazyNow,
 }
 
@@ -86,9 +87,17 @@ impl<'a> Filter<'a> {
         self
     }
 
+    /// Also takes endpoints held back by a soft ejection, which the filter otherwise leaves
+    /// out: for when nothing else can serve.
+    pub fn include_held(mut self) -> Self {
+        self.include_held = true;
+        self
+    }
+
     /// Passes over health: panic mode, when health would leave no endpoint at all.
     pub fn ignore_health(mut self) -> Self {
         self.ignore_health = true;
+        self.include_held = true;
         self
     }
 
@@ -113,6 +122,7 @@ impl<'a> Filter<'a> {
     #[inline]
     pub fn serves(&self, e: &Endpoint) -> bool {
         e.takes_traffic(&self.now, self.ignore_health)
+            && (self.include_held || !e.is_held(&self.now))
             && self.exclude.map_or(true, |x| !x.contains(e))
     }
 

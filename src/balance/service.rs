@@ -103,6 +103,11 @@ impl<S: Clone> Balance<S> {
             self.pool.note_panic(false);
             return Ok(self.picked(hints, picked));
         }
+        // Endpoints held back by a soft ejection serve only when nothing else can.
+        let filter = filter.include_held();
+        if let Some(picked) = self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire) {
+            return Ok(self.picked(hints, picked));
+        }
         match miss(&snapshot, &filter) {
             Miss::Unavailable(_) if self.pool.panic_routing() => {
                 // Health leaves nothing: route to every endpoint rather than fail everything.

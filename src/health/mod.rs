@@ -14,10 +14,11 @@
 //!   as `Retry-After` says (seconds or an HTTP date, clamped; 5 s if missing or malformed),
 //!   without counting it as broken. A new cooldown never shortens one in force.
 //! - **Bounds**: outlier detection never ejects more than half the pool (but always at least
-//!   one endpoint). An endpoint it may not eject is held at 5% of its weight for the ejection
-//!   time instead, then ramped back: failing fast, it would otherwise look idle to a
-//!   least-loaded picker and draw most of the traffic. If health would leave no endpoint at all,
-//!   the pool routes to all of them (panic mode), with a tracing event.
+//!   one endpoint). An endpoint it may not eject is held back instead for the ejection time:
+//!   picked only when no other endpoint (in any tier) can serve, and then at 5% of its weight,
+//!   then ramped back. Failing fast, it would otherwise look idle to a least-loaded picker and
+//!   draw most of the traffic. If health would leave no endpoint at all, the pool routes to all
+//!   of them (panic mode), with a tracing event.
 //! - **Active probes** ([`HealthFilterLayer::spawn_probes`]): a background task checks every
 //!   endpoint at an interval with jitter; 2 successes bring an ejected endpoint back even while
 //!   no traffic flows, 3 failures eject a serving one.

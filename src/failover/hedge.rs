@@ -1,0 +1,126 @@
+use std::time::Duration;
+
+use crate::sync::{AtomicU64, Ordering::Relaxed};
+
+/// When to send a second copy of a request that has not answered (its first byte, or its first
+/// chunk when the layer waits for one) to another endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Hedge {
+    /// After a fixed delay.
+    After(Duration),
+    /// After the given percentile (0.95 for p95) of the time recent attempts took to answer,
+    /// but never sooner than `floor`; `floor` alone until 20 answers have been seen.
+    Percentile {
+        /// The percentile, in (0, 1).
+        p: f64,
+        /// The least delay.
+        floor: Duration,
+    },
+}
+
+/// Sub-buckets per doubling: the percentile is exact to within 1/8 (12.5%).
+const STEPS: usize = 8;
+/// Doublings from 1 µs: up to about 18 minutes.
+const OCTAVES: usize = 30;
+/// After this many samples the counts halve, so the estimate follows change.
+const HALF_LIFE: u64 = 4096;
+
+/// Recent answer times, in log-scale buckets of atomic counters.
+#[derive(Debug)]
+pub(crate) struct Latencies {
+    buckets: Box<[AtomicU64]>,
+    since_halving: AtomicU64,
+}
+
+impl Latencies {
+    pub(crate) fn new() -> Self {
+        Self {
+            buckets: (0..STEPS * OCTAVES).map(|_| AtomicU64::new(0)).collect(),
+            since_halving: AtomicU64::new(0),
+        }
+    }
+
+    fn bucket(d: Duration) -> usize {
+        let micros = d.as_micros().clamp(1, u128::from(u64::MAX)) as u64;
+        let octave = 63 - micros.leading_zeros() as usize;
+        let step = if octave >= 3 {
+            ((micros >> (octave - 3)) & 7) as usize
+        } else {
+            ((micros << (3 - octave)) & 7) as usize
+        };
+        (octave * STEPS + step).min(STEPS * OCTAVES - 1)
+    }
+
+    fn upper(bucket: usize) -> Duration {
+        let (octave, step) = (bucket / STEPS, bucket % STEPS);
+        let base = 1u64 << octave;
+        Duration::from_micros(base + base * (step as u64 + 1) / STEPS as u64)
+    }
+
+    pub(crate) fn record(&self, d: Duration) {
+        self.buckets[Self::bucket(d)].fetch_add(1, Relaxed);
+        if self.since_halving.fetch_add(1, Relaxed) + 1 >= HALF_LIFE {
+            self.since_halving.store(0, Relaxed);
+            for b in self.buckets.iter() {
+                let _ = b.fetch_update(Relaxed, Relaxed, |n| Some(n / 2));
+            }
+        }
+    }
+
+    /// The `p` percentile, if at least `min` samples are counted.
+    pub(crate) fn percentile(&self, p: f64, min: u64) -> Option<Duration> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total < min {
+            return None;
+        }
+        let rank = (p * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank.max(1) {
+                return Some(Self::upper(i));
+            }
+        }
+        None
+    }
+}
+
+impl Hedge {
+    pub(crate) fn delay(&self, recent: &Latencies) -> Duration {
+        match *self {
+            Hedge::After(d) => d,
+            Hedge::Percentile { p, floor } => {
+                recent.percentile(p, 20).map_or(floor, |d| d.max(floor))
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_within_an_eighth() {
+        let l = Latencies::new();
+        assert_eq!(l.percentile(0.5, 1), None);
+        for ms in 1..=100u64 {
+            l.record(Duration::from_millis(ms));
+        }
+        let p50 = l.percentile(0.5, 20).unwrap().as_secs_f64() * 1e3;
+        let p95 = l.percentile(0.95, 20).unwrap().as_secs_f64() * 1e3;
+        assert!((50.0..=50.0 * 1.15).contains(&p50), "p50 {p50}");
+        assert!((95.0..=95.0 * 1.15).contains(&p95), "p95 {p95}");
+        let hedge = Hedge::Percentile {
+            p: 0.95,
+            floor: Duration::from_millis(200),
+        };
+        assert_eq!(
+            hedge.delay(&l),
+            Duration::from_millis(200),
+            "never below the floor"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+use bytes::Bytes;
+use http_body_util::{Empty, Full};
+
+/// A request body that can be sent again for a retry or a hedge.
+///
+/// Buffered bodies can; a streamed upload cannot (wrap it in [`NoReplay`]), and a retry of such
+/// a request fails with [`NotReplayable`](crate::error::NotReplayable) instead of being sent
+/// empty.
+pub trait Replay: Sized {
+    /// A fresh copy to send, or `None` if the body cannot be sent again.
+    fn replay(&self) -> Option<Self>;
+}
+
+impl<D: Clone> Replay for Full<D> {
+    fn replay(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl<D> Replay for Empty<D> {
+    fn replay(&self) -> Option<Self> {
+        Some(Empty::new())
+    }
+}
+
+impl Replay for String {
+    fn replay(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl Replay for Bytes {
+    fn replay(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl Replay for () {
+    fn replay(&self) -> Option<Self> {
+        Some(())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that is sent once and never again: a streamed upload.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct NoReplay<B> {
+        #[pin]
+        body: B,
+    }
+}
+
+impl<B> NoReplay<B> {
+    /// Marks `body` as one that cannot be sent twice.
+    pub fn new(body: B) -> Self {
+        Self { body }
+    }
+}
+
+impl<B> Replay for NoReplay<B> {
+    fn replay(&self) -> Option<Self> {
+        None
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for NoReplay<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,364 @@
+use std::{
+    future::{poll_fn, Future},
+    pin::{pin, Pin},
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Buf;
+use futures_util::future::{select, Either};
+use http::{request::Parts, Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{Replay, ResponseBody, Shared};
+use crate::{
+    classify::Outcome,
+    endpoint::Endpoint,
+    error::{
+        Attempt, AttemptFailure, AttemptsFailed, BoxError, EndpointError, GaveUp, NoEndpoints,
+        NotReplayable, Timeout,
+    },
+    hints::{Exclude, Picked, Served},
+};
+
+/// Re-issues failed attempts on other endpoints. See the [module docs](crate::failover).
+#[derive(Clone, Debug)]
+pub struct Failover<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Failover<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+/// The response future of [`Failover`]: the attempts, their hedges and the deadline, as one
+/// state machine. Boxed: one allocation per request, in the layer that may send several.
+pub struct ResponseFuture<B: Body> {
+    inner: Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, BoxError>> + Send>>,
+}
+
+impl<B: Body> std::fmt::Debug for ResponseFuture<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Future for ResponseFuture<B> {
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Failover<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Replay + Send + 'static,
+    RB: Body + Unpin + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<RB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<RB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The ready service takes the first attempt; a clone stays for the next call.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            inner: Box::pin(run(Arc::clone(&self.shared), ready, request)),
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Step<RB: Body> {
+    Done(Response<ResponseBody<RB>>),
+    /// A retriable failure, and the endpoint to exclude next time.
+    Retry(Attempt, Option<Arc<Endpoint>>),
+    Fail(BoxError),
+}
+
+async fn run<S, B, RB>(
+    shared: Arc<Shared>,
+    first: S,
+    request: Request<B>,
+) -> Result<Response<ResponseBody<RB>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Replay + Send + 'static,
+    RB: Body + Unpin + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    shared.budget.deposit();
+    let deadline = shared.deadline.map(|d| Instant::now() + d);
+    let (parts, body) = request.into_parts();
+    let template = body.replay();
+    let spare = first.clone();
+    let mut first = Some((first, body));
+    let mut exclude = Exclude::new();
+    let mut failed: Vec<Attempt> = Vec::new();
+    loop {
+        let (service, body) = match first.take() {
+            Some(first) => first,
+            None => {
+                if failed.len() >= shared.attempts {
+                    return Err(AttemptsFailed::new(failed, GaveUp::Attempts, None).into());
+                }
+                // Never send a retry without its body.
+                let Some(body) = template.as_ref().and_then(Replay::replay) else {
+                    return Err(NotReplayable::new(failed).into());
+                };
+                if !shared.budget.withdraw() {
+                    return Err(AttemptsFailed::new(failed, GaveUp::Budget, None).into());
+                }
+                (spare.clone(), body)
+            }
+        };
+        // A hedge needs a second service and a second copy of the body, made before waiting.
+        let hedge = shared
+            .hedge
+            .and_then(|_| template.as_ref().and_then(Replay::replay))
+            .map(|copy| (spare.clone(), copy));
+        let attempt = attempt(&shared, service, &parts, body, hedge, &exclude);
+        let step = match deadline {
+            None => attempt.await,
+            Some(at) => match tokio::time::timeout_at(at, attempt).await {
+                Ok(step) => step,
+                Err(_) => return Err(AttemptsFailed::new(failed, GaveUp::Deadline, None).into()),
+            },
+        };
+        match step {
+            Step::Done(response) => return Ok(response),
+            Step::Retry(failure, endpoint) => {
+                if let Some(endpoint) = endpoint {
+                    exclude.insert(&endpoint);
+                }
+                tracing::debug!(attempt = failed.len() + 1, endpoint = ?failure.endpoint, "attempt failed; failing over");
+                failed.push(failure);
+            }
+            Step::Fail(error) if failed.is_empty() => return Err(error),
+            Step::Fail(error) => {
+                // Every endpoint left was tried, or none can serve: say when one comes back.
+                let back = error
+                    .downcast_ref::<NoEndpoints>()
+                    .map(NoEndpoints::retry_after);
+                return Err(match back {
+                    Some(retry_after) => {
+                        AttemptsFailed::new(failed, GaveUp::NoEndpoints, retry_after).into()
+                    }
+                    None => error,
+                });
+            }
+        }
+    }
+}
+
+/// One attempt, hedged if so configured.
+async fn attempt<S, B, RB>(
+    shared: &Shared,
+    service: S,
+    parts: &Parts,
+    body: B,
+    hedge_with: Option<(S, B)>,
+    exclude: &Exclude,
+) -> Step<RB>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Replay,
+    RB: Body + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let picked = Picked::new();
+    let first = judge(
+        shared,
+        oneshot(service, build(parts, body, exclude, &picked)),
+        &picked,
+    );
+    let Some(hedge) = shared.hedge else {
+        return first.await;
+    };
+    let started = Instant::now();
+    let mut first = pin!(first);
+    if let Ok(step) = tokio::time::timeout(hedge.delay(&shared.latencies), first.as_mut()).await {
+        if matches!(step, Step::Done(_)) {
+            shared.latencies.record(started.elapsed());
+        }
+        return step;
+    }
+    // Slow: send a copy elsewhere, if the body and the budget allow, and keep the first answer.
+    let Some((spare, copy)) = hedge_with.filter(|_| shared.budget.withdraw()) else {
+        return first.await;
+    };
+    let mut elsewhere = exclude.clone();
+    if let Some(endpoint) = picked.get() {
+        elsewhere.insert(endpoint);
+    }
+    let picked_too = Picked::new();
+    let request = build(parts, copy, &elsewhere, &picked_too);
+    let second = pin!(judge(shared, oneshot(spare, request), &picked_too));
+    tracing::debug!(endpoint = ?picked.get().map(|e| e.key()), "hedging a slow attempt");
+    let step = match select(first, second).await {
+        Either::Left((step, other)) => settle(step, other).await,
+        Either::Right((step, other)) => settle(step, other).await,
+    };
+    if matches!(step, Step::Done(_)) {
+        shared.latencies.record(started.elapsed());
+    }
+    step
+}
+
+/// The first of two racing attempts to finish: kept if it succeeded (the other is dropped,
+/// which cancels it and releases its slot), else the other is awaited.
+async fn settle<RB: Body>(step: Step<RB>, other: impl Future<Output = Step<RB>>) -> Step<RB> {
+    match step {
+        Step::Done(response) => Step::Done(response),
+        _ => other.await,
+    }
+}
+
+/// Judges one call: done, retriable on another endpoint, or a failure to pass on.
+async fn judge<F, E, RB>(shared: &Shared, call: F, picked: &Picked) -> Step<RB>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+    RB: Body + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let response = match call.await {
+        Ok(response) => response,
+        Err(error) => {
+            let error = error.into();
+            let retriable = error
+                .downcast_ref::<EndpointError>()
+                .filter(|e| shared.classify.classify_error(e.inner()).is_retriable())
+                .map(|e| Arc::clone(e.endpoint()));
+            return match retriable {
+                Some(endpoint) => Step::Retry(
+                    Attempt {
+                        endpoint: Some(endpoint.key().clone()),
+                        failure: AttemptFailure::Error(error),
+                    },
+                    Some(endpoint),
+                ),
+                None => Step::Fail(error),
+            };
+        }
+    };
+    let endpoint = response
+        .extensions()
+        .get::<Served>()
+        .map(|s| Arc::clone(&s.0))
+        .or_else(|| picked.get().cloned());
+    let key = endpoint.as_ref().map(|e| e.key().clone());
+    let retry_after = match shared
+        .classify
+        .classify_response(response.status(), response.headers())
+    {
+        Outcome::Failure => None,
+        Outcome::RateLimited { retry_after } => retry_after,
+        Outcome::Success if shared.first_chunk.is_some() => {
+            return first_chunk(shared, response, key, endpoint).await
+        }
+        _ => return Step::Done(response.map(|body| ResponseBody::new(None, body))),
+    };
+    let failure = AttemptFailure::Status {
+        status: response.status(),
+        retry_after,
+    };
+    // Dropping the response releases its endpoint's slot.
+    Step::Retry(
+        Attempt {
+            endpoint: key,
+            failure,
+        },
+        endpoint,
+    )
+}
+
+/// Holds a successful response until its first data frame; a stream that fails, stalls or
+/// opens with an error event before it is a retriable failure.
+async fn first_chunk<RB>(
+    shared: &Shared,
+    response: Response<RB>,
+    key: Option<crate::Key>,
+    endpoint: Option<Arc<Endpoint>>,
+) -> Step<RB>
+where
+    RB: Body + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let timeout = shared.first_chunk.unwrap_or_default();
+    let (parts, mut body) = response.into_parts();
+    let read = async {
+        loop {
+            match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        if !data.has_remaining() {
+                            continue;
+                        }
+                        if (shared.error_event)(data.chunk()) {
+                            return Err(BoxError::from("the stream opened with an error event"));
+                        }
+                    }
+                    return Ok(Some(frame));
+                }
+            }
+        }
+    };
+    let failure = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(first)) => {
+            return Step::Done(Response::from_parts(parts, ResponseBody::new(first, body)))
+        }
+        Ok(Err(e)) => e,
+        Err(_) => Box::new(Timeout::new(timeout)),
+    };
+    Step::Retry(
+        Attempt {
+            endpoint: key,
+            failure: AttemptFailure::FirstChunk(failure),
+        },
+        endpoint,
+    )
+}
+
+/// Drives a service to readiness and calls it.
+async fn oneshot<S: Service<R>, R>(mut service: S, request: R) -> Result<S::Response, S::Error> {
+    poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(request).await
+}
+
+/// The request for one attempt: the original's head, a copy of its body, and the hints.
+fn build<B>(parts: &Parts, body: B, exclude: &Exclude, picked: &Picked) -> Request<B> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    if !exclude.is_empty() {
+        request.extensions_mut().insert(exclude.clone());
+    }
+    request.extensions_mut().insert(picked.clone());
+    request
+}
