@@ -43,6 +43,14 @@ pub enum Mode {
     Hang,
     /// Send the headers and one token, then fail the stream.
     ResetMidStream,
+    /// Answer 503 without `Retry-After`.
+    Unavailable,
+    /// Send 200 and the headers, then fail the stream before any token.
+    ResetBeforeFirstChunk,
+    /// Send 200, then an error event as the stream's first event.
+    ErrorEvent,
+    /// Send one token, then nothing more, ever.
+    StallAfterFirst,
 }
 
 impl Mode {
@@ -52,6 +60,10 @@ impl Mode {
             Mode::Fail => 1,
             Mode::Hang => 2,
             Mode::ResetMidStream => 3,
+            Mode::Unavailable => 4,
+            Mode::ResetBeforeFirstChunk => 5,
+            Mode::ErrorEvent => 6,
+            Mode::StallAfterFirst => 7,
             Mode::RateLimit(s) => 128 | s.min(127),
         }
     }
@@ -62,6 +74,10 @@ impl Mode {
             1 => Mode::Fail,
             2 => Mode::Hang,
             3 => Mode::ResetMidStream,
+            4 => Mode::Unavailable,
+            5 => Mode::ResetBeforeFirstChunk,
+            6 => Mode::ErrorEvent,
+            7 => Mode::StallAfterFirst,
             b => Mode::RateLimit(b & 127),
         }
     }
@@ -108,6 +124,9 @@ impl Spec {
 /// What the server saw.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Every request, whatever the server did with it.
+    pub received: AtomicU64,
+    /// Requests it served (not failed at once).
     pub requests: AtomicU64,
     pub in_flight: AtomicUsize,
     pub peak_in_flight: AtomicUsize,
@@ -257,6 +276,9 @@ async fn handle(
     mode: Mode,
     spec: Spec,
 ) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() != "/health" {
+        stats.received.fetch_add(1, SeqCst);
+    }
     if req.uri().path() == "/health" {
         // The probe path: healthy unless told to fail or hang.
         return Ok(match mode {
@@ -281,6 +303,7 @@ async fn handle(
     let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);
     match mode {
         Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
+        Mode::Unavailable => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
         Mode::RateLimit(s) => {
             let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
             r.headers_mut()
@@ -288,7 +311,7 @@ async fn handle(
             return Ok(r);
         }
         Mode::Hang => std::future::pending::<()>().await,
-        Mode::Normal | Mode::ResetMidStream => {}
+        _ => {}
     }
     let guard = InFlight::new(&stats);
     // A cached session skips most of the prefill: its first token comes four times sooner.
@@ -313,7 +336,14 @@ async fn handle(
             .insert("content-type", "application/json".parse().unwrap());
         return Ok(r);
     }
-    let reset = mode == Mode::ResetMidStream;
+    // The stream's misbehaviour, as (frame index, what happens there).
+    let fault = match mode {
+        Mode::ResetMidStream => Some((1, "reset")),
+        Mode::ResetBeforeFirstChunk => Some((0, "reset")),
+        Mode::ErrorEvent => Some((0, "error event")),
+        Mode::StallAfterFirst => Some((1, "stall")),
+        _ => None,
+    };
     let frames = stream::unfold((0u64, Some(guard)), move |(i, guard)| {
         let spec = spec.clone();
         let stats = Arc::clone(&stats);
@@ -325,9 +355,18 @@ async fn handle(
                 spec.token_time(stats.in_flight.load(SeqCst))
             };
             tokio::time::sleep(wait).await;
-            if reset && i == 1 {
-                drop(guard);
-                return Some((Err(std::io::Error::other("simulated reset")), (i + 1, None)));
+            match fault {
+                Some((at, "reset")) if at == i => {
+                    drop(guard);
+                    return Some((Err(std::io::Error::other("simulated reset")), (i + 1, None)));
+                }
+                Some((at, "error event")) if at == i => {
+                    guard.done();
+                    let event = "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
+                    return Some((Ok(Frame::data(Bytes::from(event))), (tokens + 1, None)));
+                }
+                Some((at, "stall")) if at == i => std::future::pending::<()>().await,
+                _ => {}
             }
             if i == tokens {
                 guard.done();

@@ -55,6 +55,11 @@ impl<B> NoReplay<B> {
     pub fn new(body: B) -> Self {
         Self { body }
     }
+
+    /// The body.
+    pub fn into_inner(self) -> B {
+        self.body
+    }
 }
 
 impl<B> Replay for NoReplay<B> {

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::{Replay, ResponseBody, Shared};
 use crate::{
-    classify::Outcome,
+    classify::Outcome as Verdict,
     endpoint::Endpoint,
     error::{
         Attempt, AttemptFailure, AttemptsFailed, BoxError, EndpointError, GaveUp, NoEndpoints,
@@ -39,8 +39,11 @@ impl<S> Failover<S> {
 /// The response future of [`Failover`]: the attempts, their hedges and the deadline, as one
 /// state machine. Boxed: one allocation per request, in the layer that may send several.
 pub struct ResponseFuture<B: Body> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, BoxError>> + Send>>,
+    inner: Pin<Box<dyn Future<Output = Outcome<B>> + Send>>,
 }
+
+/// What a request through [`Failover`] comes to.
+type Outcome<B> = Result<Response<ResponseBody<B>>, BoxError>;
 
 impl<B: Body> std::fmt::Debug for ResponseFuture<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,7 +52,7 @@ impl<B: Body> std::fmt::Debug for ResponseFuture<B> {
 }
 
 impl<B: Body> Future for ResponseFuture<B> {
-    type Output = Result<Response<ResponseBody<B>>, BoxError>;
+    type Output = Outcome<B>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
@@ -272,9 +275,9 @@ where
         .classify
         .classify_response(response.status(), response.headers())
     {
-        Outcome::Failure => None,
-        Outcome::RateLimited { retry_after } => retry_after,
-        Outcome::Success if shared.first_chunk.is_some() => {
+        Verdict::Failure => None,
+        Verdict::RateLimited { retry_after } => retry_after,
+        Verdict::Success if shared.first_chunk.is_some() => {
             return first_chunk(shared, response, key, endpoint).await
         }
         _ => return Step::Done(response.map(|body| ResponseBody::new(None, body))),
