@@ -16,7 +16,10 @@
 //! Then 150 multi-turn chats run with and without `StreamAffinity`, and the demo prints the hit
 //! rate each server's prefix cache saw and the time to first token.
 //!
-//! Last, the same traffic runs through `HealthFilter` over `Balance` while things go wrong: one
+//! Then short requests go to four GPUs, one of them suddenly slow, with and without hedging in
+//! `Failover`.
+//!
+//! Last, the same traffic runs through `Failover` over `HealthFilter` over `Balance` while things go wrong: one
 //! GPU starts answering 500 and heals a second later, another answers 429 with
 //! `Retry-After: 1` for a moment. The health layer's own events (ejected, cooling down, back in
 //! service) are printed as they happen, with a table of what each endpoint answered.
@@ -33,6 +36,7 @@ use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_ai_balance::{
     affinity::StreamAffinityLayer,
+    failover::{FailoverLayer, Hedge, RetryBudget},
     health::{HealthFilterLayer, ProbeConfig},
     hints::Served,
     pick::Strategy,
@@ -281,6 +285,69 @@ where
     all
 }
 
+/// Short requests over four GPUs, one of which is suddenly slow: with and without hedging.
+async fn hedging_scenario() {
+    println!("\nhedging: 600 short requests at 200/s; gpu-fast-1 takes 400 ms to answer");
+    println!(
+        "  {:<44} {:>9} {:>9} {:>9}",
+        "failover", "p50", "p99", "p99.9"
+    );
+    let plans: Vec<Plan> = (0..600)
+        .map(|i| Plan {
+            at: Duration::from_millis(i * 5),
+            tokens: 1,
+            stream: false,
+        })
+        .collect();
+    for (name, hedge) in [
+        ("no hedging", None),
+        (
+            "hedge after 50 ms",
+            Some(Hedge::After(Duration::from_millis(50))),
+        ),
+        (
+            "hedge at p90 of recent answers (>= 20 ms)",
+            Some(Hedge::Percentile {
+                p: 0.9,
+                floor: Duration::from_millis(20),
+            }),
+        ),
+    ] {
+        let (pool, running) = start_servers().await;
+        let slow = Spec::new(
+            "gpu-fast-1",
+            Duration::from_millis(400),
+            Duration::from_millis(4),
+        );
+        let slow_server = ModelServer::spawn(slow).await;
+        pool.remove("gpu-fast-1");
+        pool.insert(
+            EndpointConfig::new("gpu-fast-1").weight(2.0),
+            Upstream::new(Upstream::client(), slow_server.uri()),
+        )
+        .expect("valid endpoint");
+        let mut layer =
+            FailoverLayer::new().budget(RetryBudget::new(0.5, 10).expect("valid budget"));
+        if let Some(hedge) = hedge {
+            layer = layer.hedge(hedge);
+        }
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .layer(BalanceLayer::new())
+            .service(pool.clone());
+        let outcomes = replay(svc, &plans).await;
+        let lat = latencies(outcomes.iter());
+        println!(
+            "  {:<44} {:>9} {:>9} {:>9}",
+            name,
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            ms(percentile(&lat, 0.999))
+        );
+        drop(running);
+    }
+}
+
 /// The full stack while one GPU fails and heals and another rate-limits.
 async fn health_scenario(plans: &[Plan]) {
     println!(
@@ -297,6 +364,7 @@ async fn health_scenario(plans: &[Plan]) {
     probes.interval = Duration::from_millis(250);
     let probing = health.spawn_probes(model_server::http_probe(Upstream::client()), probes);
     let svc = ServiceBuilder::new()
+        .layer(FailoverLayer::new().first_chunk(Duration::from_secs(5)))
         .layer(health)
         .layer(BalanceLayer::new().timeout(Duration::from_secs(10)))
         .service(pool.clone());
@@ -341,10 +409,13 @@ async fn health_scenario(plans: &[Plan]) {
         );
     }
     let failed = outcomes.iter().filter(|o| !o.ok).count();
+    let sent: u64 = servers.iter().map(|s| s.stats.received.load(SeqCst)).sum();
     println!(
-        "  {} of {} requests succeeded; {failed} saw a 5xx, a 429 or an error (Failover, to come, retries those)",
+        "  {} of {} requests succeeded; Failover sent {} attempts in all ({} retried elsewhere)",
         outcomes.len() - failed,
-        outcomes.len()
+        outcomes.len(),
+        sent,
+        sent.saturating_sub(outcomes.len() as u64)
     );
 }
 
@@ -446,6 +517,7 @@ async fn main() {
     }
 
     sessions_scenario().await;
+    hedging_scenario().await;
 
     // The health layer's events, as they happen, with the time since the demo began.
     tracing_subscriber::fmt()

@@ -51,8 +51,12 @@
 //!
 //! # Feature flags
 //!
-//! None yet: the default build depends on tower, tokio (`sync`, `time`), http, http-body,
-//! arc-swap, parking_lot, rand, futures and pin-project-lite only.
+//! - `openai` (off by default): helpers for the OpenAI chat-completions format, such as the
+//!   mid-stream continuation policy [`failover::OpenAiChat`]. Adds `serde_json`.
+//!
+//! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
+//! `time`), http, http-body, http-body-util, bytes, httpdate, arc-swap, parking_lot, rand,
+//! futures, pin-project-lite and tracing.
 
 #![forbid(unsafe_code)]
 

@@ -135,6 +135,8 @@ pub struct Stats {
     /// Requests with an `x-session-id` whose session this server had cached.
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// The body of the last chat request.
+    pub last_body: parking_lot::Mutex<Bytes>,
     /// The sessions whose context this server holds (its KV / prefix cache).
     sessions: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
@@ -298,6 +300,7 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    *stats.last_body.lock() = body.clone();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let streaming = json["stream"].as_bool().unwrap_or(false);
     let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);

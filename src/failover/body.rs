@@ -1,34 +1,137 @@
 use std::{
+    future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    sync::Arc,
+    task::{ready, Context, Poll},
 };
 
+use bytes::{Buf, Bytes};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 
-use crate::error::BoxError;
+use super::{Continuation, RetryBudget};
+use crate::{
+    endpoint::Endpoint,
+    error::BoxError,
+    hints::{Exclude, Served},
+};
 
-pin_project! {
-    /// The body of a response that passed [`Failover`](super::Failover): the endpoint's body,
-    /// after the first frame that was read to decide the attempt had succeeded. A failure after
-    /// that reaches the caller as an error in the body; nothing is replayed.
-    #[derive(Debug)]
-    pub struct ResponseBody<B: Body> {
-        first: Option<Frame<B::Data>>,
-        #[pin]
-        inner: B,
+/// Sends a continuation request: its body, and the endpoints to avoid.
+pub(crate) type Reconnect<B> = Box<dyn FnMut(Bytes, Exclude) -> Pending<B> + Send>;
+type Pending<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> + Send>>;
+
+/// How much of a stream is kept for a continuation to build on.
+const KEEP: usize = 4 << 20;
+
+/// What a body needs to carry a broken stream on elsewhere.
+pub(crate) struct Resume<B> {
+    pub(crate) policy: Arc<dyn Continuation>,
+    pub(crate) original: Bytes,
+    pub(crate) streamed: Vec<u8>,
+    pub(crate) exclude: Exclude,
+    pub(crate) endpoint: Option<Arc<Endpoint>>,
+    pub(crate) reconnect: Reconnect<B>,
+    pub(crate) budget: Arc<RetryBudget>,
+    pub(crate) left: usize,
+    pending: Option<Pending<B>>,
+}
+
+impl<B> Resume<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        policy: Arc<dyn Continuation>,
+        original: Bytes,
+        exclude: Exclude,
+        endpoint: Option<Arc<Endpoint>>,
+        reconnect: Reconnect<B>,
+        budget: Arc<RetryBudget>,
+        left: usize,
+    ) -> Self {
+        Self {
+            policy,
+            original,
+            streamed: Vec::new(),
+            exclude,
+            endpoint,
+            reconnect,
+            budget,
+            left,
+            pending: None,
+        }
+    }
+
+    fn record(&mut self, data: &[u8]) {
+        let room = KEEP.saturating_sub(self.streamed.len());
+        self.streamed
+            .extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// Starts a continuation if the policy, the attempts left and the budget allow.
+    fn start(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        let Some(body) = self.policy.continue_body(&self.original, &self.streamed) else {
+            return false;
+        };
+        if !self.budget.withdraw() {
+            return false;
+        }
+        self.left -= 1;
+        if let Some(endpoint) = &self.endpoint {
+            self.exclude.insert(endpoint);
+        }
+        tracing::info!(
+            endpoint = ?self.endpoint.as_ref().map(|e| e.key()),
+            streamed = self.streamed.len(),
+            "the stream broke mid-way; continuing it on another endpoint"
+        );
+        self.pending = Some((self.reconnect)(body, self.exclude.clone()));
+        true
     }
 }
 
+/// The body of a response that passed [`Failover`](super::Failover): the endpoint's body,
+/// after the first frame that was read to decide the attempt had succeeded. A failure after
+/// that reaches the caller as an error in the body; nothing is replayed, unless a
+/// [`Continuation`] is set, which carries the stream on from another endpoint.
+pub struct ResponseBody<B: Body> {
+    first: Option<Frame<B::Data>>,
+    inner: B,
+    resume: Option<Box<Resume<B>>>,
+}
+
+impl<B: Body> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("continuation", &self.resume.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+// No field is ever pinned: the inner body is `Unpin` and polled through `Pin::new`.
+impl<B: Body + Unpin> Unpin for ResponseBody<B> {}
+
 impl<B: Body> ResponseBody<B> {
     pub(crate) fn new(first: Option<Frame<B::Data>>, inner: B) -> Self {
-        Self { first, inner }
+        Self {
+            first,
+            inner,
+            resume: None,
+        }
+    }
+
+    pub(crate) fn resume(&mut self, mut resume: Resume<B>) {
+        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+            resume.record(data.chunk());
+        }
+        self.resume = Some(Box::new(resume));
     }
 }
 
 impl<B> Body for ResponseBody<B>
 where
-    B: Body,
+    B: Body + Unpin,
     B::Error: Into<BoxError>,
 {
     type Data = B::Data;
@@ -38,28 +141,79 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
+        let this = self.get_mut();
         if let Some(frame) = this.first.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        this.inner
-            .poll_frame(cx)
-            .map(|f| f.map(|r| r.map_err(Into::into)))
+        loop {
+            if let Some(resume) = this.resume.as_mut() {
+                if let Some(pending) = resume.pending.as_mut() {
+                    let result = ready!(pending.as_mut().poll(cx));
+                    resume.pending = None;
+                    match result {
+                        Ok(response) if response.status().is_success() => {
+                            resume.endpoint = response
+                                .extensions()
+                                .get::<Served>()
+                                .map(|s| Arc::clone(&s.0));
+                            this.inner = response.into_body();
+                        }
+                        Ok(response) => {
+                            this.resume = None;
+                            let status = response.status();
+                            return Poll::Ready(Some(Err(format!(
+                                "the stream broke, and its continuation was answered {status}"
+                            )
+                            .into())));
+                        }
+                        Err(e) => {
+                            this.resume = None;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let (Some(resume), Some(data)) = (this.resume.as_mut(), frame.data_ref()) {
+                        resume.record(data.chunk());
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(e)) => {
+                    if this.resume.as_mut().is_some_and(|r| r.start()) {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => return Poll::Ready(None),
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream() && self.resume.as_ref().is_none_or_idle()
     }
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
         if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
-            let extra = bytes::Buf::remaining(data) as u64;
+            let extra = data.remaining() as u64;
             hint.set_lower(hint.lower() + extra);
             if let Some(upper) = hint.upper() {
                 hint.set_upper(upper + extra);
             }
         }
         hint
+    }
+}
+
+trait Idle {
+    fn is_none_or_idle(&self) -> bool;
+}
+
+impl<B> Idle for Option<&Box<Resume<B>>> {
+    fn is_none_or_idle(&self) -> bool {
+        self.map_or(true, |r| r.pending.is_none())
     }
 }

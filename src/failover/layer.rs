@@ -2,7 +2,7 @@ use std::{sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
-use super::{Failover, Hedge, RetryBudget, Shared};
+use super::{Continuation, Failover, Hedge, RetryBudget, Shared};
 use crate::{
     classify::{Classify, DefaultClassifier},
     error::ConfigError,
@@ -47,6 +47,7 @@ impl FailoverLayer {
                 hedge: None,
                 latencies: Arc::new(super::hedge::Latencies::new()),
                 classify: Arc::new(DefaultClassifier),
+                continuation: None,
             },
         }
     }
@@ -96,6 +97,16 @@ impl FailoverLayer {
     /// the other cancelled (its slot released). Hedges are retries: they spend the budget.
     pub fn hedge(mut self, hedge: Hedge) -> Self {
         self.shared.hedge = Some(hedge);
+        self
+    }
+
+    /// Carries a stream that breaks after its first chunk on from another endpoint, with a
+    /// request `policy` builds from what was already streamed (each continuation spends an
+    /// attempt and the budget). Needs a body that gives its bytes ([`Replay::bytes`]).
+    ///
+    /// [`Replay::bytes`]: super::Replay::bytes
+    pub fn continuation(mut self, policy: impl Continuation) -> Self {
+        self.shared.continuation = Some(Arc::new(policy));
         self
     }
 

@@ -21,6 +21,11 @@
 //!   later failure reaches the caller as an error in the body.
 //! - **Stalls**: `BalanceLayer::idle_timeout` ends a stream that stopped sending, releases its
 //!   load and counts it as the endpoint's failure.
+//! - **Mid-stream continuation** ([`FailoverLayer::continuation`], opt-in): when a stream
+//!   breaks after its first chunk, a [`Continuation`] policy builds a request from what was
+//!   already streamed (for chat completions, `OpenAiChat` with the `openai` feature: the
+//!   original messages plus the partial answer as an assistant prefill), and the caller's
+//!   stream carries on from another endpoint. Off by default: unsafe for tool calls.
 //! - **Hedging** ([`FailoverLayer::hedge`]): a slow attempt gets a copy on another endpoint
 //!   after a fixed delay or a percentile of recent answers; the first answer is kept and the
 //!   other cancelled, its slot released.
@@ -62,6 +67,7 @@
 
 mod body;
 mod budget;
+mod continuation;
 mod hedge;
 mod layer;
 mod replay;
@@ -69,9 +75,12 @@ mod service;
 
 use std::{sync::Arc, time::Duration};
 
+#[cfg(feature = "openai")]
+pub use self::continuation::OpenAiChat;
 pub use self::{
     body::ResponseBody,
     budget::RetryBudget,
+    continuation::Continuation,
     hedge::Hedge,
     layer::FailoverLayer,
     replay::{NoReplay, Replay},
@@ -90,6 +99,7 @@ pub(crate) struct Shared {
     hedge: Option<Hedge>,
     latencies: Arc<hedge::Latencies>,
     classify: Arc<dyn Classify>,
+    continuation: Option<Arc<dyn Continuation>>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -9,11 +9,31 @@ use http_body_util::{Empty, Full};
 pub trait Replay: Sized {
     /// A fresh copy to send, or `None` if the body cannot be sent again.
     fn replay(&self) -> Option<Self>;
+
+    /// The body's bytes, for a [`Continuation`](super::Continuation) to build on; `None` if
+    /// they cannot be had without consuming it.
+    fn bytes(&self) -> Option<Bytes> {
+        None
+    }
+
+    /// A body of these bytes, for a continuation request; `None` if this type cannot be made
+    /// from bytes.
+    fn from_bytes(_bytes: Bytes) -> Option<Self> {
+        None
+    }
 }
 
-impl<D: Clone> Replay for Full<D> {
+impl Replay for Full<Bytes> {
     fn replay(&self) -> Option<Self> {
         Some(self.clone())
+    }
+
+    fn bytes(&self) -> Option<Bytes> {
+        crate::peek::peek(self, usize::MAX).map(Bytes::from)
+    }
+
+    fn from_bytes(bytes: Bytes) -> Option<Self> {
+        Some(Full::new(bytes))
     }
 }
 
@@ -27,11 +47,27 @@ impl Replay for String {
     fn replay(&self) -> Option<Self> {
         Some(self.clone())
     }
+
+    fn bytes(&self) -> Option<Bytes> {
+        Some(Bytes::from(self.clone()))
+    }
+
+    fn from_bytes(bytes: Bytes) -> Option<Self> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
 }
 
 impl Replay for Bytes {
     fn replay(&self) -> Option<Self> {
         Some(self.clone())
+    }
+
+    fn bytes(&self) -> Option<Bytes> {
+        Some(self.clone())
+    }
+
+    fn from_bytes(bytes: Bytes) -> Option<Self> {
+        Some(bytes)
     }
 }
 

@@ -12,7 +12,10 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Replay, ResponseBody, Shared};
+use super::{
+    body::{Reconnect, Resume},
+    Replay, ResponseBody, Shared,
+};
 use crate::{
     classify::Outcome as Verdict,
     endpoint::Endpoint,
@@ -112,6 +115,7 @@ where
     shared.budget.deposit();
     let deadline = shared.deadline.map(|d| Instant::now() + d);
     let (parts, body) = request.into_parts();
+    let head = Head::from(parts);
     let template = body.replay();
     let spare = first.clone();
     let mut first = Some((first, body));
@@ -139,7 +143,7 @@ where
             .hedge
             .and_then(|_| template.as_ref().and_then(Replay::replay))
             .map(|copy| (spare.clone(), copy));
-        let attempt = attempt(&shared, service, &parts, body, hedge, &exclude);
+        let attempt = attempt(&shared, service, &head, body, hedge, &exclude);
         let step = match deadline {
             None => attempt.await,
             Some(at) => match tokio::time::timeout_at(at, attempt).await {
@@ -148,7 +152,14 @@ where
             },
         };
         match step {
-            Step::Done(response) => return Ok(response),
+            Step::Done(mut response) => {
+                if let Some(resume) =
+                    resumable(&shared, &spare, &head, &template, &exclude, &response)
+                {
+                    response.body_mut().resume(resume);
+                }
+                return Ok(response);
+            }
             Step::Retry(failure, endpoint) => {
                 if let Some(endpoint) = endpoint {
                     exclude.insert(&endpoint);
@@ -177,7 +188,7 @@ where
 async fn attempt<S, B, RB>(
     shared: &Shared,
     service: S,
-    parts: &Parts,
+    head: &Head,
     body: B,
     hedge_with: Option<(S, B)>,
     exclude: &Exclude,
@@ -192,7 +203,7 @@ where
     let picked = Picked::new();
     let first = judge(
         shared,
-        oneshot(service, build(parts, body, exclude, &picked)),
+        oneshot(service, head.request(body, exclude, &picked)),
         &picked,
     );
     let Some(hedge) = shared.hedge else {
@@ -215,7 +226,7 @@ where
         elsewhere.insert(endpoint);
     }
     let picked_too = Picked::new();
-    let request = build(parts, copy, &elsewhere, &picked_too);
+    let request = head.request(copy, &elsewhere, &picked_too);
     let second = pin!(judge(shared, oneshot(spare, request), &picked_too));
     tracing::debug!(endpoint = ?picked.get().map(|e| e.key()), "hedging a slow attempt");
     let step = match select(first, second).await {
@@ -351,17 +362,84 @@ async fn oneshot<S: Service<R>, R>(mut service: S, request: R) -> Result<S::Resp
     service.call(request).await
 }
 
-/// The request for one attempt: the original's head, a copy of its body, and the hints.
-fn build<B>(parts: &Parts, body: B, exclude: &Exclude, picked: &Picked) -> Request<B> {
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
-    if !exclude.is_empty() {
-        request.extensions_mut().insert(exclude.clone());
+/// The head of the request, to build each attempt from.
+#[derive(Clone)]
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl From<Parts> for Head {
+    fn from(parts: Parts) -> Self {
+        Self {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+        }
     }
-    request.extensions_mut().insert(picked.clone());
-    request
+}
+
+impl Head {
+    /// The request for one attempt: the original head, a copy of its body, and the hints.
+    fn request<B>(&self, body: B, exclude: &Exclude, picked: &Picked) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        if !exclude.is_empty() {
+            request.extensions_mut().insert(exclude.clone());
+        }
+        request.extensions_mut().insert(picked.clone());
+        request
+    }
+}
+
+/// What the body needs to continue a broken stream elsewhere, if a policy is set and the
+/// request's body gives its bytes.
+fn resumable<S, B, RB>(
+    shared: &Shared,
+    spare: &S,
+    head: &Head,
+    template: &Option<B>,
+    exclude: &Exclude,
+    response: &Response<ResponseBody<RB>>,
+) -> Option<Resume<RB>>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Replay + Send + 'static,
+    RB: Body + Send + 'static,
+{
+    let policy = shared.continuation.clone()?;
+    let original = template.as_ref()?.bytes()?;
+    let (service, head) = (spare.clone(), head.clone());
+    let reconnect: Reconnect<RB> = Box::new(move |body, exclude| {
+        let service = service.clone();
+        let request = B::from_bytes(body).map(|b| head.request(b, &exclude, &Picked::new()));
+        Box::pin(async move {
+            let request = request.ok_or("the request body type cannot carry a continuation")?;
+            oneshot(service, request).await.map_err(Into::into)
+        })
+    });
+    let endpoint = response
+        .extensions()
+        .get::<Served>()
+        .map(|s| Arc::clone(&s.0));
+    Some(Resume::new(
+        policy,
+        original,
+        exclude.clone(),
+        endpoint,
+        reconnect,
+        Arc::clone(&shared.budget),
+        shared.attempts.saturating_sub(1),
+    ))
 }

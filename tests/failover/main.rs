@@ -249,6 +249,45 @@ async fn a_stream_that_fails_after_its_first_chunk_is_not_retried() {
 }
 
 #[tokio::test]
+async fn with_a_continuation_policy_a_stream_broken_mid_way_carries_on_from_another_endpoint() {
+    let (pool, servers) = tiered(&[("flaky", 0, 1), ("steady", 1, 1)]).await;
+    servers[0].set_mode(Mode::ResetMidStream);
+    let svc = ServiceBuilder::new()
+        .layer(
+            FailoverLayer::new()
+                .first_chunk(Duration::from_secs(2))
+                .continuation(tower_ai_balance::failover::OpenAiChat),
+        )
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    let r = svc.oneshot(chat_request(5, true)).await.unwrap();
+    assert_eq!(served(&r).key().as_str(), "flaky");
+    let body = String::from_utf8(
+        read_to_end(r.into_body())
+            .await
+            .expect("no error reaches the caller")
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        body.starts_with("data: {\"id\":\"chatcmpl-flaky\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("chatcmpl-steady") && body.ends_with("data: [DONE]\n\n"),
+        "{body}"
+    );
+    // The continuation asked for the rest: the original messages plus the partial answer.
+    let sent: serde_json::Value =
+        serde_json::from_slice(&servers[1].stats.last_body.lock()).unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages.last().unwrap()["role"], "assistant");
+    assert_eq!(messages.last().unwrap()["content"], "t0 ");
+    assert_eq!(sent["max_tokens"], 4);
+    assert!(pool.endpoints().iter().all(|e| e.in_flight() == 0));
+}
+
+#[tokio::test]
 async fn a_stalled_stream_is_ended_by_the_idle_timeout_and_counted_against_its_endpoint() {
     let (pool, servers) = http_pool(1, ms(1), ms(1)).await;
     servers[0].set_mode(Mode::StallAfterFirst);

@@ -1,0 +1,100 @@
+use bytes::Bytes;
+
+/// Builds the request that carries a broken stream on, on another endpoint, from what was
+/// already streamed. Opt-in ([`FailoverLayer::continuation`](super::FailoverLayer::continuation)):
+/// unsafe for tool calls and anything else a model must not say twice.
+pub trait Continuation: Send + Sync + 'static {
+    /// The body of the continuation request, from the original request's body and the bytes
+    /// the caller has received so far; `None` to let the stream fail instead.
+    fn continue_body(&self, original: &[u8], streamed: &[u8]) -> Option<Bytes>;
+}
+
+/// OpenAI chat completions: the original messages plus the partial answer as an assistant
+/// message (a prefill), `max_tokens` less what was streamed, and `stream` on. Declines when the
+/// partial answer has tool calls, when nothing was streamed yet, or when the request is not a
+/// chat completion.
+#[cfg(feature = "openai")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenAiChat;
+
+#[cfg(feature = "openai")]
+impl Continuation for OpenAiChat {
+    fn continue_body(&self, original: &[u8], streamed: &[u8]) -> Option<Bytes> {
+        use serde_json::{json, Value};
+
+        let mut request: Value = serde_json::from_slice(original).ok()?;
+        let (mut text, mut tokens) = (String::new(), 0u64);
+        for line in streamed.split(|&b| b == b'\n') {
+            let Some(data) = line.trim_ascii().strip_prefix(b"data:") else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) else {
+                continue; // "[DONE]" or a partial line
+            };
+            let delta = &event["choices"][0]["delta"];
+            if !delta["tool_calls"].is_null() || !delta["function_call"].is_null() {
+                return None;
+            }
+            if let Some(content) = delta["content"].as_str() {
+                text.push_str(content);
+                tokens += 1;
+            }
+        }
+        if text.is_empty() {
+            return None;
+        }
+        let messages = request.get_mut("messages")?.as_array_mut()?;
+        messages.push(json!({ "role": "assistant", "content": text }));
+        for limit in ["max_tokens", "max_completion_tokens"] {
+            if let Some(max) = request[limit].as_u64() {
+                request[limit] = json!(max.saturating_sub(tokens).max(1));
+            }
+        }
+        request["stream"] = json!(true);
+        serde_json::to_vec(&request).ok().map(Bytes::from)
+    }
+}
+
+#[cfg(all(test, feature = "openai", not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openai_policy_produces_a_well_formed_request() {
+        let original = br#"{"model":"m","stream":true,"max_tokens":100,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Count to five."}]}"#;
+        let streamed = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"One, \"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"two, \"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choi"
+        );
+        let body = OpenAiChat
+            .continue_body(original, streamed.as_bytes())
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["max_tokens"], 98);
+        let messages = v["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            messages[1]["content"], "Count to five.",
+            "the original messages, in order"
+        );
+        assert_eq!(messages[2]["role"], "assistant");
+        assert_eq!(messages[2]["content"], "One, two, ");
+    }
+
+    #[test]
+    fn it_declines_tool_calls_empty_answers_and_other_bodies() {
+        let original = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let tool = b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n";
+        assert!(OpenAiChat.continue_body(original, tool).is_none());
+        assert!(OpenAiChat.continue_body(original, b"").is_none());
+        let text = b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";
+        assert!(OpenAiChat.continue_body(b"not json", text).is_none());
+        assert!(OpenAiChat
+            .continue_body(br#"{"prompt":"x"}"#, text)
+            .is_none());
+    }
+}
