@@ -11,6 +11,9 @@
 //!   look-ups, pick, slot, guard, and the one clock read that times the request.
 //! - `pick/least-loaded scan`: the full-scan strategy, for scale.
 //!
+//! - `requirements/balance/{0,1,3}`: `Balance::pick` at 1,000 endpoints with 0, 1 (model) and 3
+//!   (model, context window, hardware) requirements.
+//!
 //! At the end, the ratio of each to the floor at the same size is printed.
 
 use std::{
@@ -22,6 +25,7 @@ use std::{
 use criterion::{BenchmarkId, Criterion};
 use rand::RngCore;
 use tower_ai_balance::{
+    hints::Require,
     hints::{Exclude, WithHints},
     load::LoadGuard,
     pick::{self, Filter, Strategy},
@@ -129,6 +133,36 @@ fn benches(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Balance::pick at 1,000 endpoints serving two models on two hardware classes, with 0, 1
+    // (model) and 3 (model, context, hardware) requirements.
+    let mut group = c.benchmark_group("requirements");
+    let p = Pool::new();
+    for i in 0..1000 {
+        let config = EndpointConfig::new(format!("e{i}"))
+            .model(if i % 2 == 0 { "llama-70b" } else { "llama-8b" })
+            .max_context(if i % 4 < 2 { 131_072 } else { 8_192 })
+            .hardware(if i % 3 == 0 { "h100" } else { "a10" });
+        p.insert(config, Unit).unwrap();
+    }
+    let balance = Balance::new(p.clone());
+    for (name, require) in [
+        ("0", None),
+        ("1", Some(Require::model("llama-70b"))),
+        (
+            "3",
+            Some(Require::model("llama-70b").context(32_000).hardware("h100")),
+        ),
+    ] {
+        let mut request = WithHints::new(());
+        if let Some(r) = require {
+            request.extensions.insert(r);
+        }
+        group.bench_function(BenchmarkId::new("balance", name), |b| {
+            b.iter(|| black_box(balance.pick(&request).unwrap()))
+        });
+    }
+    group.finish();
 }
 
 #[path = "support/ratios.rs"]
@@ -141,6 +175,12 @@ fn main() {
         .configure_from_args();
     benches(&mut c);
     c.final_summary();
+    ratios::print(
+        "Balance::pick at 1,000 endpoints, by number of requirements",
+        "requirements",
+        "balance/0",
+        &["balance/1".to_owned(), "balance/3".to_owned()],
+    );
     for n in SIZES {
         ratios::print(
             &format!("pick at {n} endpoints, against the bare atomic floor"),

@@ -10,6 +10,7 @@ use std::{borrow::Borrow, fmt, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{sync::Notify, time::Instant};
 
 use crate::{
+    capability::Capabilities,
     error::ConfigError,
     load::{Acquired, Slots},
     outlier::Outliers,
@@ -82,6 +83,7 @@ pub struct EndpointConfig {
     max_concurrency: Option<usize>,
     tier: u32,
     labels: Vec<(Arc<str>, Arc<str>)>,
+    capabilities: Capabilities,
 }
 
 impl EndpointConfig {
@@ -93,6 +95,7 @@ impl EndpointConfig {
             max_concurrency: None,
             tier: 0,
             labels: Vec::new(),
+            capabilities: Capabilities::default(),
         }
     }
 
@@ -122,6 +125,43 @@ impl EndpointConfig {
         self
     }
 
+    /// A model it serves (call once per model; none means any model).
+    pub fn model(mut self, model: impl Into<Arc<str>>) -> Self {
+        self.capabilities.models.push(model.into());
+        self
+    }
+
+    /// Its context window, in tokens.
+    pub fn max_context(mut self, tokens: u32) -> Self {
+        self.capabilities.max_context = Some(tokens);
+        self
+    }
+
+    /// Its hardware class.
+    pub fn hardware(mut self, hardware: impl Into<Arc<str>>) -> Self {
+        self.capabilities.hardware = Some(hardware.into());
+        self
+    }
+
+    /// Who runs it.
+    pub fn provider(mut self, provider: impl Into<Arc<str>>) -> Self {
+        self.capabilities.provider = Some(provider.into());
+        self
+    }
+
+    /// Where it runs.
+    pub fn region(mut self, region: impl Into<Arc<str>>) -> Self {
+        self.capabilities.region = Some(region.into());
+        self
+    }
+
+    /// Its price per 1,000 input and output tokens.
+    pub fn price(mut self, per_1k_in: f64, per_1k_out: f64) -> Self {
+        self.capabilities.price_in = per_1k_in;
+        self.capabilities.price_out = per_1k_out;
+        self
+    }
+
     /// The key.
     pub fn key(&self) -> &Key {
         &self.key
@@ -129,6 +169,17 @@ impl EndpointConfig {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         check_weight(&self.key, self.weight)?;
+        let c = &self.capabilities;
+        if !(c.price_in.is_finite()
+            && c.price_in >= 0.0
+            && c.price_out.is_finite()
+            && c.price_out >= 0.0)
+        {
+            return Err(ConfigError::InvalidSetting {
+                name: "price",
+                reason: "must be finite and at least 0",
+            });
+        }
         if self.max_concurrency == Some(0) {
             return Err(ConfigError::ZeroMaxConcurrency {
                 key: self.key.clone(),
@@ -300,6 +351,7 @@ pub struct Endpoint {
 
     key: Key,
     labels: Box<[(Arc<str>, Arc<str>)]>,
+    capabilities: Capabilities,
     born: Instant,
     ttfb: PeakEwma,
     latency: PeakEwma,
@@ -351,6 +403,7 @@ impl Endpoint {
             ramp_ms: AtomicU64::new(0),
             key: config.key,
             labels: config.labels.into_boxed_slice(),
+            capabilities: config.capabilities,
             born: Instant::now(),
             ttfb: PeakEwma::new(),
             latency: PeakEwma::new(),
@@ -375,6 +428,7 @@ impl Endpoint {
             max_concurrency: self.max_concurrency(),
             tier: self.tier,
             labels: self.labels.to_vec(),
+            capabilities: self.capabilities.clone(),
         }
     }
 
@@ -407,6 +461,12 @@ impl Endpoint {
     /// The concurrency limit, if any.
     pub fn max_concurrency(&self) -> Option<usize> {
         (self.max_concurrency != usize::MAX).then_some(self.max_concurrency)
+    }
+
+    /// What it can serve.
+    #[inline]
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
     }
 
     /// A label's value.

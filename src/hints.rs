@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use http::Extensions;
 
+pub use crate::capability::Require;
 use crate::endpoint::Endpoint;
 
 /// A request (or response) that can carry routing hints.

@@ -44,6 +44,8 @@
 //! - [`balance`]: the `Balance` service and layer.
 //! - [`affinity`]: the `StreamAffinity` layer: sessions and streams back to their instance.
 //! - [`failover`]: the `Failover` layer: retries elsewhere, across tiers, within a budget.
+//! - [`route`]: the `Route` layer: what each request needs and how much work it brings.
+//! - [`capability`]: what an endpoint can serve and what a request requires.
 //! - [`health`]: the `HealthFilter` layer: ejection, cooldown, half-open trials, probes.
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
@@ -62,6 +64,7 @@
 
 pub mod affinity;
 pub mod balance;
+pub mod capability;
 pub mod classify;
 pub mod endpoint;
 pub mod error;
@@ -75,6 +78,7 @@ pub mod peek;
 pub mod pick;
 pub mod pool;
 mod rng;
+pub mod route;
 mod sync;
 
 #[cfg(doctest)]

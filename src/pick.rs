@@ -26,12 +26,14 @@ use tokio::time::Instant;
 
 use crate::{
     endpoint::Endpoint,
-    hints::{Affinity, Exclude},
+    hints::{Affinity, Exclude, Require},
     sync::{AtomicUsize, Ordering::Relaxed},
 };
 
-/// How many times power-of-two-choices re-draws an ineligible sample before it falls back to
-/// a full scan.
+/// How many draws power of two choices makes for two eligible endpoints before it falls back
+/// to a full scan.
+const MAX_DRAWS: usize = 32;
+/// How many draws [`random`] makes before it falls back to counting.
 const REDRAWS: usize = 4;
 
 /// The clock, read at most once per pick and only if something needs it.
@@ -64,19 +66,47 @@ impl LazyNow {
 }
 
 /// Which endpoints may take this request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Filter<'a> {
     exclude: Option<&'a Exclude>,
+    require: Option<&'a Require>,
+    cost: u64,
     ignore_health: bool,
     include_held: bool,
     now: LazyNow,
+}
+
+impl Default for Filter<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<'a> Filter<'a> {
     /// Endpoints that take traffic (not removed, weight above 0, healthy or due back) and have
     /// room under their concurrency limit.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            exclude: None,
+            require: None,
+            cost: 1,
+            ignore_health: false,
+            include_held: false,
+            now: LazyNow::new(),
+        }
+    }
+
+    /// Also leaves out endpoints that do not meet `require`.
+    pub fn require(mut self, require: &'a Require) -> Self {
+        self.require = Some(require);
+        self
+    }
+
+    /// The request's work (its [`Cost`](crate::hints::Cost)), for the work-aware strategies;
+    /// 1 by default.
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
     }
 
     /// Also leaves out these endpoints.
@@ -124,6 +154,7 @@ impl<'a> Filter<'a> {
         e.takes_traffic(&self.now, self.ignore_health)
             && (self.include_held || !e.is_held(&self.now))
             && self.exclude.map_or(true, |x| !x.contains(e))
+            && self.require.map_or(true, |r| r.admits(e))
     }
 
     /// The endpoint's weight as picks see it now (reduced while it slow-starts).
@@ -134,7 +165,7 @@ impl<'a> Filter<'a> {
 }
 
 /// A picking strategy, for [`Balance`](crate::balance::Balance).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub enum Strategy {
     /// Power of two choices over in-flight load: the default. See [`p2c`].
@@ -150,6 +181,16 @@ pub enum Strategy {
     Random,
     /// At random in proportion to weight. See [`weighted`].
     Weighted,
+    /// Power of two choices over outstanding work relative to weight. See [`least_work`].
+    LeastWork,
+    /// The least outstanding work relative to weight, by full scan. See [`least_work_scan`].
+    LeastWorkScan,
+    /// The cheapest endpoint while its load is under `max_load`, then the next cheapest, and
+    /// the least loaded when all are above it. See [`cheapest`].
+    CostAware {
+        /// In-flight requests per unit of concurrency limit (or of weight, without a limit).
+        max_load: f64,
+    },
 }
 
 impl Strategy {
@@ -169,6 +210,9 @@ impl Strategy {
             Self::RoundRobin => round_robin(endpoints, filter, cursor),
             Self::Random => random(endpoints, filter, rng),
             Self::Weighted => weighted(endpoints, filter, rng),
+            Self::LeastWork => least_work(endpoints, filter, rng),
+            Self::LeastWorkScan => least_work_scan(endpoints, filter, rng),
+            Self::CostAware { max_load } => cheapest(endpoints, filter, max_load, rng),
         }
     }
 }
@@ -182,15 +226,10 @@ fn compare_load(a: &Endpoint, b: &Endpoint, filter: &Filter<'_>) -> std::cmp::Or
     la.total_cmp(&lb)
 }
 
-/// Two distinct indices below `n` (`n >= 2`) and a coin, from one draw.
-#[inline]
-fn two_of(r: u64, n: usize) -> (usize, usize, bool) {
-    let a = (((r & 0x7fff_ffff) * n as u64) >> 31) as usize;
-    let b = ((((r >> 31) & 0x7fff_ffff) * (n as u64 - 1)) >> 31) as usize;
-    (a, b + usize::from(b >= a), r >> 63 == 1)
-}
-
-/// Samples two eligible endpoints; falls back to `None` when re-draws keep missing.
+/// Samples two distinct eligible endpoints uniformly, and a coin for ties: each draw takes 32
+/// random bits, two per RNG word, so an unfiltered pool costs one word. A selective filter
+/// (one endpoint in 6 eligible, say) costs a dozen draws rather than a scan; after
+/// [`MAX_DRAWS`] the caller falls back to a full scan.
 #[inline]
 fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     endpoints: &[E],
@@ -198,26 +237,26 @@ fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     rng: &mut R,
 ) -> Option<(usize, usize, bool)> {
     let n = endpoints.len();
-    let ok = |i: usize| filter.eligible(endpoints[i].as_ref());
-    let (mut a, mut b, coin) = two_of(rng.next_u64(), n);
-    let (mut ea, mut eb) = (ok(a), ok(b));
-    let mut tries = 0;
-    while !(ea && eb) {
-        if tries == REDRAWS {
-            return None;
+    let mut first: Option<usize> = None;
+    let mut word = 0u64;
+    for draw in 0..MAX_DRAWS {
+        if draw % 2 == 0 {
+            word = rng.next_u64();
         }
-        tries += 1;
-        let r = rng.next_u64();
-        if !ea {
-            a = crate::rng::below(r as u32, n);
-            ea = a != b && ok(a);
+        let i = crate::rng::below((word >> (32 * (draw % 2))) as u32, n);
+        if !filter.eligible(endpoints[i].as_ref()) {
+            continue;
         }
-        if !eb {
-            b = crate::rng::below((r >> 32) as u32, n);
-            eb = b != a && ok(b);
+        match first {
+            None => first = Some(i),
+            Some(a) if a != i => {
+                let coin = word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1;
+                return Some((a, i, coin));
+            }
+            Some(_) => {}
         }
     }
-    Some((a, b, coin))
+    None
 }
 
 /// Power of two choices: samples two eligible endpoints and takes the less loaded, a coin
@@ -251,6 +290,16 @@ pub fn least_loaded<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<usize> {
+    best_by(endpoints, filter, rng, |a, b| compare_load(a, b, filter))
+}
+
+/// The eligible endpoint that is least by `order`, ties broken uniformly at random.
+fn best_by<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+    order: impl Fn(&Endpoint, &Endpoint) -> std::cmp::Ordering,
+) -> Option<usize> {
     let mut best: Option<usize> = None;
     let mut ties = 0u32;
     for (i, e) in endpoints.iter().enumerate() {
@@ -263,7 +312,7 @@ pub fn least_loaded<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
             ties = 1;
             continue;
         };
-        match compare_load(e, endpoints[b].as_ref(), filter) {
+        match order(e, endpoints[b].as_ref()) {
             std::cmp::Ordering::Less => {
                 best = Some(i);
                 ties = 1;
@@ -279,6 +328,81 @@ pub fn least_loaded<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         }
     }
     best
+}
+
+/// `a` has less outstanding work than `b`, counting this request's: `(outstanding + cost) /
+/// weight`.
+#[inline]
+fn compare_work(a: &Endpoint, b: &Endpoint, filter: &Filter<'_>) -> std::cmp::Ordering {
+    let wa = (a.outstanding() + filter.cost) as f64 * filter.weight(b);
+    let wb = (b.outstanding() + filter.cost) as f64 * filter.weight(a);
+    wa.total_cmp(&wb)
+}
+
+/// Power of two choices over outstanding work (the [`Cost`](crate::hints::Cost) of the
+/// requests in flight) relative to weight: a request's weight is its tokens, not 1. Falls
+/// back to [`least_work_scan`] when the filter leaves few endpoints.
+pub fn least_work<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    if endpoints.len() < 2 {
+        return least_work_scan(endpoints, filter, rng);
+    }
+    let Some((a, b, coin)) = sample_two(endpoints, filter, rng) else {
+        return least_work_scan(endpoints, filter, rng);
+    };
+    Some(
+        match compare_work(endpoints[a].as_ref(), endpoints[b].as_ref(), filter) {
+            std::cmp::Ordering::Less => a,
+            std::cmp::Ordering::Greater => b,
+            std::cmp::Ordering::Equal if coin => a,
+            std::cmp::Ordering::Equal => b,
+        },
+    )
+}
+
+/// The least outstanding work relative to weight, by full scan; ties broken at random.
+pub fn least_work_scan<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    best_by(endpoints, filter, rng, |a, b| compare_work(a, b, filter))
+}
+
+/// An endpoint's load for [`cheapest`]: in flight per unit of its concurrency limit, or of its
+/// weight when it has none.
+fn utilisation(e: &Endpoint, filter: &Filter<'_>) -> f64 {
+    let capacity = e
+        .max_concurrency()
+        .map_or_else(|| filter.weight(e), |max| max as f64);
+    e.in_flight() as f64 / capacity.max(f64::MIN_POSITIVE)
+}
+
+/// Cost-aware: the cheapest eligible endpoint (by its price per 1,000 input plus output
+/// tokens) whose load is under `max_load`; the least loaded of them all when every one is
+/// above it. Linear in the number of endpoints.
+pub fn cheapest<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    max_load: f64,
+    rng: &mut R,
+) -> Option<usize> {
+    let price = |e: &Endpoint| e.capabilities().price_in + e.capabilities().price_out;
+    let load = |e: &Endpoint| utilisation(e, filter);
+    let pick = best_by(endpoints, filter, rng, |a, b| {
+        let (room_a, room_b) = (load(a) < max_load, load(b) < max_load);
+        room_b
+            .cmp(&room_a)
+            .then(price(a).total_cmp(&price(b)))
+            .then(load(a).total_cmp(&load(b)))
+    })?;
+    if load(endpoints[pick].as_ref()) < max_load {
+        return Some(pick);
+    }
+    best_by(endpoints, filter, rng, |a, b| load(a).total_cmp(&load(b)))
 }
 
 /// Power of two choices over peak-EWMA time to first byte × `(in_flight + 1) / weight`

@@ -19,6 +19,7 @@
 //! ```
 
 use std::{
+    collections::HashMap,
     fmt,
     future::poll_fn,
     ops::Range,
@@ -67,10 +68,59 @@ impl<S> AsRef<Endpoint> for Entry<S> {
 pub struct Snapshot<S> {
     entries: Box<[Entry<S>]>,
     tiers: Box<[(u32, Range<usize>)]>,
+    /// For each model some endpoint names: the endpoints that serve it (those that name it,
+    /// and those that serve any model). Precomputed so that a pick for a model never draws an
+    /// endpoint without it.
+    by_model: HashMap<Arc<str>, Snapshot<S>>,
+    /// The endpoints that serve any model, for a model no endpoint names.
+    any_model: Option<Box<Snapshot<S>>>,
+}
+
+impl<S: Clone> Snapshot<S> {
+    fn new(entries: Vec<Entry<S>>) -> Self {
+        let mut snapshot = Self::flat(entries);
+        let mut named: Vec<&Arc<str>> = snapshot
+            .entries
+            .iter()
+            .flat_map(|e| &e.endpoint.capabilities().models)
+            .collect();
+        named.sort();
+        named.dedup();
+        if named.is_empty() {
+            return snapshot;
+        }
+        let part = |keep: &dyn Fn(&Endpoint) -> bool| {
+            Self::flat(
+                snapshot
+                    .entries
+                    .iter()
+                    .filter(|e| keep(&e.endpoint))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        let by_model = named
+            .iter()
+            .map(|&m| (Arc::clone(m), part(&|e| e.capabilities().serves_model(m))))
+            .collect();
+        let any_model = Box::new(part(&|e| e.capabilities().models.is_empty()));
+        snapshot.by_model = by_model;
+        snapshot.any_model = Some(any_model);
+        snapshot
+    }
 }
 
 impl<S> Snapshot<S> {
-    fn new(mut entries: Vec<Entry<S>>) -> Self {
+    /// The endpoints that serve `model` (all of them when no endpoint names its models).
+    #[inline]
+    pub fn for_model(&self, model: &str) -> &Snapshot<S> {
+        match &self.any_model {
+            None => self,
+            Some(any) => self.by_model.get(model).unwrap_or(any),
+        }
+    }
+
+    fn flat(mut entries: Vec<Entry<S>>) -> Self {
         entries.sort_by_key(|e| e.endpoint.tier());
         let mut tiers: Vec<(u32, Range<usize>)> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -82,6 +132,8 @@ impl<S> Snapshot<S> {
         Self {
             entries: entries.into_boxed_slice(),
             tiers: tiers.into_boxed_slice(),
+            by_model: HashMap::new(),
+            any_model: None,
         }
     }
 

@@ -180,7 +180,7 @@ where
                             deadline.set(timeout.map(tokio::time::sleep));
                             continue;
                         }
-                        Err(Miss::Unavailable(e)) => return Poll::Ready(Err(e.into())),
+                        Err(Miss::Unavailable(e)) => return Poll::Ready(Err(e)),
                         Err(Miss::Full) => {}
                     }
                     if sleep.poll(cx).is_ready() {

@@ -10,8 +10,9 @@ use tower_service::Service;
 
 use super::{BalanceLayer, ResponseFuture};
 use crate::{
+    capability::Unsatisfiable,
     error::{BoxError, NoEndpoints, Overloaded},
-    hints::{Affinity, Cost, Exclude, Hinted, Picked},
+    hints::{Affinity, Cost, Exclude, Hinted, Picked, Require},
     load::{LoadGuard, TrackLoad},
     pick::{self, Filter},
     pool::{Pool, Snapshot},
@@ -49,8 +50,8 @@ impl<S> fmt::Debug for Balance<S> {
 pub(crate) enum Miss {
     /// Some endpoint could serve, but all such are at their concurrency limit.
     Full,
-    /// No endpoint can serve this request.
-    Unavailable(NoEndpoints),
+    /// No endpoint can serve this request ([`NoEndpoints`] or [`Unsatisfiable`]).
+    Unavailable(BoxError),
 }
 
 impl<S: Clone> Balance<S> {
@@ -82,42 +83,54 @@ impl<S: Clone> Balance<S> {
     pub fn pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), BoxError> {
         self.try_pick(request).map_err(|miss| match miss {
             Miss::Full => Overloaded::new(None).into(),
-            Miss::Unavailable(e) => e.into(),
+            Miss::Unavailable(e) => e,
         })
     }
 
     /// The hot path: pick in the lowest tier that has room, and take a slot.
     pub(crate) fn try_pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), Miss> {
-        let snapshot = self.pool.load();
-        if snapshot.is_empty() {
-            return Err(Miss::Unavailable(NoEndpoints::empty()));
+        let all = self.pool.load();
+        if all.is_empty() {
+            return Err(Miss::Unavailable(NoEndpoints::empty().into()));
         }
         let hints = request.extensions();
         let cost = hints.get::<Cost>().map_or(1, |c| c.0);
         let affinity = hints.get::<Affinity>();
-        let filter = match hints.get::<Exclude>() {
-            Some(exclude) => Filter::new().exclude(exclude),
-            None => Filter::new(),
+        let require = hints.get::<Require>();
+        let mut filter = Filter::new().cost(cost);
+        if let Some(exclude) = hints.get::<Exclude>() {
+            filter = filter.exclude(exclude);
+        }
+        // A model's endpoints are precomputed: the pick never draws one without it.
+        let snapshot = match require {
+            Some(r) => {
+                filter = filter.require(r);
+                r.model.as_deref().map_or(&**all, |m| all.for_model(m))
+            }
+            None => &**all,
         };
-        if let Some(picked) = self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, cost, LoadGuard::acquire) {
             self.pool.note_panic(false);
             return Ok(self.picked(hints, picked));
         }
         // Endpoints held back by a soft ejection serve only when nothing else can.
         let filter = filter.include_held();
-        if let Some(picked) = self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, cost, LoadGuard::acquire) {
             return Ok(self.picked(hints, picked));
         }
-        match miss(&snapshot, &filter) {
+        if let Some(unmet) = require.and_then(|r| unsatisfiable(&all, r)) {
+            return Err(Miss::Unavailable(unmet.into()));
+        }
+        match miss(snapshot, &filter) {
             Miss::Unavailable(_) if self.pool.panic_routing() => {
                 // Health leaves nothing: route to every endpoint rather than fail everything.
                 let filter = filter.ignore_health();
                 let picked =
-                    self.pick_in(&snapshot, &filter, affinity, cost, LoadGuard::acquire_any);
+                    self.pick_in(snapshot, &filter, affinity, cost, LoadGuard::acquire_any);
                 self.pool.note_panic(picked.is_some());
                 picked
                     .map(|p| self.picked(hints, p))
-                    .ok_or_else(|| miss(&snapshot, &filter))
+                    .ok_or_else(|| miss(snapshot, &filter))
             }
             miss => Err(miss),
         }
@@ -186,9 +199,18 @@ fn miss<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> Miss {
         }
     }
     let now = filter.now();
-    Miss::Unavailable(NoEndpoints::unavailable(
-        back.map(|at| at.saturating_duration_since(now)),
-    ))
+    Miss::Unavailable(
+        NoEndpoints::unavailable(back.map(|at| at.saturating_duration_since(now))).into(),
+    )
+}
+
+/// When no endpoint in the pool meets the requirements, whatever its health or load: which.
+fn unsatisfiable<S>(all: &Snapshot<S>, require: &Require) -> Option<Unsatisfiable> {
+    let endpoints = all.entries().iter().map(|e| &**e.endpoint());
+    if endpoints.clone().any(|e| require.admits(e)) {
+        return None;
+    }
+    Some(Unsatisfiable::new(require.unmet(endpoints)))
 }
 
 impl<S, Req> Service<Req> for Balance<S>
@@ -216,7 +238,7 @@ where
                 Some(queue) => ResponseFuture::queued(self.clone(), request, queue),
                 None => ResponseFuture::failed(Overloaded::new(None).into()),
             },
-            Err(Miss::Unavailable(e)) => ResponseFuture::failed(e.into()),
+            Err(Miss::Unavailable(e)) => ResponseFuture::failed(e),
         }
     }
 }

@@ -1,0 +1,164 @@
+//! Routes by content: what a request needs, and how much work it brings.
+//!
+//! [`Route`] sets the [`Require`](crate::capability::Require) and [`Cost`] hints from each
+//! request, so that [`Balance`](crate::balance::Balance) sends it only where it can run (the
+//! model, a long enough context window, the hardware) and counts its tokens, not 1, in the
+//! endpoint's outstanding work. The routing is a function of the request, or [`Rules`] over
+//! what a reader extracts from it: model aliases with weights among their variants, and
+//! request classes (short classifications, long generations) with requirements of their own.
+//! With the `openai` feature, [`Route::openai`] reads OpenAI-style JSON bodies (without
+//! consuming them).
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_ai_balance::{
+//!     capability::Require, hints::Served, route::{RouteLayer, Routing}, BalanceLayer, EndpointConfig, Pool,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_ai_balance::BoxError> {
+//! let model = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+//! });
+//! let pool = Pool::new();
+//! pool.insert(EndpointConfig::new("small").model("llama-8b").max_context(8_192), model)?;
+//! pool.insert(EndpointConfig::new("large").model("llama-70b").max_context(131_072), model)?;
+//!
+//! // Route by a header naming the model.
+//! let route = RouteLayer::new(|req: &Request<Full<Bytes>>| Routing {
+//!     require: req.headers().get("x-model").and_then(|v| v.to_str().ok()).map(Require::model),
+//!     cost: None,
+//! });
+//! let svc = ServiceBuilder::new().layer(route).layer(BalanceLayer::new()).service(pool);
+//! let request = Request::builder().header("x-model", "llama-70b").body(Full::new(Bytes::new()))?;
+//! let response = svc.oneshot(request).await?;
+//! assert_eq!(response.extensions().get::<Served>().unwrap().0.key().as_str(), "large");
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "openai")]
+mod openai;
+mod rules;
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+#[cfg(feature = "openai")]
+pub use self::openai::{OpenAiRequest, OpenAiRules};
+pub use self::rules::{Class, RequestInfo, Rules};
+use crate::{
+    capability::Require,
+    hints::{Cost, Hinted},
+};
+
+/// What [`Route`] sets on a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routing {
+    /// What the serving endpoint must have.
+    pub require: Option<Require>,
+    /// The request's work, in tokens (prompt plus maximum output, or an estimate).
+    pub cost: Option<u64>,
+}
+
+/// Decides a request's [`Routing`]. Any `Fn(&Req) -> Routing` is one.
+pub trait Decide<Req>: Send + Sync + 'static {
+    /// The routing of `request`.
+    fn decide(&self, request: &Req) -> Routing;
+}
+
+impl<F, Req> Decide<Req> for F
+where
+    F: Fn(&Req) -> Routing + Send + Sync + 'static,
+{
+    fn decide(&self, request: &Req) -> Routing {
+        self(request)
+    }
+}
+
+/// Builds a [`Route`].
+#[derive(Debug)]
+pub struct RouteLayer<D> {
+    decide: Arc<D>,
+}
+
+impl<D> Clone for RouteLayer<D> {
+    fn clone(&self) -> Self {
+        Self {
+            decide: Arc::clone(&self.decide),
+        }
+    }
+}
+
+impl<D> RouteLayer<D> {
+    /// Routes with `decide`.
+    pub fn new(decide: D) -> Self {
+        Self {
+            decide: Arc::new(decide),
+        }
+    }
+}
+
+impl<S, D> Layer<S> for RouteLayer<D> {
+    type Service = Route<S, D>;
+
+    fn layer(&self, inner: S) -> Route<S, D> {
+        Route {
+            inner,
+            decide: Arc::clone(&self.decide),
+        }
+    }
+}
+
+/// Sets the `Require` and `Cost` hints of each request. See the [module docs](crate::route).
+#[derive(Debug)]
+pub struct Route<S, D> {
+    inner: S,
+    decide: Arc<D>,
+}
+
+impl<S: Clone, D> Clone for Route<S, D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            decide: Arc::clone(&self.decide),
+        }
+    }
+}
+
+impl<S, D, Req> Service<Req> for Route<S, D>
+where
+    S: Service<Req>,
+    D: Decide<Req>,
+    Req: Hinted,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Req) -> Self::Future {
+        let routing = self.decide.decide(&request);
+        if let Some(require) = routing.require {
+            request.extensions_mut().insert(require);
+        }
+        if let Some(cost) = routing.cost {
+            request.extensions_mut().insert(Cost(cost));
+        }
+        self.inner.call(request)
+    }
+}
