@@ -1,12 +1,12 @@
 //! Routes by content: what a request needs, and how much work it brings.
 //!
-//! [`Route`] sets the [`Require`](crate::capability::Require) and [`Cost`] hints from each
+//! [`Route`] sets the [`Require`] and [`Cost`] hints from each
 //! request, so that [`Balance`](crate::balance::Balance) sends it only where it can run (the
 //! model, a long enough context window, the hardware) and counts its tokens, not 1, in the
 //! endpoint's outstanding work. The routing is a function of the request, or [`Rules`] over
 //! what a reader extracts from it: model aliases with weights among their variants, and
 //! request classes (short classifications, long generations) with requirements of their own.
-//! With the `openai` feature, [`Route::openai`] reads OpenAI-style JSON bodies (without
+//! With the `openai` feature, `OpenAiRules` reads OpenAI-style JSON bodies (without
 //! consuming them).
 //!
 //! # Example
