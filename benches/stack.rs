@@ -1,6 +1,8 @@
 //! Throughput of the balancer around ready endpoint services, side by side with calling one
 //! service directly and with tower's p2c `Balance` behind a `Buffer` (what tower users need to
 //! share a balancer across tasks), with 1 and 64 concurrent callers on a 2-worker runtime.
+//! `tower-ai-balance` is `Balance` alone; `four layers` is Failover, StreamAffinity,
+//! HealthFilter and Balance.
 //!
 //! `cargo bench --bench stack`. Each iteration is one request; the summary at the end prints
 //! each contender's time per request and its ratio to the direct call.
@@ -23,7 +25,10 @@ use tower::{
     load::{CompleteOnResponse, PendingRequests},
     Service, ServiceExt,
 };
-use tower_ai_balance::{BalanceLayer, Pool};
+use tower_ai_balance::{
+    affinity::StreamAffinityLayer, failover::FailoverLayer, health::HealthFilterLayer,
+    BalanceLayer, Pool,
+};
 
 const ENDPOINTS: usize = 8;
 const CALLERS: [usize; 2] = [1, 64];
@@ -110,6 +115,24 @@ fn benches(c: &mut Criterion) {
             |b, &n| b.iter_custom(|iters| drive(&rt, ours.clone(), n, iters)),
         );
 
+        let pool = Pool::new();
+        for i in 0..ENDPOINTS {
+            pool.insert(format!("e{i}"), Instant200).unwrap();
+        }
+        let four = tower::ServiceBuilder::new()
+            .layer(FailoverLayer::new())
+            .layer(StreamAffinityLayer::header(http::HeaderName::from_static(
+                "x-session-id",
+            )))
+            .layer(HealthFilterLayer::new(&pool))
+            .layer(BalanceLayer::new())
+            .service(pool);
+        group.bench_with_input(
+            BenchmarkId::new("four layers", callers),
+            &callers,
+            |b, &n| b.iter_custom(|iters| drive(&rt, four.clone(), n, iters)),
+        );
+
         group.bench_with_input(
             BenchmarkId::new("tower p2c + Buffer", callers),
             &callers,
@@ -142,7 +165,7 @@ fn main() {
             &format!("time per request with {n} concurrent callers, against a direct call"),
             "stack",
             &format!("direct/{n}"),
-            &["tower-ai-balance", "tower p2c + Buffer"].map(|s| format!("{s}/{n}")),
+            &["tower-ai-balance", "four layers", "tower p2c + Buffer"].map(|s| format!("{s}/{n}")),
         );
     }
 }

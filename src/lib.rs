@@ -73,6 +73,7 @@ pub mod hash;
 pub mod health;
 pub mod hints;
 pub mod load;
+pub mod metrics;
 mod outlier;
 pub mod peek;
 pub mod pick;

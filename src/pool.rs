@@ -376,6 +376,19 @@ impl<S: Clone> Pool<S> {
             .collect()
     }
 
+    /// Every endpoint's live state now, for dashboards (see [`crate::metrics`]).
+    pub fn metrics(&self) -> crate::metrics::Snapshot {
+        let now = tokio::time::Instant::now();
+        crate::metrics::Snapshot {
+            endpoints: self
+                .load()
+                .entries()
+                .iter()
+                .map(|e| crate::metrics::EndpointMetrics::of(e.endpoint(), now))
+                .collect(),
+        }
+    }
+
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot<S>> {
         self.shared.snapshot.load_full()

@@ -188,7 +188,7 @@ impl Drop for InFlight {
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// A running simulated model server; stops accepting when dropped.
+/// A running simulated model server; shuts down (listener and connections) when dropped.
 pub struct ModelServer {
     pub addr: SocketAddr,
     pub spec: Spec,
@@ -214,13 +214,17 @@ impl ModelServer {
         let mode = Arc::new(AtomicU8::new(0));
         let (s, m, sp) = (Arc::clone(&stats), Arc::clone(&mode), spec.clone());
         let task = tokio::spawn(async move {
+            // Connections live in a set owned by this task: dropping the server aborts them
+            // too, as a process that exits would.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                while connections.try_join_next().is_some() {}
                 let _ = tcp.set_nodelay(true);
                 let (s, m, sp) = (Arc::clone(&s), Arc::clone(&m), sp.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req| {
                         handle(
                             req,
@@ -393,11 +397,22 @@ async fn handle(
 pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
     base: Uri,
+    api_key: Option<http::HeaderValue>,
 }
 
 impl Upstream {
     pub fn new(client: Client<HttpConnector, Full<Bytes>>, base: Uri) -> Self {
-        Self { client, base }
+        Self {
+            client,
+            base,
+            api_key: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <key>` with every request.
+    pub fn with_api_key(mut self, key: &str) -> Self {
+        self.api_key = format!("Bearer {key}").parse().ok();
+        self
     }
 
     /// A client suited to many concurrent streams on loopback.
@@ -431,6 +446,10 @@ impl tower::Service<Request<Full<Bytes>>> for Upstream {
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = Some(path.parse().unwrap());
         *req.uri_mut() = Uri::from_parts(parts).unwrap();
+        if let Some(key) = &self.api_key {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, key.clone());
+        }
         self.client.request(req)
     }
 }

@@ -196,14 +196,21 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
-        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
-            let extra = data.remaining() as u64;
-            hint.set_lower(hint.lower() + extra);
-            if let Some(upper) = hint.upper() {
-                hint.set_upper(upper + extra);
-            }
+        let inner = self.inner.size_hint();
+        let Some(extra) = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map(|d| d.remaining() as u64)
+        else {
+            return inner;
+        };
+        // Raise the upper bound before the lower: `SizeHint` asserts lower <= upper at each step.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + extra);
         }
+        hint.set_lower(inner.lower() + extra);
         hint
     }
 }
@@ -215,5 +222,29 @@ trait Idle {
 impl<B> Idle for Option<&Box<Resume<B>>> {
     fn is_none_or_idle(&self) -> bool {
         self.map_or(true, |r| r.pending.is_none())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    #[test]
+    fn the_size_hint_counts_the_held_first_frame() {
+        // An exact-size body (a Content-Length response) whose first frame was read.
+        let body = ResponseBody::new(
+            Some(Frame::data(Bytes::from_static(b"abc"))),
+            Full::new(Bytes::from_static(b"defg")),
+        );
+        let hint = body.size_hint();
+        assert_eq!((hint.lower(), hint.upper()), (7, Some(7)));
+        let all = futures_util::FutureExt::now_or_never(body.collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(all, "abcdefg");
     }
 }

@@ -203,7 +203,10 @@ where
     let picked = Picked::new();
     let first = judge(
         shared,
-        oneshot(service, head.request(body, exclude, &picked)),
+        oneshot(
+            service,
+            head.request(body, exclude, shared.hedge.map(|_| &picked)),
+        ),
         &picked,
     );
     let Some(hedge) = shared.hedge else {
@@ -226,7 +229,7 @@ where
         elsewhere.insert(endpoint);
     }
     let picked_too = Picked::new();
-    let request = head.request(copy, &elsewhere, &picked_too);
+    let request = head.request(copy, &elsewhere, None);
     let second = pin!(judge(shared, oneshot(spare, request), &picked_too));
     tracing::debug!(endpoint = ?picked.get().map(|e| e.key()), "hedging a slow attempt");
     let step = match select(first, second).await {
@@ -385,8 +388,9 @@ impl From<Parts> for Head {
 }
 
 impl Head {
-    /// The request for one attempt: the original head, a copy of its body, and the hints.
-    fn request<B>(&self, body: B, exclude: &Exclude, picked: &Picked) -> Request<B> {
+    /// The request for one attempt: the original head, a copy of its body, and the hints (a
+    /// `Picked` cell only when something will read it: inserting one allocates).
+    fn request<B>(&self, body: B, exclude: &Exclude, picked: Option<&Picked>) -> Request<B> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
@@ -396,7 +400,9 @@ impl Head {
         if !exclude.is_empty() {
             request.extensions_mut().insert(exclude.clone());
         }
-        request.extensions_mut().insert(picked.clone());
+        if let Some(picked) = picked {
+            request.extensions_mut().insert(picked.clone());
+        }
         request
     }
 }
@@ -423,7 +429,7 @@ where
     let (service, head) = (spare.clone(), head.clone());
     let reconnect: Reconnect<RB> = Box::new(move |body, exclude| {
         let service = service.clone();
-        let request = B::from_bytes(body).map(|b| head.request(b, &exclude, &Picked::new()));
+        let request = B::from_bytes(body).map(|b| head.request(b, &exclude, None));
         Box::pin(async move {
             let request = request.ok_or("the request body type cannot carry a continuation")?;
             oneshot(service, request).await.map_err(Into::into)

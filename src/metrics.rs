@@ -1,0 +1,183 @@
+//! What the pool's endpoints are doing, for dashboards.
+//!
+//! [`Pool::metrics`](crate::Pool::metrics) takes a [`Snapshot`] of every endpoint's live state;
+//! [`Snapshot::prometheus`] renders it in the Prometheus text exposition format, for a
+//! `/metrics` endpoint. Nothing here needs a metrics library.
+
+use std::{fmt::Write as _, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::endpoint::{Endpoint, Health};
+
+/// One endpoint's state at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointMetrics {
+    /// Its key.
+    pub key: String,
+    /// Its tier.
+    pub tier: u32,
+    /// Its current weight.
+    pub weight: f64,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Outstanding work (the `Cost` of the requests in flight).
+    pub outstanding: u64,
+    /// Peak-EWMA time to first byte, if any response was seen.
+    pub ttfb: Option<Duration>,
+    /// Peak-EWMA time to completion.
+    pub latency: Option<Duration>,
+    /// Its health.
+    pub health: Health,
+    /// Requests finished here, and how many of them failed.
+    pub requests: u64,
+    /// Requests failed here.
+    pub failures: u64,
+}
+
+impl EndpointMetrics {
+    /// The state of `endpoint` now.
+    pub fn of(endpoint: &Endpoint, now: Instant) -> Self {
+        Self {
+            key: endpoint.key().to_string(),
+            tier: endpoint.tier(),
+            weight: endpoint.weight(),
+            in_flight: endpoint.in_flight(),
+            outstanding: endpoint.outstanding(),
+            ttfb: endpoint.ttfb_estimate(now),
+            latency: endpoint.latency_estimate(now),
+            health: endpoint.health(),
+            requests: endpoint.requests(),
+            failures: endpoint.failures(),
+        }
+    }
+}
+
+/// Every endpoint's state at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The endpoints, lowest tier first.
+    pub endpoints: Vec<EndpointMetrics>,
+}
+
+fn health_name(h: &Health) -> &'static str {
+    match h {
+        Health::Healthy => "healthy",
+        Health::Ejected { .. } => "ejected",
+        Health::CoolingDown { .. } => "cooling_down",
+        Health::SlowStart { .. } => "slow_start",
+    }
+}
+
+/// Escapes a label value for the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Snapshot {
+    /// The Prometheus text exposition format (version 0.0.4), metric names prefixed
+    /// `ai_balance_`.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        type Value = fn(&EndpointMetrics) -> Option<f64>;
+        let families: [(&str, &str, &str, Value); 8] = [
+            (
+                "in_flight",
+                "gauge",
+                "Requests in flight, until their response body ends.",
+                |m| Some(m.in_flight as f64),
+            ),
+            (
+                "outstanding_work",
+                "gauge",
+                "The cost of the requests in flight.",
+                |m| Some(m.outstanding as f64),
+            ),
+            ("weight", "gauge", "The endpoint's weight.", |m| {
+                Some(m.weight)
+            }),
+            (
+                "ttfb_seconds",
+                "gauge",
+                "Peak-EWMA time to first byte.",
+                |m| m.ttfb.map(|d| d.as_secs_f64()),
+            ),
+            (
+                "latency_seconds",
+                "gauge",
+                "Peak-EWMA time to completion.",
+                |m| m.latency.map(|d| d.as_secs_f64()),
+            ),
+            (
+                "requests_total",
+                "counter",
+                "Requests finished at the endpoint.",
+                |m| Some(m.requests as f64),
+            ),
+            (
+                "failures_total",
+                "counter",
+                "Requests failed at the endpoint.",
+                |m| Some(m.failures as f64),
+            ),
+            (
+                "healthy",
+                "gauge",
+                "1 if the endpoint takes traffic at full weight.",
+                |m| Some(f64::from(u8::from(m.health == Health::Healthy))),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP ai_balance_{name} {help}");
+            let _ = writeln!(out, "# TYPE ai_balance_{name} {kind}");
+            for m in &self.endpoints {
+                if let Some(v) = value(m) {
+                    let _ = writeln!(
+                        out,
+                        "ai_balance_{name}{{endpoint=\"{}\",tier=\"{}\",health=\"{}\"}} {v}",
+                        escape(&m.key),
+                        m.tier,
+                        health_name(&m.health)
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::{EndpointConfig, Pool};
+
+    #[test]
+    fn the_text_format_is_well_formed() {
+        let pool = Pool::new();
+        pool.insert(EndpointConfig::new("gpu \"a\"\n").tier(1), ())
+            .unwrap();
+        let e = pool.insert("b", ()).unwrap();
+        e.observe_ttfb(Duration::from_millis(40), Instant::now());
+        let text = pool.metrics().prometheus();
+        let ttfb = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "ai_balance_ttfb_seconds{endpoint=\"b\",tier=\"0\",health=\"healthy\"} ",
+                )
+            })
+            .expect("b's time to first byte");
+        assert!(
+            (ttfb.parse::<f64>().unwrap() - 0.04).abs() < 0.001,
+            "{text}"
+        );
+        assert!(text.contains("endpoint=\"gpu \\\"a\\\"\\n\""), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>().unwrap();
+        }
+    }
+}
