@@ -149,6 +149,111 @@ impl Snapshot {
     }
 }
 
+#[cfg(feature = "metrics")]
+impl Snapshot {
+    /// Publishes every endpoint's state through the `metrics` crate's installed recorder:
+    /// gauges `ai_balance_in_flight`, `ai_balance_outstanding_work`, `ai_balance_weight`,
+    /// `ai_balance_ttfb_seconds`, `ai_balance_latency_seconds`, `ai_balance_healthy`, and
+    /// counters `ai_balance_requests_total`, `ai_balance_failures_total`, each labelled with
+    /// the endpoint and its tier. Call it at the scrape interval.
+    pub fn publish(&self) {
+        for m in &self.endpoints {
+            let labels = [("endpoint", m.key.clone()), ("tier", m.tier.to_string())];
+            metrics::gauge!("ai_balance_in_flight", &labels).set(m.in_flight as f64);
+            metrics::gauge!("ai_balance_outstanding_work", &labels).set(m.outstanding as f64);
+            metrics::gauge!("ai_balance_weight", &labels).set(m.weight);
+            if let Some(d) = m.ttfb {
+                metrics::gauge!("ai_balance_ttfb_seconds", &labels).set(d.as_secs_f64());
+            }
+            if let Some(d) = m.latency {
+                metrics::gauge!("ai_balance_latency_seconds", &labels).set(d.as_secs_f64());
+            }
+            let healthy = f64::from(u8::from(m.health == Health::Healthy));
+            metrics::gauge!("ai_balance_healthy", &labels).set(healthy);
+            metrics::counter!("ai_balance_requests_total", &labels).absolute(m.requests);
+            metrics::counter!("ai_balance_failures_total", &labels).absolute(m.failures);
+        }
+    }
+}
+
+#[cfg(all(test, feature = "metrics", not(loom)))]
+mod publish_tests {
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use crate::Pool;
+
+    /// Records the last value set for each metric and endpoint.
+    #[derive(Default, Clone)]
+    struct Capture(Arc<Mutex<Vec<(String, String, f64)>>>);
+
+    struct Cell(Capture, Key);
+
+    impl metrics::GaugeFn for Cell {
+        fn increment(&self, _: f64) {}
+        fn decrement(&self, _: f64) {}
+        fn set(&self, value: f64) {
+            let endpoint = self
+                .1
+                .labels()
+                .find(|l| l.key() == "endpoint")
+                .unwrap()
+                .value()
+                .to_owned();
+            self.0
+                 .0
+                .lock()
+                .unwrap()
+                .push((self.1.name().to_owned(), endpoint, value));
+        }
+    }
+
+    impl metrics::CounterFn for Cell {
+        fn increment(&self, _: u64) {}
+        fn absolute(&self, value: u64) {
+            metrics::GaugeFn::set(self, value as f64);
+        }
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(Arc::new(Cell(self.clone(), key.clone())))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(Arc::new(Cell(self.clone(), key.clone())))
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn publish_sets_each_endpoints_metrics() {
+        let pool = Pool::new();
+        let e = pool.insert("gpu-0", ()).unwrap();
+        assert!(e.try_acquire(7).is_some());
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || pool.metrics().publish());
+        let seen = capture.0.lock().unwrap().clone();
+        let value = |name: &str| {
+            seen.iter()
+                .find(|(n, e, _)| n == name && e == "gpu-0")
+                .map(|(_, _, v)| *v)
+        };
+        assert_eq!(value("ai_balance_in_flight"), Some(1.0));
+        assert_eq!(value("ai_balance_outstanding_work"), Some(7.0));
+        assert_eq!(value("ai_balance_healthy"), Some(1.0));
+        assert_eq!(value("ai_balance_requests_total"), Some(0.0));
+        e.release(7);
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -194,6 +194,21 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// Why this strategy picks what it picks, in a few words (for tracing).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::PowerOfTwoChoices => "less loaded of two at random",
+            Self::LeastLoaded => "least loaded",
+            Self::PeakEwma => "lower latency x load of two at random",
+            Self::RoundRobin => "next in turn",
+            Self::Random => "at random",
+            Self::Weighted => "at random by weight",
+            Self::LeastWork => "less outstanding work of two at random",
+            Self::LeastWorkScan => "least outstanding work",
+            Self::CostAware { .. } => "cheapest under the load threshold",
+        }
+    }
+
     /// Picks with this strategy. `cursor` is round-robin's position, shared by its callers.
     #[inline]
     pub fn pick<E: AsRef<Endpoint>, R: RngCore + ?Sized>(

@@ -144,6 +144,13 @@ impl<S: Clone> Balance<S> {
         (service, mut guard): (S, LoadGuard),
     ) -> (S, LoadGuard) {
         guard.idle_timeout = self.config.idle_timeout;
+        tracing::debug!(
+            endpoint = %guard.endpoint().key(),
+            tier = guard.endpoint().tier(),
+            in_flight = guard.endpoint().in_flight(),
+            why = if hints.get::<Affinity>().is_some() { "affinity" } else { self.config.strategy.describe() },
+            "picked"
+        );
         if let Some(cell) = hints.get::<Picked>() {
             cell.set(guard.endpoint());
         }

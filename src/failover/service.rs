@@ -11,6 +11,7 @@ use http::{request::Parts, Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::{
     body::{Reconnect, Resume},
@@ -84,8 +85,10 @@ where
         // The ready service takes the first attempt; a clone stays for the next call.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
+        let span =
+            tracing::debug_span!("request", method = %request.method(), uri = %request.uri());
         ResponseFuture {
-            inner: Box::pin(run(Arc::clone(&self.shared), ready, request)),
+            inner: Box::pin(run(Arc::clone(&self.shared), ready, request).instrument(span)),
         }
     }
 }
@@ -143,7 +146,8 @@ where
             .hedge
             .and_then(|_| template.as_ref().and_then(Replay::replay))
             .map(|copy| (spare.clone(), copy));
-        let attempt = attempt(&shared, service, &head, body, hedge, &exclude);
+        let span = tracing::debug_span!("attempt", n = failed.len() + 1, excluded = exclude.len());
+        let attempt = attempt(&shared, service, &head, body, hedge, &exclude).instrument(span);
         let step = match deadline {
             None => attempt.await,
             Some(at) => match tokio::time::timeout_at(at, attempt).await {
