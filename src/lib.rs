@@ -50,11 +50,15 @@
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
 //! - [`error`]: the typed errors.
+//! - [`metrics`]: a snapshot of every endpoint, and its Prometheus text.
 //!
 //! # Feature flags
 //!
-//! - `openai` (off by default): helpers for the OpenAI chat-completions format, such as the
-//!   mid-stream continuation policy [`failover::OpenAiChat`]. Adds `serde_json`.
+//! - `openai` (off by default): helpers for the OpenAI chat-completions format: the mid-stream
+//!   continuation policy [`failover::OpenAiChat`] and the request reader
+//!   [`route::OpenAiRules`]. Adds `serde_json`.
+//! - `metrics` (off by default): [`metrics::Snapshot::publish`] writes the pool's state through
+//!   the `metrics` crate. Adds `metrics`.
 //!
 //! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
 //! `time`), http, http-body, http-body-util, bytes, httpdate, arc-swap, parking_lot, rand,
