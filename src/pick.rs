@@ -283,20 +283,32 @@ pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<usize> {
-    if endpoints.len() < 2 {
-        return least_loaded(endpoints, filter, rng);
-    }
-    let Some((a, b, coin)) = sample_two(endpoints, filter, rng) else {
-        return least_loaded(endpoints, filter, rng);
+    best_of_two(endpoints, filter, rng, |a, b| compare_load(a, b, filter))
+}
+
+/// The better of two eligible endpoints sampled at random by `order`, a coin deciding ties; a
+/// full scan by the same order when sampling keeps missing (a selective filter).
+#[inline]
+fn best_of_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+    order: impl Fn(&Endpoint, &Endpoint) -> std::cmp::Ordering,
+) -> Option<usize> {
+    let sampled = if endpoints.len() < 2 {
+        None
+    } else {
+        sample_two(endpoints, filter, rng)
     };
-    Some(
-        match compare_load(endpoints[a].as_ref(), endpoints[b].as_ref(), filter) {
-            std::cmp::Ordering::Less => a,
-            std::cmp::Ordering::Greater => b,
-            std::cmp::Ordering::Equal if coin => a,
-            std::cmp::Ordering::Equal => b,
-        },
-    )
+    let Some((a, b, coin)) = sampled else {
+        return best_by(endpoints, filter, rng, order);
+    };
+    Some(match order(endpoints[a].as_ref(), endpoints[b].as_ref()) {
+        std::cmp::Ordering::Less => a,
+        std::cmp::Ordering::Greater => b,
+        std::cmp::Ordering::Equal if coin => a,
+        std::cmp::Ordering::Equal => b,
+    })
 }
 
 /// The least-loaded eligible endpoint by full scan; ties broken uniformly at random.
@@ -356,26 +368,13 @@ fn compare_work(a: &Endpoint, b: &Endpoint, filter: &Filter<'_>) -> std::cmp::Or
 
 /// Power of two choices over outstanding work (the [`Cost`](crate::hints::Cost) of the
 /// requests in flight) relative to weight: a request's weight is its tokens, not 1. Falls
-/// back to [`least_work_scan`] when the filter leaves few endpoints.
+/// back to a full scan by the same order when the filter leaves few endpoints.
 pub fn least_work<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     endpoints: &[E],
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<usize> {
-    if endpoints.len() < 2 {
-        return least_work_scan(endpoints, filter, rng);
-    }
-    let Some((a, b, coin)) = sample_two(endpoints, filter, rng) else {
-        return least_work_scan(endpoints, filter, rng);
-    };
-    Some(
-        match compare_work(endpoints[a].as_ref(), endpoints[b].as_ref(), filter) {
-            std::cmp::Ordering::Less => a,
-            std::cmp::Ordering::Greater => b,
-            std::cmp::Ordering::Equal if coin => a,
-            std::cmp::Ordering::Equal => b,
-        },
-    )
+    best_of_two(endpoints, filter, rng, |a, b| compare_work(a, b, filter))
 }
 
 /// The least outstanding work relative to weight, by full scan; ties broken at random.
@@ -428,24 +427,14 @@ pub fn peak_ewma<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<usize> {
-    if endpoints.len() < 2 {
-        return least_loaded(endpoints, filter, rng);
-    }
-    let Some((a, b, coin)) = sample_two(endpoints, filter, rng) else {
-        return least_loaded(endpoints, filter, rng);
-    };
-    let (ea, eb) = (endpoints[a].as_ref(), endpoints[b].as_ref());
     let now = filter.now();
-    let (ta, tb) = (ea.ttfb_nanos(now), eb.ttfb_nanos(now));
-    let ta_ = ta.or(tb).unwrap_or(1.0).max(1.0);
-    let tb_ = tb.or(ta).unwrap_or(1.0).max(1.0);
-    let ca = ta_ * (ea.in_flight() + 1) as f64 * filter.weight(eb);
-    let cb = tb_ * (eb.in_flight() + 1) as f64 * filter.weight(ea);
-    Some(match ca.total_cmp(&cb) {
-        std::cmp::Ordering::Less => a,
-        std::cmp::Ordering::Greater => b,
-        std::cmp::Ordering::Equal if coin => a,
-        std::cmp::Ordering::Equal => b,
+    best_of_two(endpoints, filter, rng, |a, b| {
+        let (ta, tb) = (a.ttfb_nanos(now), b.ttfb_nanos(now));
+        let ta_ = ta.or(tb).unwrap_or(1.0).max(1.0);
+        let tb_ = tb.or(ta).unwrap_or(1.0).max(1.0);
+        let ca = ta_ * (a.in_flight() + 1) as f64 * filter.weight(b);
+        let cb = tb_ * (b.in_flight() + 1) as f64 * filter.weight(a);
+        ca.total_cmp(&cb)
     })
 }
 
