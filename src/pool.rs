@@ -281,7 +281,8 @@ impl<S: Clone> Pool<S> {
     }
 
     /// Adds an endpoint. Refuses a duplicate key, a negative or non-finite weight and a
-    /// maximum concurrency of 0.
+    /// maximum concurrency of 0. Each change copies the snapshot (linear in the pool's size):
+    /// add many endpoints at once with [`extend`](Self::extend).
     pub fn insert(
         &self,
         config: impl Into<EndpointConfig>,
@@ -295,6 +296,29 @@ impl<S: Clone> Pool<S> {
                 });
             }
             self.push(entries, config, service)
+        })
+    }
+
+    /// Adds many endpoints as one change: one snapshot for the lot, where `insert` copies the
+    /// snapshot once per endpoint. All or nothing: a duplicate key (in the pool or the batch)
+    /// or an invalid config refuses the whole batch.
+    pub fn extend(
+        &self,
+        endpoints: impl IntoIterator<Item = (EndpointConfig, S)>,
+    ) -> Result<Vec<Arc<Endpoint>>, ConfigError> {
+        self.update(|entries| {
+            let mut keys: std::collections::HashSet<Key> =
+                entries.iter().map(|e| e.endpoint.key().clone()).collect();
+            let mut added = Vec::new();
+            for (config, service) in endpoints {
+                if !keys.insert(config.key().clone()) {
+                    return Err(ConfigError::DuplicateKey {
+                        key: config.key().clone(),
+                    });
+                }
+                added.push(self.push(entries, config, service)?);
+            }
+            Ok(added)
         })
     }
 
