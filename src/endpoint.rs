@@ -578,13 +578,21 @@ impl Endpoint {
         self.born + Duration::from_millis(raw >> 2)
     }
 
-    /// Whether the health cell lets a request through at this moment. The clock is read only
-    /// when the endpoint is not healthy.
+    /// Whether the health cell lets a request through at this moment; an endpoint held back by
+    /// a soft ejection (its weight at the floor, before the ramp back begins) only with
+    /// `include_held`. One read of the health word; the clock is read only when the endpoint is
+    /// not healthy.
     #[inline]
-    pub(crate) fn health_allows(&self, now: &crate::pick::LazyNow) -> bool {
+    pub(crate) fn health_allows(&self, now: &crate::pick::LazyNow, include_held: bool) -> bool {
         let raw = self.health.load(SeqCst);
         match raw & 3 {
-            HEALTHY | RAMPING => true,
+            HEALTHY => true,
+            RAMPING => {
+                include_held || {
+                    let window = Duration::from_millis(self.ramp_ms.load(SeqCst));
+                    self.until(raw).saturating_duration_since(now.get()) <= window
+                }
+            }
             COOLING => self.until(raw) <= now.get(),
             _ => self.until(raw) <= now.get() && self.trials.load(SeqCst) & 0xffff > 0,
         }
@@ -604,18 +612,6 @@ impl Endpoint {
             .as_millis() as f64;
         let window = self.ramp_ms.load(SeqCst).max(1) as f64;
         weight * (1.0 - left / window).clamp(RAMP_FLOOR, 1.0)
-    }
-
-    /// Whether the endpoint is held back by a soft ejection (its weight at the floor, before
-    /// the ramp back begins): used only when no other endpoint can serve.
-    #[inline]
-    pub(crate) fn is_held(&self, now: &crate::pick::LazyNow) -> bool {
-        let raw = self.health.load(SeqCst);
-        if raw & 3 != RAMPING {
-            return false;
-        }
-        let window = Duration::from_millis(self.ramp_ms.load(SeqCst));
-        self.until(raw).saturating_duration_since(now.get()) > window
     }
 
     /// When a currently unavailable endpoint becomes available again, if it is only waiting.
@@ -659,10 +655,15 @@ impl Endpoint {
 
     /// Whether the pick may choose it at all (not removed, weight above 0, healthy or due).
     #[inline]
-    pub(crate) fn takes_traffic(&self, now: &crate::pick::LazyNow, ignore_health: bool) -> bool {
+    pub(crate) fn takes_traffic(
+        &self,
+        now: &crate::pick::LazyNow,
+        ignore_health: bool,
+        include_held: bool,
+    ) -> bool {
         self.weight.load(SeqCst) != 0
             && !self.slots.is_removed()
-            && (ignore_health || self.health_allows(now))
+            && (ignore_health || self.health_allows(now, include_held))
     }
 
     /// Whether it has a free slot under its concurrency limit.

@@ -70,7 +70,7 @@ impl LazyNow {
 pub struct Filter<'a> {
     exclude: Option<&'a Exclude>,
     require: Option<&'a Require>,
-    cost: u64,
+    pub(crate) cost: u64,
     ignore_health: bool,
     include_held: bool,
     now: LazyNow,
@@ -151,8 +151,7 @@ impl<'a> Filter<'a> {
     /// Whether the endpoint may take the request, ignoring its concurrency limit.
     #[inline]
     pub fn serves(&self, e: &Endpoint) -> bool {
-        e.takes_traffic(&self.now, self.ignore_health)
-            && (self.include_held || !e.is_held(&self.now))
+        e.takes_traffic(&self.now, self.ignore_health, self.include_held)
             && self.exclude.map_or(true, |x| !x.contains(e))
             && self.require.map_or(true, |r| r.admits(e))
     }

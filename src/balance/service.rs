@@ -109,13 +109,13 @@ impl<S: Clone> Balance<S> {
             }
             None => &**all,
         };
-        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, cost, LoadGuard::acquire) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire) {
             self.pool.note_panic(false);
             return Ok(self.picked(hints, picked));
         }
         // Endpoints held back by a soft ejection serve only when nothing else can.
         let filter = filter.include_held();
-        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, cost, LoadGuard::acquire) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire) {
             return Ok(self.picked(hints, picked));
         }
         if let Some(unmet) = require.and_then(|r| unsatisfiable(&all, r)) {
@@ -125,8 +125,7 @@ impl<S: Clone> Balance<S> {
             Miss::Unavailable(_) if self.pool.panic_routing() => {
                 // Health leaves nothing: route to every endpoint rather than fail everything.
                 let filter = filter.ignore_health();
-                let picked =
-                    self.pick_in(snapshot, &filter, affinity, cost, LoadGuard::acquire_any);
+                let picked = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_any);
                 self.pool.note_panic(picked.is_some());
                 picked
                     .map(|p| self.picked(hints, p))
@@ -164,7 +163,6 @@ impl<S: Clone> Balance<S> {
         snapshot: &Snapshot<S>,
         filter: &Filter<'_>,
         affinity: Option<&Affinity>,
-        cost: u64,
         acquire: fn(&Arc<crate::Endpoint>, u64) -> Option<LoadGuard>,
     ) -> Option<(S, LoadGuard)> {
         for (_tier, entries) in snapshot.tiers() {
@@ -182,7 +180,7 @@ impl<S: Clone> Balance<S> {
                     break; // nothing eligible in this tier: try the next
                 };
                 let entry = &entries[i];
-                if let Some(guard) = acquire(entry.endpoint(), cost) {
+                if let Some(guard) = acquire(entry.endpoint(), filter.cost) {
                     return Some((entry.service().clone(), guard));
                 }
             }

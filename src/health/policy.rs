@@ -386,15 +386,15 @@ mod tests {
         let after = until - f.t0 + Duration::from_millis(1);
         // Before it expires no request may go; after, exactly 3 at once.
         let before = crate::pick::LazyNow::at(until - Duration::from_millis(1));
-        assert!(!e.health_allows(&before));
+        assert!(!e.health_allows(&before, false));
         let due = crate::pick::LazyNow::at(f.t0 + after);
-        assert!(e.health_allows(&due));
+        assert!(e.health_allows(&due, false));
         let mut trials: Vec<_> = (0..3)
             .map(|_| LoadGuard::acquire(&e, 1).expect("a trial permit"))
             .collect();
         assert!(LoadGuard::acquire(&e, 1).is_none(), "a 4th trial at once");
         assert!(
-            !e.health_allows(&due),
+            !e.health_allows(&due, false),
             "no permit left: the pick passes it over"
         );
         // A trial that ends gives its permit back.
