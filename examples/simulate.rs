@@ -237,7 +237,8 @@ fn simulate(requests: &[Request], policy: Policy, seed: u64) -> Outcome {
             let i = match policy {
                 Policy::Crate(strategy) => {
                     let cost = u64::from(request.prompt + request.output);
-                    let filter = Filter::new().at(at(now)).cost(cost);
+                    // As `Balance` does for a pool whose weights differ.
+                    let filter = Filter::new().at(at(now)).cost(cost).sample_by_weight(2.0);
                     strategy
                         .pick(&endpoints, &filter, &cursor, &mut rng)
                         .expect("an endpoint")

@@ -37,7 +37,7 @@ const MAX_DRAWS: usize = 32;
 const REDRAWS: usize = 4;
 
 /// The clock, read at most once per pick and only if something needs it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LazyNow(Cell<Option<Instant>>);
 
 impl LazyNow {
@@ -66,11 +66,12 @@ impl LazyNow {
 }
 
 /// Which endpoints may take this request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Filter<'a> {
     exclude: Option<&'a Exclude>,
     require: Option<&'a Require>,
     pub(crate) cost: u64,
+    max_weight: Option<f64>,
     ignore_health: bool,
     include_held: bool,
     now: LazyNow,
@@ -90,6 +91,7 @@ impl<'a> Filter<'a> {
             exclude: None,
             require: None,
             cost: 1,
+            max_weight: None,
             ignore_health: false,
             include_held: false,
             now: LazyNow::new(),
@@ -106,6 +108,17 @@ impl<'a> Filter<'a> {
     /// 1 by default.
     pub fn cost(mut self, cost: u64) -> Self {
         self.cost = cost;
+        self
+    }
+
+    /// Makes the two-choice strategies sample candidates in proportion to their weight, `max`
+    /// being the largest weight among the endpoints (the pool's snapshot knows it; `Balance`
+    /// sets it when weights differ). Without it candidates are sampled uniformly and weight
+    /// only enters the comparison, which cannot give one endpoint a larger share of picks than
+    /// its chance of being sampled: one endpoint of weight 5 among four of weights 1, 2, 5, 1
+    /// is sampled in at most half the pairs but is owed 56% of the load.
+    pub fn sample_by_weight(mut self, max: f64) -> Self {
+        self.max_weight = (max > 0.0 && max.is_finite()).then_some(max);
         self
     }
 
@@ -240,7 +253,8 @@ fn compare_load(a: &Endpoint, b: &Endpoint, filter: &Filter<'_>) -> std::cmp::Or
     la.total_cmp(&lb)
 }
 
-/// Samples two distinct eligible endpoints uniformly, and a coin for ties: each draw takes 32
+/// Samples two distinct eligible endpoints uniformly (in proportion to weight with
+/// [`Filter::sample_by_weight`]), and a coin for ties: each draw takes 32
 /// random bits, two per RNG word, so an unfiltered pool costs one word. A selective filter
 /// (one endpoint in 6 eligible, say) costs a dozen draws rather than a scan; after
 /// [`MAX_DRAWS`] the caller falls back to a full scan.
@@ -257,9 +271,18 @@ fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         if draw % 2 == 0 {
             word = rng.next_u64();
         }
-        let i = crate::rng::below((word >> (32 * (draw % 2))) as u32, n);
+        let bits = (word >> (32 * (draw % 2))) as u32;
+        let i = crate::rng::below(bits, n);
         if !filter.eligible(endpoints[i].as_ref()) {
             continue;
+        }
+        if let Some(max) = filter.max_weight {
+            // Rejection sampling in proportion to weight: accept with probability w / max,
+            // using the draw's unused low bits as the uniform variate.
+            let spare = (u64::from(bits) * n as u64) as u32;
+            if f64::from(spare) * max >= filter.weight(endpoints[i].as_ref()) * 4_294_967_296.0 {
+                continue;
+            }
         }
         match first {
             None => first = Some(i),

@@ -67,13 +67,23 @@ impl<S> AsRef<Endpoint> for Entry<S> {
 #[derive(Debug)]
 pub struct Snapshot<S> {
     entries: Box<[Entry<S>]>,
-    tiers: Box<[(u32, Range<usize>)]>,
+    /// Each tier: its entries, and its largest weight if their weights differ (for sampling
+    /// in proportion to weight).
+    tiers: Box<[Tier]>,
     /// For each model some endpoint names: the endpoints that serve it (those that name it,
     /// and those that serve any model). Precomputed so that a pick for a model never draws an
     /// endpoint without it.
     by_model: HashMap<Arc<str>, Snapshot<S>>,
     /// The endpoints that serve any model, for a model no endpoint names.
     any_model: Option<Box<Snapshot<S>>>,
+}
+
+/// A tier of a snapshot.
+#[derive(Debug, Clone)]
+struct Tier {
+    tier: u32,
+    range: Range<usize>,
+    max_weight: Option<f64>,
 }
 
 impl<S: Clone> Snapshot<S> {
@@ -122,12 +132,21 @@ impl<S> Snapshot<S> {
 
     fn flat(mut entries: Vec<Entry<S>>) -> Self {
         entries.sort_by_key(|e| e.endpoint.tier());
-        let mut tiers: Vec<(u32, Range<usize>)> = Vec::new();
+        let mut tiers: Vec<Tier> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             match tiers.last_mut() {
-                Some((t, r)) if *t == e.endpoint.tier() => r.end = i + 1,
-                _ => tiers.push((e.endpoint.tier(), i..i + 1)),
+                Some(t) if t.tier == e.endpoint.tier() => t.range.end = i + 1,
+                _ => tiers.push(Tier {
+                    tier: e.endpoint.tier(),
+                    range: i..i + 1,
+                    max_weight: None,
+                }),
             }
+        }
+        for t in &mut tiers {
+            let weights = entries[t.range.clone()].iter().map(|e| e.endpoint.weight());
+            let max = weights.clone().fold(0.0, f64::max);
+            t.max_weight = weights.clone().any(|w| w != max).then_some(max);
         }
         Self {
             entries: entries.into_boxed_slice(),
@@ -146,7 +165,14 @@ impl<S> Snapshot<S> {
     pub fn tiers(&self) -> impl Iterator<Item = (u32, &[Entry<S>])> + '_ {
         self.tiers
             .iter()
-            .map(|(t, r)| (*t, &self.entries[r.clone()]))
+            .map(|t| (t.tier, &self.entries[t.range.clone()]))
+    }
+
+    /// Each tier's entries and their largest weight if their weights differ.
+    pub(crate) fn weighted_tiers(&self) -> impl Iterator<Item = (&[Entry<S>], Option<f64>)> + '_ {
+        self.tiers
+            .iter()
+            .map(|t| (&self.entries[t.range.clone()], t.max_weight))
     }
 
     /// The number of endpoints.
@@ -380,8 +406,11 @@ impl<S: Clone> Pool<S> {
             key: Key::from(key),
         })?;
         check_weight(endpoint.key(), weight)?;
-        endpoint.set_weight(weight);
-        Ok(())
+        // A new snapshot, so that picks sample by the new weights.
+        self.update(|_| {
+            endpoint.set_weight(weight);
+            Ok(())
+        })
     }
 
     /// The endpoint with this key.

@@ -165,7 +165,15 @@ impl<S: Clone> Balance<S> {
         affinity: Option<&Affinity>,
         acquire: fn(&Arc<crate::Endpoint>, u64) -> Option<LoadGuard>,
     ) -> Option<(S, LoadGuard)> {
-        for (_tier, entries) in snapshot.tiers() {
+        for (entries, max_weight) in snapshot.weighted_tiers() {
+            let weighted;
+            let filter = match max_weight {
+                Some(max) => {
+                    weighted = filter.clone().sample_by_weight(max);
+                    &weighted
+                }
+                None => filter,
+            };
             for _ in 0..ACQUIRE_TRIES {
                 let picked = match affinity {
                     Some(affinity) => pick::affine(entries, filter, affinity),
