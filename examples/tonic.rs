@@ -13,7 +13,9 @@ use std::{collections::BTreeMap, time::Duration};
 use tonic::transport::{Channel, Server};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use tower::ServiceBuilder;
-use tower_ai_balance::{health::HealthFilterLayer, hints::Served, BalanceLayer, BoxError, Pool};
+use tower_ai_balance::{
+    health::HealthFilterLayer, hints::Served, pick::Strategy, BalanceLayer, BoxError, Pool,
+};
 
 /// Calls made per server: (server, unary calls, streams).
 pub(crate) type Spread = BTreeMap<String, (u64, u64)>;
@@ -46,7 +48,9 @@ pub(crate) async fn run(unary: usize, streams: usize) -> Result<Spread, BoxError
     }
     let transport = ServiceBuilder::new()
         .layer(HealthFilterLayer::new(&pool))
-        .layer(BalanceLayer::new())
+        // Three servers: a full scan costs nothing and is exact, where two random choices
+        // can leave one server out of a handful of long streams.
+        .layer(BalanceLayer::new().strategy(Strategy::LeastLoaded))
         .service(pool.clone());
     let client = HealthClient::new(transport);
 

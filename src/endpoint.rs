@@ -780,3 +780,85 @@ fn normalize(weight: f64) -> f64 {
 fn decay_nanos() -> f64 {
     DECAY.as_nanos() as f64
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`
+
+    use std::sync::Arc;
+
+    use loom::{
+        sync::atomic::{AtomicUsize, Ordering::SeqCst},
+        thread,
+    };
+    use tokio::time::Instant;
+
+    use super::{Endpoint, EndpointConfig};
+
+    /// One request through a half-open endpoint: a slot and maybe a trial permit, both
+    /// given back. Counts the trials running at once in `live`.
+    fn attempt(e: &Endpoint, live: &AtomicUsize) {
+        let Some(trial) = e.try_acquire(1) else {
+            return;
+        };
+        if trial {
+            let running = live.fetch_add(1, SeqCst) + 1;
+            assert!(
+                running <= 1,
+                "{running} trials through a half-open endpoint of one"
+            );
+            live.fetch_sub(1, SeqCst);
+            e.return_trial();
+        }
+        e.release(1);
+    }
+
+    #[test]
+    fn half_open_admits_no_more_trials_than_it_allows() {
+        loom::model(|| {
+            let e = Endpoint::new(EndpointConfig::new("e")).unwrap();
+            e.eject(Instant::now(), 1);
+            let live = Arc::new(AtomicUsize::new(0));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (e, live) = (Arc::clone(&e), Arc::clone(&live));
+                    thread::spawn(move || attempt(&e, &live))
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(e.in_flight(), 0);
+            assert_eq!(
+                e.trials.load(SeqCst),
+                (1 << 16) | 1,
+                "every permit came back"
+            );
+        });
+    }
+
+    #[test]
+    fn permits_never_exceed_the_allowance_across_a_re_ejection() {
+        loom::model(|| {
+            let e = Endpoint::new(EndpointConfig::new("e")).unwrap();
+            e.eject(Instant::now(), 1);
+            let live = Arc::new(AtomicUsize::new(0));
+            let worker = {
+                let (e, live) = (Arc::clone(&e), Arc::clone(&live));
+                thread::spawn(move || attempt(&e, &live))
+            };
+            // The health layer re-ejects (a trial failed) while the request runs.
+            e.eject(Instant::now(), 1);
+            worker.join().unwrap();
+            assert_eq!(e.in_flight(), 0);
+            let trials = e.trials.load(SeqCst);
+            assert!(
+                trials & 0xffff <= trials >> 16,
+                "more permits ({}) than the ejection allows ({})",
+                trials & 0xffff,
+                trials >> 16
+            );
+            assert_eq!(trials & 0xffff, 1, "a permit was lost");
+        });
+    }
+}

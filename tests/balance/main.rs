@@ -11,3 +11,4 @@ mod config;
 mod drain;
 mod limits;
 mod streams;
+mod swap;
