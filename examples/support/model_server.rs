@@ -4,8 +4,9 @@
 //!
 //! `POST /v1/chat/completions` with `{"stream": true|false, "max_tokens": N}` answers after a
 //! time to first token, then one token per `per_token`; streamed as SSE chunks ending with
-//! `data: [DONE]`. On command it fails (500), rate-limits (429 + Retry-After), hangs, or resets
-//! the connection mid-stream. It counts its own requests in flight, so tests can check the
+//! `data: [DONE]`. On command it fails (500), rate-limits (429 + Retry-After), hangs, resets
+//! the connection mid-stream or sends garbage; it can crash (its port then refuses
+//! connections) and restart on the same port. It counts its own requests in flight, so tests can check the
 //! balancer against the server's truth.
 #![allow(dead_code, unreachable_pub)]
 
@@ -51,6 +52,9 @@ pub enum Mode {
     ErrorEvent,
     /// Send one token, then nothing more, ever.
     StallAfterFirst,
+    /// Close the connection without an answer; a new connection gets bytes that are not
+    /// HTTP.
+    Garbage,
 }
 
 impl Mode {
@@ -64,6 +68,7 @@ impl Mode {
             Mode::ResetBeforeFirstChunk => 5,
             Mode::ErrorEvent => 6,
             Mode::StallAfterFirst => 7,
+            Mode::Garbage => 8,
             Mode::RateLimit(s) => 128 | s.min(127),
         }
     }
@@ -78,6 +83,7 @@ impl Mode {
             5 => Mode::ResetBeforeFirstChunk,
             6 => Mode::ErrorEvent,
             7 => Mode::StallAfterFirst,
+            8 => Mode::Garbage,
             b => Mode::RateLimit(b & 127),
         }
     }
@@ -194,12 +200,12 @@ pub struct ModelServer {
     pub spec: Spec,
     pub stats: Arc<Stats>,
     mode: Arc<AtomicU8>,
-    task: JoinHandle<()>,
+    task: parking_lot::Mutex<JoinHandle<()>>,
 }
 
 impl Drop for ModelServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.task.lock().abort();
     }
 }
 
@@ -212,40 +218,27 @@ impl ModelServer {
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(Stats::default());
         let mode = Arc::new(AtomicU8::new(0));
-        let (s, m, sp) = (Arc::clone(&stats), Arc::clone(&mode), spec.clone());
-        let task = tokio::spawn(async move {
-            // Connections live in a set owned by this task: dropping the server aborts them
-            // too, as a process that exits would.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                while connections.try_join_next().is_some() {}
-                let _ = tcp.set_nodelay(true);
-                let (s, m, sp) = (Arc::clone(&s), Arc::clone(&m), sp.clone());
-                connections.spawn(async move {
-                    let svc = service_fn(move |req| {
-                        handle(
-                            req,
-                            Arc::clone(&s),
-                            Mode::decode(m.load(SeqCst)),
-                            sp.clone(),
-                        )
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
+        let task = serve(listener, &stats, &mode, &spec);
         Self {
             addr,
             spec,
             stats,
             mode,
-            task,
+            task: parking_lot::Mutex::new(task),
         }
+    }
+
+    /// Stops as a crashed process does: the port refuses connections and open ones are cut.
+    pub fn crash(&self) {
+        self.task.lock().abort();
+    }
+
+    /// Starts again on the same port after [`crash`](Self::crash).
+    pub async fn restart(&self) -> std::io::Result<()> {
+        self.task.lock().abort();
+        let listener = TcpListener::bind(self.addr).await?;
+        *self.task.lock() = serve(listener, &self.stats, &self.mode, &self.spec);
+        Ok(())
     }
 
     /// Changes what the server does with the next requests.
@@ -257,6 +250,50 @@ impl ModelServer {
     pub fn uri(&self) -> Uri {
         format!("http://{}", self.addr).parse().unwrap()
     }
+}
+
+/// Accepts connections on `listener` until the task is aborted.
+fn serve(
+    listener: TcpListener,
+    stats: &Arc<Stats>,
+    mode: &Arc<AtomicU8>,
+    spec: &Spec,
+) -> JoinHandle<()> {
+    let (s, m, sp) = (Arc::clone(stats), Arc::clone(mode), spec.clone());
+    tokio::spawn(async move {
+        // Connections live in a set owned by this task: aborting it aborts them too, as a
+        // process that exits would.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            while connections.try_join_next().is_some() {}
+            let _ = tcp.set_nodelay(true);
+            if Mode::decode(m.load(SeqCst)) == Mode::Garbage {
+                s.received.fetch_add(1, SeqCst);
+                connections.spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tcp.write_all(b"\x00\x13garbage, not HTTP\r\n\r\n").await;
+                });
+                continue;
+            }
+            let (s, m, sp) = (Arc::clone(&s), Arc::clone(&m), sp.clone());
+            connections.spawn(async move {
+                let svc = service_fn(move |req| {
+                    handle(
+                        req,
+                        Arc::clone(&s),
+                        Mode::decode(m.load(SeqCst)),
+                        sp.clone(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    })
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -281,7 +318,7 @@ async fn handle(
     stats: Arc<Stats>,
     mode: Mode,
     spec: Spec,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, std::io::Error> {
     if req.uri().path() != "/health" {
         stats.received.fetch_add(1, SeqCst);
     }
@@ -318,6 +355,8 @@ async fn handle(
             return Ok(r);
         }
         Mode::Hang => std::future::pending::<()>().await,
+        // An error from the service makes hyper close the connection unanswered.
+        Mode::Garbage => return Err(std::io::Error::other("closing unanswered")),
         _ => {}
     }
     let guard = InFlight::new(&stats);

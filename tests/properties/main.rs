@@ -310,3 +310,58 @@ proptest! {
         prop_assert!(pool.endpoints().iter().all(|e| e.in_flight() == 0));
     }
 }
+
+/// The parsers the fuzz targets in `fuzz/` exercise, fed one input each as those do.
+fn parse_everything(data: &[u8]) {
+    use tower_ai_balance::failover::{Continuation, OpenAiChat};
+    if let Ok(value) = http::HeaderValue::from_bytes(data) {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let _ = tower_ai_balance::classify::parse_retry_after(&value, now);
+    }
+    let _ = tower_ai_balance::route::OpenAiRequest::parse(data);
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let (original, streamed) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    let _ = OpenAiChat.continue_body(original, streamed);
+}
+
+/// The fuzz targets' seed corpus (and any reproducer saved beside it) on the stable
+/// toolchain, so that `cargo test` runs what `cargo fuzz` starts from.
+#[test]
+fn the_fuzz_seeds_parse_without_panicking() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut seeds = 0;
+    for target in std::fs::read_dir(&corpus).expect("fuzz/corpus") {
+        for file in std::fs::read_dir(target.unwrap().path()).unwrap() {
+            parse_everything(&std::fs::read(file.unwrap().path()).unwrap());
+            seeds += 1;
+        }
+    }
+    assert!(seeds >= 6, "only {seeds} seeds");
+}
+
+proptest! {
+    #[test]
+    fn parsers_never_panic_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        parse_everything(&data);
+    }
+
+    #[test]
+    fn parsers_never_panic_on_near_json(
+        model in "[a-z0-9-]{0,12}",
+        content in ".{0,40}",
+        tokens in any::<i64>(),
+        stream in any::<bool>(),
+        streamed in "(data: [^\n]{0,60}\n\n){0,4}",
+        retry in "[0-9 ,:A-Za-z-]{0,40}",
+    ) {
+        let original = format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":{content:?}}}],"max_tokens":{tokens},"stream":{stream}}}"#
+        );
+        parse_everything(original.as_bytes());
+        let mut joined = original.into_bytes();
+        joined.push(0);
+        joined.extend_from_slice(streamed.as_bytes());
+        parse_everything(&joined);
+        parse_everything(retry.as_bytes());
+    }
+}
