@@ -92,9 +92,12 @@ pub fn status_is_failure(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
+/// Named once: looking a header up by `&str` parses the name on every call.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()

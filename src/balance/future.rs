@@ -45,19 +45,13 @@ pin_project! {
         S: Service<Req>,
     {
         Queued {
-            balance: Balance<S>,
-            request: Option<Req>,
-            #[pin]
-            notified: OwnedNotified,
-            armed: bool,
-            #[pin]
-            sleep: Sleep,
-            since: Instant,
-            slot: WaitSlot,
+            waiting: Pin<Box<Waiting<S, Req>>>,
         },
+        // Picked, but the endpoint's service was not ready when called: the request waits
+        // (boxed, as the rare case) until it is.
         Ready {
             service: S,
-            request: Option<Req>,
+            request: Option<Box<Req>>,
             guard: Option<LoadGuard>,
         },
         Calling {
@@ -68,6 +62,22 @@ pin_project! {
         Failed {
             error: Option<BoxError>,
         },
+    }
+}
+
+pin_project! {
+    /// A request waiting in the capacity queue: boxed, so that the common path's future stays
+    /// small.
+    struct Waiting<S, Req> {
+        balance: Balance<S>,
+        request: Option<Req>,
+        #[pin]
+        notified: OwnedNotified,
+        armed: bool,
+        #[pin]
+        sleep: Sleep,
+        since: Instant,
+        slot: WaitSlot,
     }
 }
 
@@ -89,19 +99,33 @@ impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
 impl<S, Req> ResponseFuture<S, Req>
 where
     S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
 {
     pub(crate) fn ready(
-        service: S,
+        mut service: S,
         guard: LoadGuard,
         request: Req,
         timeout: Option<Duration>,
     ) -> Self {
-        Self {
-            state: State::Ready {
-                service,
-                request: Some(request),
+        // Most endpoint services are always ready (a hyper client is): call at once rather
+        // than hold the request. A `Pending` here is polled again with the task's own waker.
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let state = match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => State::Calling {
+                future: service.call(request),
                 guard: Some(guard),
             },
+            Poll::Ready(Err(e)) => State::Failed {
+                error: Some(fail(&mut Some(guard), e.into())),
+            },
+            Poll::Pending => State::Ready {
+                service,
+                request: Some(Box::new(request)),
+                guard: Some(guard),
+            },
+        };
+        Self {
+            state,
             deadline: timeout.map(tokio::time::sleep),
             timeout,
         }
@@ -124,13 +148,15 @@ where
         }
         Self {
             state: State::Queued {
-                notified: Arc::clone(&capacity.notify).notified_owned(),
-                slot: WaitSlot(capacity),
-                balance,
-                request: Some(request),
-                armed: false,
-                sleep: tokio::time::sleep(queue.timeout),
-                since: Instant::now(),
+                waiting: Box::pin(Waiting {
+                    notified: Arc::clone(&capacity.notify).notified_owned(),
+                    slot: WaitSlot(capacity),
+                    balance,
+                    request: Some(request),
+                    armed: false,
+                    sleep: tokio::time::sleep(queue.timeout),
+                    since: Instant::now(),
+                }),
             },
             deadline: None,
             timeout,
@@ -154,24 +180,17 @@ where
         let timeout = *this.timeout;
         loop {
             match state.as_mut().project() {
-                StateProj::Queued {
-                    balance,
-                    request,
-                    mut notified,
-                    armed,
-                    sleep,
-                    since,
-                    ..
-                } => {
+                StateProj::Queued { waiting } => {
+                    let mut w = waiting.as_mut().project();
                     // Arm the wake-up before looking, so a slot freed in between is not missed.
-                    if !*armed {
-                        notified.as_mut().enable();
-                        *armed = true;
+                    if !*w.armed {
+                        w.notified.as_mut().enable();
+                        *w.armed = true;
                     }
-                    let req = request.as_ref().expect("polled after completion");
-                    match balance.try_pick(req) {
+                    let req = w.request.as_ref().expect("polled after completion");
+                    match w.balance.try_pick(req) {
                         Ok((service, guard)) => {
-                            let request = request.take();
+                            let request = w.request.take().map(Box::new);
                             state.set(State::Ready {
                                 service,
                                 request,
@@ -183,13 +202,15 @@ where
                         Err(Miss::Unavailable(e)) => return Poll::Ready(Err(e)),
                         Err(Miss::Full) => {}
                     }
-                    if sleep.poll(cx).is_ready() {
-                        return Poll::Ready(Err(Overloaded::new(Some(since.elapsed())).into()));
+                    if w.sleep.poll(cx).is_ready() {
+                        let waited = w.since.elapsed();
+                        return Poll::Ready(Err(Overloaded::new(Some(waited)).into()));
                     }
-                    ready!(notified.as_mut().poll(cx));
-                    let capacity = balance.pool().capacity();
-                    notified.set(Arc::clone(&capacity.notify).notified_owned());
-                    *armed = false;
+                    ready!(w.notified.as_mut().poll(cx));
+                    let capacity = w.balance.pool().capacity();
+                    w.notified
+                        .set(Arc::clone(&capacity.notify).notified_owned());
+                    *w.armed = false;
                 }
                 StateProj::Ready {
                     service,
@@ -203,7 +224,7 @@ where
                     if let Err(e) = readiness {
                         return Poll::Ready(Err(fail(guard, e.into())));
                     }
-                    let future = service.call(request.take().expect("polled after completion"));
+                    let future = service.call(*request.take().expect("polled after completion"));
                     let guard = guard.take();
                     state.set(State::Calling { future, guard });
                 }

@@ -102,6 +102,17 @@ pub(crate) struct Shared {
     continuation: Option<Arc<dyn Continuation>>,
 }
 
+impl Shared {
+    /// Whether a request needs nothing after its first response head but a retry: no hedge,
+    /// deadline, first-chunk wait or continuation. Such requests take the unboxed path.
+    fn head_is_enough(&self) -> bool {
+        self.hedge.is_none()
+            && self.deadline.is_none()
+            && self.first_chunk.is_none()
+            && self.continuation.is_none()
+    }
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")

@@ -2,13 +2,14 @@ use std::{
     future::{poll_fn, Future},
     pin::{pin, Pin},
     sync::Arc,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use bytes::Buf;
 use futures_util::future::{select, Either};
 use http::{request::Parts, Request, Response};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::Instrument;
@@ -40,26 +41,131 @@ impl<S> Failover<S> {
     }
 }
 
-/// The response future of [`Failover`]: the attempts, their hedges and the deadline, as one
-/// state machine. Boxed: one allocation per request, in the layer that may send several.
-pub struct ResponseFuture<B: Body> {
-    inner: Pin<Box<dyn Future<Output = Outcome<B>> + Send>>,
+pin_project! {
+    /// The response future of [`Failover`]. The first attempt is polled in place, without an
+    /// allocation, when nothing needs more than its response head (no hedge, deadline,
+    /// first-chunk wait or continuation). A retry, and every request under those settings, runs
+    /// the attempts as one boxed state machine: one allocation, in the layer that may send
+    /// several requests.
+    pub struct ResponseFuture<S, B, RB>
+    where
+        S: Service<Request<B>, Response = Response<RB>>,
+        RB: Body,
+    {
+        #[pin]
+        state: State<S, B, RB>,
+        span: tracing::Span,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, RB>
+    where
+        S: Service<Request<B>, Response = Response<RB>>,
+        RB: Body,
+    {
+        /// The first attempt, in place.
+        First {
+            #[pin]
+            call: S::Future,
+            retry: Option<Retry<S, B>>,
+            shared: Arc<Shared>,
+        },
+        /// The attempts after it, or all of them.
+        Boxed {
+            future: Pin<Box<dyn Future<Output = Outcome<RB>> + Send>>,
+        },
+    }
+}
+
+/// What a retry needs from the first attempt: a service, the head and a copy of the body.
+struct Retry<S, B> {
+    service: S,
+    head: Head,
+    template: Option<B>,
 }
 
 /// What a request through [`Failover`] comes to.
 type Outcome<B> = Result<Response<ResponseBody<B>>, BoxError>;
 
-impl<B: Body> std::fmt::Debug for ResponseFuture<B> {
+impl<S, B, RB> std::fmt::Debug for ResponseFuture<S, B, RB>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    RB: Body,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<B: Body> Future for ResponseFuture<B> {
-    type Output = Outcome<B>;
+impl<S, B, RB> Future for ResponseFuture<S, B, RB>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Replay + Send + 'static,
+    RB: Body + Unpin + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    type Output = Outcome<RB>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _span = this.span.enter();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::First {
+                    call,
+                    retry,
+                    shared,
+                } => {
+                    let (failure, endpoint) = match judge_now(shared, ready!(call.poll(cx)), None) {
+                        Judged::Step(Step::Retry(failure, endpoint)) => (failure, endpoint),
+                        Judged::Step(Step::Done(response)) => return Poll::Ready(Ok(response)),
+                        Judged::Step(Step::Fail(error)) => return Poll::Ready(Err(error)),
+                        // Only with a first-chunk wait, which never takes this path.
+                        Judged::FirstChunk(response, ..) => {
+                            return Poll::Ready(Ok(response.map(|b| ResponseBody::new(None, b))))
+                        }
+                    };
+                    let Some(Retry {
+                        service,
+                        head,
+                        template,
+                    }) = retry.take()
+                    else {
+                        // No retry could be sent: say why, as the attempts loop would.
+                        let error = if shared.attempts > 1 {
+                            NotReplayable::new(vec![failure]).into()
+                        } else {
+                            AttemptsFailed::new(vec![failure], GaveUp::Attempts, None).into()
+                        };
+                        return Poll::Ready(Err(error));
+                    };
+                    let mut exclude = Exclude::new();
+                    if let Some(endpoint) = endpoint {
+                        exclude.insert(&endpoint);
+                    }
+                    tracing::debug!(attempt = 1, endpoint = ?failure.endpoint, "attempt failed; failing over");
+                    let future = run(
+                        Arc::clone(shared),
+                        None,
+                        service,
+                        head,
+                        template,
+                        exclude,
+                        vec![failure],
+                        None,
+                    );
+                    this.state.set(State::Boxed {
+                        future: Box::pin(future),
+                    });
+                }
+                StateProj::Boxed { future } => return future.as_mut().poll(cx),
+            }
+        }
     }
 }
 
@@ -75,7 +181,7 @@ where
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<RB>;
+    type Future = ResponseFuture<S, B, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -84,12 +190,49 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // The ready service takes the first attempt; a clone stays for the next call.
         let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        let mut service = std::mem::replace(&mut self.inner, clone);
         let span =
             tracing::debug_span!("request", method = %request.method(), uri = %request.uri());
-        ResponseFuture {
-            inner: Box::pin(run(Arc::clone(&self.shared), ready, request).instrument(span)),
-        }
+        let shared = &self.shared;
+        shared.budget.deposit();
+        let state = if shared.head_is_enough() {
+            // The first attempt takes the request as it is; a retry needs a copy of the head
+            // and of the body, made only if a retry could be sent.
+            let template = request.body().replay().filter(|_| shared.attempts > 1);
+            let head = template.as_ref().map(|_| Head::from_request(&request));
+            let call = service.call(request);
+            // After `call`, the service is polled ready again before any retry.
+            let retry = head.map(|head| Retry {
+                service,
+                head,
+                template,
+            });
+            State::First {
+                call,
+                retry,
+                shared: Arc::clone(shared),
+            }
+        } else {
+            let (parts, body) = request.into_parts();
+            let template = body.replay();
+            let head = Head::from(parts);
+            let deadline = shared.deadline.map(|d| Instant::now() + d);
+            let spare = service.clone();
+            let future = run(
+                Arc::clone(shared),
+                Some((service, body)),
+                spare,
+                head,
+                template,
+                Exclude::new(),
+                Vec::new(),
+                deadline,
+            );
+            State::Boxed {
+                future: Box::pin(future),
+            }
+        };
+        ResponseFuture { state, span }
     }
 }
 
@@ -101,10 +244,18 @@ enum Step<RB: Body> {
     Fail(BoxError),
 }
 
+/// The attempts from the first (`first` is its service and body) or from a retry (`first` is
+/// `None`, `failed` holds what failed before).
+#[allow(clippy::too_many_arguments)]
 async fn run<S, B, RB>(
     shared: Arc<Shared>,
-    first: S,
-    request: Request<B>,
+    mut first: Option<(S, B)>,
+    spare: S,
+    head: Head,
+    template: Option<B>,
+    mut exclude: Exclude,
+    mut failed: Vec<Attempt>,
+    deadline: Option<Instant>,
 ) -> Result<Response<ResponseBody<RB>>, BoxError>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
@@ -115,15 +266,6 @@ where
     RB::Data: Send,
     RB::Error: Into<BoxError>,
 {
-    shared.budget.deposit();
-    let deadline = shared.deadline.map(|d| Instant::now() + d);
-    let (parts, body) = request.into_parts();
-    let head = Head::from(parts);
-    let template = body.replay();
-    let spare = first.clone();
-    let mut first = Some((first, body));
-    let mut exclude = Exclude::new();
-    let mut failed: Vec<Attempt> = Vec::new();
     loop {
         let (service, body) = match first.take() {
             Some(first) => first,
@@ -263,7 +405,31 @@ where
     RB: Body + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let response = match call.await {
+    match judge_now(shared, call.await, Some(picked)) {
+        Judged::Step(step) => step,
+        Judged::FirstChunk(response, key, endpoint) => {
+            first_chunk(shared, response, key, endpoint).await
+        }
+    }
+}
+
+/// A call's verdict, or a successful response that must first show its first chunk.
+enum Judged<RB: Body> {
+    Step(Step<RB>),
+    FirstChunk(Response<RB>, Option<crate::Key>, Option<Arc<Endpoint>>),
+}
+
+/// Judges a call's result by its head alone.
+fn judge_now<E, RB>(
+    shared: &Shared,
+    result: Result<Response<RB>, E>,
+    picked: Option<&Picked>,
+) -> Judged<RB>
+where
+    E: Into<BoxError>,
+    RB: Body + Unpin,
+{
+    let response = match result {
         Ok(response) => response,
         Err(error) => {
             let error = error.into();
@@ -271,7 +437,7 @@ where
                 .downcast_ref::<EndpointError>()
                 .filter(|e| shared.classify.classify_error(e.inner()).is_retriable())
                 .map(|e| Arc::clone(e.endpoint()));
-            return match retriable {
+            return Judged::Step(match retriable {
                 Some(endpoint) => Step::Retry(
                     Attempt {
                         endpoint: Some(endpoint.key().clone()),
@@ -280,15 +446,19 @@ where
                     Some(endpoint),
                 ),
                 None => Step::Fail(error),
-            };
+            });
         }
     };
-    let endpoint = response
-        .extensions()
-        .get::<Served>()
-        .map(|s| Arc::clone(&s.0))
-        .or_else(|| picked.get().cloned());
-    let key = endpoint.as_ref().map(|e| e.key().clone());
+    // Who served it, for the error or the next exclusion: not needed on success.
+    let served = |response: &Response<RB>| {
+        let endpoint = response
+            .extensions()
+            .get::<Served>()
+            .map(|s| Arc::clone(&s.0))
+            .or_else(|| picked.and_then(|p| p.get().cloned()));
+        let key = endpoint.as_ref().map(|e| e.key().clone());
+        (key, endpoint)
+    };
     let retry_after = match shared
         .classify
         .classify_response(response.status(), response.headers())
@@ -296,22 +466,28 @@ where
         Verdict::Failure => None,
         Verdict::RateLimited { retry_after } => retry_after,
         Verdict::Success if shared.first_chunk.is_some() => {
-            return first_chunk(shared, response, key, endpoint).await
+            let (key, endpoint) = served(&response);
+            return Judged::FirstChunk(response, key, endpoint);
         }
-        _ => return Step::Done(response.map(|body| ResponseBody::new(None, body))),
+        _ => {
+            return Judged::Step(Step::Done(
+                response.map(|body| ResponseBody::new(None, body)),
+            ))
+        }
     };
+    let (key, endpoint) = served(&response);
     let failure = AttemptFailure::Status {
         status: response.status(),
         retry_after,
     };
     // Dropping the response releases its endpoint's slot.
-    Step::Retry(
+    Judged::Step(Step::Retry(
         Attempt {
             endpoint: key,
             failure,
         },
         endpoint,
-    )
+    ))
 }
 
 /// Holds a successful response until its first data frame; a stream that fails, stalls or
@@ -377,6 +553,19 @@ struct Head {
     version: http::Version,
     headers: http::HeaderMap,
     extensions: http::Extensions,
+}
+
+impl Head {
+    /// A copy of a request's head.
+    fn from_request<B>(request: &Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
+        }
+    }
 }
 
 impl From<Parts> for Head {

@@ -20,13 +20,17 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        shared: Arc<Shared>,
+        // Handed on to the body's watch when the response arrives.
+        shared: Option<Arc<Shared>>,
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        Self {
+            inner,
+            shared: Some(shared),
+        }
     }
 }
 
@@ -40,20 +44,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match ready!(this.inner.poll(cx)) {
+        let result = ready!(this.inner.poll(cx));
+        let shared = this.shared.take().expect("polled after completion");
+        match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 let watch = parts.extensions.get::<Served>().and_then(|served| {
-                    let head = this
-                        .shared
+                    let head = shared
                         .classify
                         .classify_response(parts.status, &parts.headers);
                     if head == Outcome::Success {
                         // A success is decided at the end of the body: a stream may still
                         // break, and gRPC puts its status in the trailers.
-                        Some(Watch::new(Arc::clone(&served.0), Arc::clone(this.shared)))
+                        Some(Watch::new(Arc::clone(&served.0), shared))
                     } else {
-                        this.shared.record(&served.0, head);
+                        shared.record(&served.0, head);
                         None
                     }
                 });
@@ -65,8 +70,8 @@ where
             Err(error) => {
                 let error = error.into();
                 if let Some(failed) = error.downcast_ref::<EndpointError>() {
-                    let outcome = this.shared.classify.classify_error(failed.inner());
-                    this.shared.record(failed.endpoint(), outcome);
+                    let outcome = shared.classify.classify_error(failed.inner());
+                    shared.record(failed.endpoint(), outcome);
                 }
                 Poll::Ready(Err(error))
             }
