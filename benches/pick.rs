@@ -11,6 +11,10 @@
 //!   look-ups, pick, slot, guard, and the one clock read that times the request.
 //! - `pick/least-loaded scan`: the full-scan strategy, for scale.
 //!
+//! - `two threads/{floor,p2c+2 filters+slot}`: the floor and the pick with its slot at 1,000
+//!   endpoints, from two threads at once on the same pool (time per pick, both threads
+//!   together).
+//!
 //! - `requirements/balance/{0,1,3}`: `Balance::pick` at 1,000 endpoints with 0, 1 (model) and 3
 //!   (model, context window, hardware) requirements.
 //!
@@ -32,18 +36,31 @@ use tower_ai_balance::{
     Balance, EndpointConfig, FastRng, Health, Pool, ThreadRng,
 };
 
-const SIZES: [usize; 3] = [8, 100, 1000];
+const SIZES: [usize; 4] = [8, 100, 1000, 10_000];
 
 #[derive(Clone, Copy)]
 struct Unit;
 
 fn pool(n: usize) -> Pool<Unit> {
     let pool = Pool::new();
-    for i in 0..n {
-        pool.insert(EndpointConfig::new(format!("e{i}")), Unit)
-            .unwrap();
-    }
+    pool.extend((0..n).map(|i| (EndpointConfig::new(format!("e{i}")), Unit)))
+        .unwrap();
     pool
+}
+
+/// Runs `iters` calls of `f` split over two threads; the wall time for all of them.
+fn two_threads(iters: u64, f: impl Fn() + Sync) -> Duration {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..iters / 2 {
+                    f();
+                }
+            });
+        }
+    });
+    start.elapsed()
 }
 
 /// Two filters: an `Exclude` of two endpoints and one ejected endpoint.
@@ -58,7 +75,7 @@ fn filtered(pool: &Pool<Unit>) -> Exclude {
     exclude
 }
 
-fn floor_pick(counters: &[AtomicUsize], rng: &mut FastRng) -> usize {
+fn floor_pick(counters: &[AtomicUsize], rng: &mut impl RngCore) -> usize {
     let n = counters.len() as u64;
     let r = rng.next_u64();
     let a = (((r & 0xffff_ffff) * n) >> 32) as usize;
@@ -134,6 +151,36 @@ fn benches(c: &mut Criterion) {
     }
     group.finish();
 
+    // Two threads at once, at 1,000 endpoints: the floor's counters and the endpoints' slots
+    // are shared between cores, as in a server.
+    let mut group = c.benchmark_group("two threads");
+    let counters: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+    group.bench_function("floor", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                black_box(floor_pick(&counters, &mut ThreadRng));
+            })
+        })
+    });
+    let p = pool(1000);
+    let snapshot = p.snapshot();
+    let exclude = filtered(&p);
+    let t0 = tokio::time::Instant::now();
+    group.bench_function("p2c+2 filters+slot", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                let filter = Filter::new().exclude(&exclude);
+                let i = pick::p2c(snapshot.entries(), &filter, &mut ThreadRng).unwrap();
+                black_box(LoadGuard::acquire_at(
+                    snapshot.entries()[i].endpoint(),
+                    1,
+                    t0,
+                ));
+            })
+        })
+    });
+    group.finish();
+
     // Balance::pick at 1,000 endpoints serving two models on two hardware classes, with 0, 1
     // (model) and 3 (model, context, hardware) requirements.
     let mut group = c.benchmark_group("requirements");
@@ -180,6 +227,12 @@ fn main() {
         "requirements",
         "balance/0",
         &["balance/1".to_owned(), "balance/3".to_owned()],
+    );
+    ratios::print(
+        "two threads at 1,000 endpoints, against the bare atomic floor",
+        "two threads",
+        "floor",
+        &["p2c+2 filters+slot".to_owned()],
     );
     for n in SIZES {
         ratios::print(

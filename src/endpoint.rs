@@ -338,12 +338,7 @@ pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// One endpoint of a [`Pool`](crate::pool::Pool): metadata and live state.
 pub struct Endpoint {
-    // Read on every pick: kept together.
-    slots: Slots,
-    weight: AtomicU64,
-    health: AtomicU64,
-    max_concurrency: usize,
-    id: u64,
+    hot: Hot,
     key_hash: u64,
     tier: u32,
     trials: AtomicU32,
@@ -360,6 +355,18 @@ pub struct Endpoint {
     pub(crate) outliers: parking_lot::Mutex<Outliers>,
     drained: Notify,
     capacity: Arc<Capacity>,
+}
+
+/// What every pick reads, alone in one cache line: a pick touches one line per candidate, and
+/// the other fields' writes (latency estimates, counters) never invalidate it.
+#[derive(Debug)]
+#[repr(C, align(64))]
+struct Hot {
+    slots: Slots,
+    weight: AtomicU64,
+    health: AtomicU64,
+    max_concurrency: usize,
+    id: u64,
 }
 
 impl fmt::Debug for Endpoint {
@@ -392,11 +399,13 @@ impl Endpoint {
     ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         Ok(Arc::new(Self {
-            slots: Slots::new(),
-            weight: AtomicU64::new(normalize(config.weight).to_bits()),
-            health: AtomicU64::new(HEALTHY),
-            max_concurrency: config.max_concurrency.unwrap_or(usize::MAX),
-            id: next_id(),
+            hot: Hot {
+                slots: Slots::new(),
+                weight: AtomicU64::new(normalize(config.weight).to_bits()),
+                health: AtomicU64::new(HEALTHY),
+                max_concurrency: config.max_concurrency.unwrap_or(usize::MAX),
+                id: next_id(),
+            },
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
             tier: config.tier,
             trials: AtomicU32::new(UNLIMITED),
@@ -434,7 +443,7 @@ impl Endpoint {
 
     /// A process-unique number, used by [`Exclude`](crate::hints::Exclude).
     pub fn id(&self) -> u64 {
-        self.id
+        self.hot.id
     }
 
     /// The stable hash of the key, the same in every replica: what affinity ranks by.
@@ -450,17 +459,17 @@ impl Endpoint {
     /// The current weight.
     #[inline]
     pub fn weight(&self) -> f64 {
-        f64::from_bits(self.weight.load(SeqCst))
+        f64::from_bits(self.hot.weight.load(SeqCst))
     }
 
     pub(crate) fn set_weight(&self, weight: f64) {
-        self.weight.store(normalize(weight).to_bits(), SeqCst);
+        self.hot.weight.store(normalize(weight).to_bits(), SeqCst);
         self.capacity.wake();
     }
 
     /// The concurrency limit, if any.
     pub fn max_concurrency(&self) -> Option<usize> {
-        (self.max_concurrency != usize::MAX).then_some(self.max_concurrency)
+        (self.hot.max_concurrency != usize::MAX).then_some(self.hot.max_concurrency)
     }
 
     /// What it can serve.
@@ -481,13 +490,13 @@ impl Endpoint {
     /// its body ends or is dropped).
     #[inline]
     pub fn in_flight(&self) -> usize {
-        self.slots.in_flight()
+        self.hot.slots.in_flight()
     }
 
     /// The [`Cost`](crate::hints::Cost) of the requests in flight.
     #[inline]
     pub fn outstanding(&self) -> u64 {
-        self.slots.outstanding()
+        self.hot.slots.outstanding()
     }
 
     /// Requests that completed or failed here.
@@ -521,7 +530,7 @@ impl Endpoint {
 
     /// The current health.
     pub fn health(&self) -> Health {
-        let raw = self.health.load(SeqCst);
+        let raw = self.hot.health.load(SeqCst);
         let until = self.until(raw);
         match raw & 3 {
             EJECTED => Health::Ejected { until },
@@ -552,7 +561,8 @@ impl Endpoint {
         self.ramp_ms.store(window.as_millis() as u64, SeqCst);
         let until = now + hold + window;
         self.trials.store(UNLIMITED, SeqCst);
-        self.health
+        self.hot
+            .health
             .store(RAMPING | (self.millis_at(until) << 2), SeqCst);
     }
 
@@ -568,7 +578,7 @@ impl Endpoint {
             }
         };
         self.trials.store(trials, SeqCst);
-        self.health.store(raw, SeqCst);
+        self.hot.health.store(raw, SeqCst);
         if raw & 3 == HEALTHY || raw & 3 == RAMPING {
             self.capacity.wake();
         }
@@ -584,7 +594,7 @@ impl Endpoint {
     /// not healthy.
     #[inline]
     pub(crate) fn health_allows(&self, now: &crate::pick::LazyNow, include_held: bool) -> bool {
-        let raw = self.health.load(SeqCst);
+        let raw = self.hot.health.load(SeqCst);
         match raw & 3 {
             HEALTHY => true,
             RAMPING => {
@@ -602,7 +612,7 @@ impl Endpoint {
     #[inline]
     pub(crate) fn effective_weight(&self, now: &crate::pick::LazyNow) -> f64 {
         let weight = self.weight();
-        let raw = self.health.load(SeqCst);
+        let raw = self.hot.health.load(SeqCst);
         if raw & 3 != RAMPING {
             return weight;
         }
@@ -626,7 +636,7 @@ impl Endpoint {
     /// was taken, `Some(false)` if none is needed, `None` if none is left.
     #[inline]
     fn take_trial(&self) -> Option<bool> {
-        if self.health.load(SeqCst) & 3 != EJECTED {
+        if self.hot.health.load(SeqCst) & 3 != EJECTED {
             return Some(false);
         }
         match self.trials.fetch_update(SeqCst, SeqCst, |t| match t {
@@ -650,7 +660,7 @@ impl Endpoint {
 
     /// Whether the endpoint was removed from its pool.
     pub fn is_removed(&self) -> bool {
-        self.slots.is_removed()
+        self.hot.slots.is_removed()
     }
 
     /// Whether the pick may choose it at all (not removed, weight above 0, healthy or due).
@@ -661,15 +671,42 @@ impl Endpoint {
         ignore_health: bool,
         include_held: bool,
     ) -> bool {
-        self.weight.load(SeqCst) != 0
-            && !self.slots.is_removed()
+        self.hot.weight.load(SeqCst) != 0
+            && !self.hot.slots.is_removed()
             && (ignore_health || self.health_allows(now, include_held))
+    }
+
+    /// For the pick: `Some((in_flight, weight as picks see it))` if the endpoint takes traffic
+    /// and has room, reading each word once. The same verdict as [`takes_traffic`] and
+    /// [`has_room`], with [`effective_weight`]; a healthy endpoint reads no clock.
+    ///
+    /// [`takes_traffic`]: Self::takes_traffic
+    /// [`has_room`]: Self::has_room
+    /// [`effective_weight`]: Self::effective_weight
+    #[inline(always)]
+    pub(crate) fn pick_view(
+        &self,
+        now: &crate::pick::LazyNow,
+        ignore_health: bool,
+        include_held: bool,
+    ) -> Option<(usize, f64)> {
+        let in_flight = self.hot.slots.word();
+        let weight = f64::from_bits(self.hot.weight.load(SeqCst));
+        if in_flight >= self.hot.max_concurrency || weight == 0.0 {
+            // Full, removed (the top bit makes the word huge) or drained by weight 0.
+            return None;
+        }
+        if self.hot.health.load(SeqCst) & 3 == HEALTHY {
+            return Some((in_flight, weight));
+        }
+        (ignore_health || self.health_allows(now, include_held))
+            .then(|| (in_flight, self.effective_weight(now)))
     }
 
     /// Whether it has a free slot under its concurrency limit.
     #[inline]
     pub(crate) fn has_room(&self) -> bool {
-        self.slots.in_flight() < self.max_concurrency
+        self.hot.slots.in_flight() < self.hot.max_concurrency
     }
 
     /// Takes a slot, and a half-open trial permit if the endpoint is on trial. `None` if the
@@ -690,7 +727,7 @@ impl Endpoint {
 
     /// Takes a slot whatever the endpoint's health (panic mode).
     pub(crate) fn try_acquire_any(&self, cost: u64) -> bool {
-        match self.slots.try_acquire(self.max_concurrency, cost) {
+        match self.hot.slots.try_acquire(self.hot.max_concurrency, cost) {
             Acquired::Yes => true,
             Acquired::Full => false,
             Acquired::Removed { drained } => {
@@ -704,14 +741,14 @@ impl Endpoint {
 
     /// Gives a slot back; wakes the drain and the capacity queue as needed.
     pub(crate) fn release(&self, cost: u64) {
-        if self.slots.release(cost) {
+        if self.hot.slots.release(cost) {
             self.drained.notify_waiters();
         }
         self.capacity.wake();
     }
 
     pub(crate) fn mark_removed(&self) {
-        if self.slots.remove() {
+        if self.hot.slots.remove() {
             self.drained.notify_waiters();
         }
     }

@@ -78,6 +78,9 @@ impl<T> Hinted for WithHints<T> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Exclude {
     ids: Vec<u64>,
+    /// One bit per id modulo 64: a clear bit rules an endpoint out of the list at once, so the
+    /// pick checks the list only for one endpoint in 64 or so.
+    mask: u64,
 }
 
 impl Exclude {
@@ -90,13 +93,15 @@ impl Exclude {
     pub fn insert(&mut self, endpoint: &Endpoint) {
         if !self.contains(endpoint) {
             self.ids.push(endpoint.id());
+            self.mask |= 1 << (endpoint.id() % 64);
         }
     }
 
     /// Whether the endpoint is excluded.
     #[inline]
     pub fn contains(&self, endpoint: &Endpoint) -> bool {
-        self.ids.contains(&endpoint.id())
+        let id = endpoint.id();
+        self.mask & (1 << (id % 64)) != 0 && self.ids.contains(&id)
     }
 
     /// How many endpoints are excluded.

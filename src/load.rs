@@ -28,12 +28,15 @@ use crate::{
 /// An endpoint's load counters: requests in flight and their outstanding cost. The top bit of
 /// the in-flight word says the endpoint was removed, so that acquiring, releasing and removing
 /// each read and write one atomic in one step: whoever makes a removed endpoint empty learns it
-/// from the value its own read-modify-write returns, and the drain is always announced. Pure
-/// atomics, modelled under loom.
+/// from the value its own read-modify-write returns, and the drain is always announced. The
+/// outstanding cost is the in-flight count plus the cost above 1 of each request, so a request
+/// of cost 1 (every request without a `Cost` hint) touches one word. Pure atomics, modelled
+/// under loom.
 #[derive(Debug)]
 pub(crate) struct Slots {
     in_flight: AtomicUsize,
-    outstanding: AtomicU64,
+    /// The sum of `cost - 1` over the requests in flight.
+    extra: AtomicU64,
 }
 
 const REMOVED: usize = 1 << (usize::BITS - 1);
@@ -54,7 +57,7 @@ impl Slots {
     pub(crate) fn new() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
-            outstanding: AtomicU64::new(0),
+            extra: AtomicU64::new(0),
         }
     }
 
@@ -64,7 +67,13 @@ impl Slots {
     }
 
     pub(crate) fn outstanding(&self) -> u64 {
-        self.outstanding.load(SeqCst)
+        self.extra.load(SeqCst) + self.in_flight() as u64
+    }
+
+    /// The in-flight word as is: the count, with the top bit set if removed.
+    #[inline]
+    pub(crate) fn word(&self) -> usize {
+        self.in_flight.load(SeqCst)
     }
 
     #[inline]
@@ -73,7 +82,7 @@ impl Slots {
     }
 
     /// Takes a slot unless `max` are taken: one `fetch_add` without a limit, a CAS loop with
-    /// one, so the limit is never exceeded, not even for an instant.
+    /// one, so the limit is never exceeded, not even for an instant. A cost of 0 counts as 1.
     #[inline]
     pub(crate) fn try_acquire(&self, max: usize, cost: u64) -> Acquired {
         let before = if max == usize::MAX {
@@ -86,7 +95,9 @@ impl Slots {
                 Err(_) => return Acquired::Full,
             }
         };
-        self.outstanding.fetch_add(cost, SeqCst);
+        if cost > 1 {
+            self.extra.fetch_add(cost - 1, SeqCst);
+        }
         if before & REMOVED != 0 {
             return Acquired::Removed {
                 drained: self.release(cost),
@@ -98,7 +109,9 @@ impl Slots {
     /// Gives a slot back. Returns whether this emptied a removed endpoint.
     #[inline]
     pub(crate) fn release(&self, cost: u64) -> bool {
-        self.outstanding.fetch_sub(cost, SeqCst);
+        if cost > 1 {
+            self.extra.fetch_sub(cost - 1, SeqCst);
+        }
         let before = self.in_flight.fetch_sub(1, SeqCst);
         debug_assert!(before & !REMOVED > 0, "in-flight underflow");
         before == REMOVED | 1

@@ -169,6 +169,16 @@ impl<'a> Filter<'a> {
             && self.require.map_or(true, |r| r.admits(e))
     }
 
+    /// `Some((in_flight, weight))` if the endpoint may take the request now: what
+    /// [`eligible`](Self::eligible) and [`weight`](Self::weight) say, each word read once.
+    #[inline(always)]
+    fn view(&self, e: &Endpoint) -> Option<(usize, f64)> {
+        let view = e.pick_view(&self.now, self.ignore_health, self.include_held)?;
+        (self.exclude.map_or(true, |x| !x.contains(e))
+            && self.require.map_or(true, |r| r.admits(e)))
+        .then_some(view)
+    }
+
     /// The endpoint's weight as picks see it now (reduced while it slow-starts).
     #[inline]
     pub fn weight(&self, e: &Endpoint) -> f64 {
@@ -264,6 +274,37 @@ fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<(usize, usize, bool)> {
+    // The common case, unweighted: one word gives two distinct eligible endpoints.
+    let n = endpoints.len();
+    let word = rng.next_u64();
+    let (a, b) = (
+        crate::rng::below(word as u32, n),
+        crate::rng::below((word >> 32) as u32, n),
+    );
+    if a != b
+        && filter.max_weight.is_none()
+        && filter.eligible(endpoints[a].as_ref())
+        && filter.eligible(endpoints[b].as_ref())
+    {
+        return Some((a, b, coin(word)));
+    }
+    // Otherwise draw afresh until two are found: still uniform over eligible pairs, since
+    // the first draw is kept only when it is such a pair.
+    sample_two_slowly(endpoints, filter, rng)
+}
+
+/// A coin from a word's bits that the indices do not use alone.
+#[inline]
+fn coin(word: u64) -> bool {
+    word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1
+}
+
+#[inline(never)]
+fn sample_two_slowly<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<(usize, usize, bool)> {
     let n = endpoints.len();
     let mut first: Option<usize> = None;
     let mut word = 0u64;
@@ -286,10 +327,7 @@ fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         }
         match first {
             None => first = Some(i),
-            Some(a) if a != i => {
-                let coin = word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1;
-                return Some((a, i, coin));
-            }
+            Some(a) if a != i => return Some((a, i, coin(word))),
             Some(_) => {}
         }
     }
@@ -305,6 +343,34 @@ pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<usize> {
+    // The hot path: one word draws two distinct endpoints, each read once; compare
+    // (in_flight + 1) / weight without dividing.
+    let n = endpoints.len();
+    if n >= 2 && filter.max_weight.is_none() {
+        let word = rng.next_u64();
+        let (a, b) = (
+            crate::rng::below(word as u32, n),
+            crate::rng::below((word >> 32) as u32, n),
+        );
+        if a != b {
+            if let (Some((fa, wa)), Some((fb, wb))) = (
+                filter.view(endpoints[a].as_ref()),
+                filter.view(endpoints[b].as_ref()),
+            ) {
+                let order = if wa == wb {
+                    fa.cmp(&fb)
+                } else {
+                    ((fa + 1) as f64 * wb).total_cmp(&((fb + 1) as f64 * wa))
+                };
+                return Some(match order {
+                    std::cmp::Ordering::Less => a,
+                    std::cmp::Ordering::Greater => b,
+                    std::cmp::Ordering::Equal if coin(word) => a,
+                    std::cmp::Ordering::Equal => b,
+                });
+            }
+        }
+    }
     best_of_two(endpoints, filter, rng, |a, b| compare_load(a, b, filter))
 }
 
