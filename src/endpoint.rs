@@ -353,6 +353,7 @@ pub struct Endpoint {
     requests: AtomicU64,
     failures: AtomicU64,
     pub(crate) outliers: parking_lot::Mutex<Outliers>,
+    pub(crate) quiet: crate::outlier::Quiet,
     drained: Notify,
     capacity: Arc<Capacity>,
 }
@@ -419,6 +420,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             outliers: parking_lot::Mutex::new(Outliers::default()),
+            quiet: crate::outlier::Quiet::new(),
             drained: Notify::new(),
             capacity,
         }))

@@ -1,11 +1,86 @@
 //! The record of an endpoint's recent outcomes, which the health layer judges it by:
 //! consecutive failures, a sliding window of successes and failures, how often it was ejected,
-//! and the streaks of trial requests and probes. Guarded by a mutex on the endpoint, taken once
-//! per outcome (never by a pick).
+//! and the streaks of trial requests and probes. Guarded by a mutex on the endpoint, taken for
+//! every outcome but one (never by a pick): a success on a healthy endpoint with nothing to
+//! forget (no failure streak, no past ejection) is only counted, in an atomic that the next
+//! holder of the lock folds into the window.
 
-use std::time::Duration;
+use std::{ops::Deref, ops::DerefMut, time::Duration};
 
+use parking_lot::MutexGuard;
 use tokio::time::Instant;
+
+use crate::{
+    endpoint::Endpoint,
+    sync::{AtomicBool, AtomicU64, Ordering::SeqCst},
+};
+
+/// What a success may do without the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Quiet {
+    /// Successes counted without the lock, ever.
+    successes: AtomicU64,
+    /// Whether the record holds nothing a success would change but the window's count.
+    settled: AtomicBool,
+}
+
+impl Quiet {
+    pub(crate) fn new() -> Self {
+        Self {
+            successes: AtomicU64::new(0),
+            settled: AtomicBool::new(true),
+        }
+    }
+
+    /// Counts a success without the lock if nothing else needs to change; `false` if the
+    /// caller must take the lock.
+    #[inline]
+    pub(crate) fn try_count_success(&self) -> bool {
+        if !self.settled.load(SeqCst) {
+            return false;
+        }
+        self.successes.fetch_add(1, SeqCst);
+        true
+    }
+}
+
+/// An endpoint's outlier record, locked. The successes counted without the lock are folded in
+/// when it is taken, and when it is let go the endpoint learns whether the next success may
+/// skip it.
+pub(crate) struct Locked<'a> {
+    quiet: &'a Quiet,
+    outliers: MutexGuard<'a, Outliers>,
+}
+
+impl<'a> Locked<'a> {
+    pub(crate) fn new(endpoint: &'a Endpoint) -> Self {
+        let mut outliers = endpoint.outliers.lock();
+        let quiet = &endpoint.quiet;
+        outliers.window.fold(quiet.successes.load(SeqCst));
+        Self { quiet, outliers }
+    }
+}
+
+impl Deref for Locked<'_> {
+    type Target = Outliers;
+    fn deref(&self) -> &Outliers {
+        &self.outliers
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Outliers {
+        &mut self.outliers
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let settled =
+            self.outliers.consecutive_failures == 0 && self.outliers.last_ejected.is_none();
+        self.quiet.settled.store(settled, SeqCst);
+    }
+}
 
 /// Successes and failures over the last `len`, as two buckets: the current one and the one
 /// before, weighted by how much of it still lies inside the window.
@@ -14,6 +89,8 @@ pub(crate) struct Window {
     start: Option<Instant>,
     previous: (u32, u32),
     current: (u32, u32),
+    /// The lock-free success count already folded in.
+    seen: u64,
 }
 
 impl Window {
@@ -29,6 +106,18 @@ impl Window {
             self.current = (0, 0);
             self.start = Some(start + len);
         }
+    }
+
+    /// Adds the successes counted without the lock since the last fold (`total` is their count
+    /// ever) to the current bucket. They happened before now, so they are folded in before the
+    /// window rolls.
+    fn fold(&mut self, total: u64) {
+        let new = total.saturating_sub(self.seen);
+        self.seen = total;
+        self.current.0 = self
+            .current
+            .0
+            .saturating_add(new.min(u64::from(u32::MAX)) as u32);
     }
 
     pub(crate) fn record(&mut self, now: Instant, len: Duration, failed: bool) {
@@ -53,7 +142,10 @@ impl Window {
     }
 
     pub(crate) fn clear(&mut self) {
-        *self = Self::default();
+        *self = Self {
+            seen: self.seen,
+            ..Self::default()
+        };
     }
 }
 

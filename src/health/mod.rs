@@ -105,6 +105,13 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     fn record(&self, endpoint: &Endpoint, outcome: Outcome) {
+        // The common case, lock-free and without a clock read.
+        if outcome == Outcome::Success
+            && matches!(endpoint.health(), crate::Health::Healthy)
+            && endpoint.quiet.try_count_success()
+        {
+            return;
+        }
         self.policy
             .record(endpoint, outcome, Instant::now(), &self.members);
     }

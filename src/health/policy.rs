@@ -6,7 +6,7 @@ use crate::{
     classify::Outcome,
     endpoint::{Endpoint, Health},
     error::ConfigError,
-    outlier::Outliers,
+    outlier::{Locked, Outliers},
     pool::Members,
 };
 
@@ -100,7 +100,7 @@ impl HealthPolicy {
 
     /// What an outcome does to the endpoint that produced it.
     pub(crate) fn record(&self, e: &Endpoint, outcome: Outcome, now: Instant, members: &Members) {
-        let mut o = e.outliers.lock();
+        let mut o = Locked::new(e);
         let health = e.health();
         match outcome {
             Outcome::ClientError => {}
@@ -188,7 +188,7 @@ impl HealthPolicy {
         members: &Members,
     ) {
         let (healthy, unhealthy) = thresholds;
-        let mut o = e.outliers.lock();
+        let mut o = Locked::new(e);
         let ejected = matches!(e.health(), Health::Ejected { .. });
         if ok {
             o.probe_streak = o.probe_streak.max(0).saturating_add(1);
@@ -371,6 +371,37 @@ mod tests {
         f.record(0, Outcome::Success, S);
         f.record(0, Outcome::Failure, S);
         assert!(matches!(f.e(0).health(), Health::Ejected { .. }));
+    }
+
+    #[test]
+    fn successes_counted_without_the_lock_still_dilute_the_failure_rate() {
+        let f = fixture(4);
+        let e = f.e(0);
+        // A settled endpoint counts 20 successes without the lock.
+        for _ in 0..20 {
+            assert!(e.quiet.try_count_success());
+        }
+        // Then half of its requests fail, never two in a row: after a failure a success must
+        // take the lock (to end the streak), after that success it need not.
+        for _ in 0..11 {
+            f.record(0, Outcome::Failure, S);
+            assert!(!e.quiet.try_count_success(), "a failure unsettles it");
+            f.record(0, Outcome::Success, S);
+        }
+        // 42 requests, 11 failures: 26%. Without the 20 folded in, the 11th failure would have
+        // made 11 in 21 (52%) and ejected it.
+        assert_eq!(e.health(), Health::Healthy);
+        // Four failures in five (never five in a row): past 50% after seven such runs.
+        for _ in 0..8 {
+            for _ in 0..4 {
+                f.record(0, Outcome::Failure, S);
+            }
+            f.record(0, Outcome::Success, S);
+        }
+        assert!(
+            matches!(e.health(), Health::Ejected { .. }),
+            "the rate still ejects"
+        );
     }
 
     #[test]
