@@ -771,7 +771,7 @@ impl Endpoint {
     /// Records a successful response's time to first byte.
     pub fn observe_ttfb(&self, ttfb: Duration, at: Instant) {
         self.ttfb
-            .observe(ttfb.as_nanos() as f64, self.nanos_at(at), decay_nanos());
+            .observe(nanos(ttfb), self.nanos_at(at), decay_nanos());
     }
 
     /// Records a finished request. A failure is recorded as at least twice the current
@@ -783,20 +783,20 @@ impl Endpoint {
         if failed {
             self.failures.fetch_add(1, SeqCst);
             let current = self.ttfb.get(now, decay_nanos()).unwrap_or(0.0);
-            let penalty = (elapsed.as_nanos() as f64)
+            let penalty = nanos(elapsed)
                 .max(current * 2.0)
-                .max(FAILURE_PENALTY.as_nanos() as f64);
+                .max(nanos(FAILURE_PENALTY));
             self.ttfb.observe(penalty, now, decay_nanos());
             self.latency.observe(penalty, now, decay_nanos());
         } else {
-            self.latency
-                .observe(elapsed.as_nanos() as f64, now, decay_nanos());
+            self.latency.observe(nanos(elapsed), now, decay_nanos());
         }
     }
 
     fn nanos_at(&self, at: Instant) -> u64 {
         // 1 is added so that 0 can mean "no sample yet".
-        at.saturating_duration_since(self.born).as_nanos() as u64 + 1
+        let since = at.saturating_duration_since(self.born);
+        since.as_secs() * 1_000_000_000 + u64::from(since.subsec_nanos()) + 1
     }
 
     fn millis_at(&self, at: Instant) -> u64 {
@@ -817,7 +817,13 @@ fn normalize(weight: f64) -> f64 {
 }
 
 fn decay_nanos() -> f64 {
-    DECAY.as_nanos() as f64
+    nanos(DECAY)
+}
+
+/// A duration in nanoseconds as a float, without `as_nanos`'s 128-bit conversion.
+#[inline]
+fn nanos(d: Duration) -> f64 {
+    d.as_secs() as f64 * 1e9 + f64::from(d.subsec_nanos())
 }
 
 #[cfg(all(test, loom))]
