@@ -15,44 +15,18 @@
 //! Divide the total by the count (setup is a few percent). Run without an argument (as `cargo
 //! bench` does), it does all three once and prints nothing.
 
-use std::{
-    convert::Infallible,
-    future::{ready, Ready},
-    hint::black_box,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{hint::black_box, time::Duration};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Empty;
-use tower::{Service, ServiceExt};
+use http::Request;
+use tower::{Layer, Service, ServiceExt};
 use tower_ai_balance::{
-    affinity::StreamAffinityLayer,
-    failover::FailoverLayer,
-    health::HealthFilterLayer,
     hints::Exclude,
     pick::{self, Filter},
     BalanceLayer, EndpointConfig, Health, Pool, ThreadRng,
 };
 
-/// An endpoint that is always ready and answers at once with an empty body.
-#[derive(Clone, Copy)]
-struct Instant200;
-
-impl Service<Request<()>> for Instant200 {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<()>) -> Self::Future {
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
+#[path = "support/endpoint.rs"]
+mod endpoint;
 
 async fn requests<S>(mut svc: S, n: usize)
 where
@@ -70,26 +44,12 @@ fn stack(four: bool) {
         .enable_all()
         .build()
         .unwrap();
-    let pool = Pool::new();
-    for i in 0..8 {
-        pool.insert(format!("e{i}"), Instant200).unwrap();
-    }
+    let pool = endpoint::pool(8);
     rt.block_on(async move {
         if four {
-            let svc = tower::ServiceBuilder::new()
-                .layer(FailoverLayer::new())
-                .layer(StreamAffinityLayer::header(http::HeaderName::from_static(
-                    "x-session-id",
-                )))
-                .layer(HealthFilterLayer::new(&pool))
-                .layer(BalanceLayer::new())
-                .service(pool);
-            requests(svc, 20_000).await;
+            requests(endpoint::four_layers(pool), 20_000).await;
         } else {
-            let svc = tower::ServiceBuilder::new()
-                .layer(BalanceLayer::new())
-                .service(pool);
-            requests(svc, 20_000).await;
+            requests(BalanceLayer::new().layer(pool), 20_000).await;
         }
     });
 }

@@ -7,17 +7,10 @@
 //! `cargo bench --bench stack`. Each iteration is one request; the summary at the end prints
 //! each contender's time per request and its ratio to the direct call.
 
-use std::{
-    convert::Infallible,
-    future::{ready, Ready},
-    task::{Context, Poll},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
-use http::{Request, Response};
-use http_body_util::Empty;
+use http::Request;
 use tower::{
     balance::p2c,
     buffer::Buffer,
@@ -25,31 +18,14 @@ use tower::{
     load::{CompleteOnResponse, PendingRequests},
     Service, ServiceExt,
 };
-use tower_ai_balance::{
-    affinity::StreamAffinityLayer, failover::FailoverLayer, health::HealthFilterLayer,
-    BalanceLayer, Pool,
-};
+use tower_ai_balance::BalanceLayer;
+
+#[path = "support/endpoint.rs"]
+mod endpoint;
+use endpoint::Instant200;
 
 const ENDPOINTS: usize = 8;
 const CALLERS: [usize; 2] = [1, 64];
-
-/// An endpoint that is always ready and answers at once with an empty body.
-#[derive(Clone, Copy)]
-struct Instant200;
-
-impl Service<Request<()>> for Instant200 {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<()>) -> Self::Future {
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -102,31 +78,16 @@ fn benches(c: &mut Criterion) {
             b.iter_custom(|iters| drive(&rt, Instant200, n, iters))
         });
 
-        let pool = Pool::new();
-        for i in 0..ENDPOINTS {
-            pool.insert(format!("e{i}"), Instant200).unwrap();
-        }
         let ours = tower::ServiceBuilder::new()
             .layer(BalanceLayer::new())
-            .service(pool);
+            .service(endpoint::pool(ENDPOINTS));
         group.bench_with_input(
             BenchmarkId::new("tower-ai-balance", callers),
             &callers,
             |b, &n| b.iter_custom(|iters| drive(&rt, ours.clone(), n, iters)),
         );
 
-        let pool = Pool::new();
-        for i in 0..ENDPOINTS {
-            pool.insert(format!("e{i}"), Instant200).unwrap();
-        }
-        let four = tower::ServiceBuilder::new()
-            .layer(FailoverLayer::new())
-            .layer(StreamAffinityLayer::header(http::HeaderName::from_static(
-                "x-session-id",
-            )))
-            .layer(HealthFilterLayer::new(&pool))
-            .layer(BalanceLayer::new())
-            .service(pool);
+        let four = endpoint::four_layers(endpoint::pool(ENDPOINTS));
         group.bench_with_input(
             BenchmarkId::new("four layers", callers),
             &callers,
