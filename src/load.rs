@@ -154,10 +154,14 @@ impl LoadGuard {
     }
 
     /// Takes a slot whatever the endpoint's health (panic mode).
-    pub(crate) fn acquire_any(endpoint: &Arc<Endpoint>, cost: u64) -> Option<Self> {
+    pub(crate) fn acquire_any_at(
+        endpoint: &Arc<Endpoint>,
+        cost: u64,
+        start: Instant,
+    ) -> Option<Self> {
         endpoint
             .try_acquire_any(cost)
-            .then(|| Self::held(endpoint, cost, Instant::now(), false))
+            .then(|| Self::held(endpoint, cost, start, false))
     }
 
     fn held(endpoint: &Arc<Endpoint>, cost: u64, start: Instant, trial: bool) -> Self {

@@ -97,7 +97,9 @@ impl<S: Clone> Balance<S> {
         let cost = hints.get::<Cost>().map_or(1, |c| c.0);
         let affinity = hints.get::<Affinity>();
         let require = hints.get::<Require>();
-        let mut filter = Filter::new().cost(cost);
+        // One clock read serves the whole pick: the health of an endpoint whose ejection may
+        // have ended, and the start of the request's timing.
+        let mut filter = Filter::new().cost(cost).at(Instant::now());
         if let Some(exclude) = hints.get::<Exclude>() {
             filter = filter.exclude(exclude);
         }
@@ -109,13 +111,13 @@ impl<S: Clone> Balance<S> {
             }
             None => &**all,
         };
-        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
             self.pool.note_panic(false);
             return Ok(self.picked(hints, picked));
         }
         // Endpoints held back by a soft ejection serve only when nothing else can.
         let filter = filter.include_held();
-        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
             return Ok(self.picked(hints, picked));
         }
         if let Some(unmet) = require.and_then(|r| unsatisfiable(&all, r)) {
@@ -125,7 +127,7 @@ impl<S: Clone> Balance<S> {
             Miss::Unavailable(_) if self.pool.panic_routing() => {
                 // Health leaves nothing: route to every endpoint rather than fail everything.
                 let filter = filter.ignore_health();
-                let picked = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_any);
+                let picked = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_any_at);
                 self.pool.note_panic(picked.is_some());
                 picked
                     .map(|p| self.picked(hints, p))
@@ -163,7 +165,7 @@ impl<S: Clone> Balance<S> {
         snapshot: &Snapshot<S>,
         filter: &Filter<'_>,
         affinity: Option<&Affinity>,
-        acquire: fn(&Arc<crate::Endpoint>, u64) -> Option<LoadGuard>,
+        acquire: fn(&Arc<crate::Endpoint>, u64, Instant) -> Option<LoadGuard>,
     ) -> Option<(S, LoadGuard)> {
         for (entries, max_weight) in snapshot.weighted_tiers() {
             let weighted;
@@ -188,7 +190,7 @@ impl<S: Clone> Balance<S> {
                     break; // nothing eligible in this tier: try the next
                 };
                 let entry = &entries[i];
-                if let Some(guard) = acquire(entry.endpoint(), filter.cost) {
+                if let Some(guard) = acquire(entry.endpoint(), filter.cost, filter.now()) {
                     return Some((entry.service().clone(), guard));
                 }
             }
