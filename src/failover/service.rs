@@ -200,7 +200,8 @@ where
             // and of the body, made only if a retry could be sent.
             let template = request.body().replay().filter(|_| shared.attempts > 1);
             let head = template.as_ref().map(|_| Head::from_request(&request));
-            let call = service.call(request);
+            // The inner layers log their picks inside the request's span.
+            let call = span.in_scope(|| service.call(request));
             // After `call`, the service is polled ready again before any retry.
             let retry = head.map(|head| Retry {
                 service,
