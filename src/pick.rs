@@ -275,18 +275,19 @@ fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     rng: &mut R,
 ) -> Option<(usize, usize, bool)> {
     // The common case, unweighted: one word gives two distinct eligible endpoints.
-    let n = endpoints.len();
-    let word = rng.next_u64();
-    let (a, b) = (
-        crate::rng::below(word as u32, n),
-        crate::rng::below((word >> 32) as u32, n),
-    );
-    if a != b
-        && filter.max_weight.is_none()
-        && filter.eligible(endpoints[a].as_ref())
-        && filter.eligible(endpoints[b].as_ref())
-    {
-        return Some((a, b, coin(word)));
+    if filter.max_weight.is_none() {
+        let n = endpoints.len();
+        let word = rng.next_u64();
+        let (a, b) = (
+            crate::rng::below(word as u32, n),
+            crate::rng::below((word >> 32) as u32, n),
+        );
+        if a != b
+            && filter.eligible(endpoints[a].as_ref())
+            && filter.eligible(endpoints[b].as_ref())
+        {
+            return Some((a, b, coin(word)));
+        }
     }
     // Otherwise draw afresh until two are found: still uniform over eligible pairs, since
     // the first draw is kept only when it is such a pair.
