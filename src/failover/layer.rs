@@ -122,7 +122,7 @@ impl FailoverLayer {
     }
 }
 
-impl<S> Layer<S> for FailoverLayer {
+impl<S: Clone> Layer<S> for FailoverLayer {
     type Service = Failover<S>;
 
     fn layer(&self, inner: S) -> Failover<S> {

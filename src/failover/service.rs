@@ -32,12 +32,25 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Failover<S> {
     inner: S,
-    shared: Arc<Shared>,
+    ctx: Arc<Ctx<S>>,
 }
 
-impl<S> Failover<S> {
+/// What the requests through one service share: the layer's settings, and a clone of the
+/// inner service made with the layer, from which a retry clones its own. A request that needs
+/// no retry copies no service, and holds one reference count instead of one per inner layer.
+#[derive(Debug)]
+struct Ctx<S> {
+    shared: Arc<Shared>,
+    spare: S,
+}
+
+impl<S: Clone> Failover<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        let spare = inner.clone();
+        Self {
+            inner,
+            ctx: Arc::new(Ctx { shared, spare }),
+        }
     }
 }
 
@@ -69,8 +82,8 @@ pin_project! {
         First {
             #[pin]
             call: S::Future,
-            retry: Option<Retry<S, B>>,
-            shared: Arc<Shared>,
+            retry: Option<Retry<B>>,
+            ctx: Arc<Ctx<S>>,
         },
         /// The attempts after it, or all of them.
         Boxed {
@@ -79,9 +92,8 @@ pin_project! {
     }
 }
 
-/// What a retry needs from the first attempt: a service, the head and a copy of the body.
-struct Retry<S, B> {
-    service: S,
+/// What a retry needs from the first attempt: the head and a copy of the body.
+struct Retry<B> {
     head: Head,
     template: Option<B>,
 }
@@ -116,11 +128,8 @@ where
         let _span = this.span.enter();
         loop {
             match this.state.as_mut().project() {
-                StateProj::First {
-                    call,
-                    retry,
-                    shared,
-                } => {
+                StateProj::First { call, retry, ctx } => {
+                    let shared = &ctx.shared;
                     let (failure, endpoint) = match judge_now(shared, ready!(call.poll(cx)), None) {
                         Judged::Step(Step::Retry(failure, endpoint)) => (failure, endpoint),
                         Judged::Step(Step::Done(response)) => return Poll::Ready(Ok(response)),
@@ -130,12 +139,7 @@ where
                             return Poll::Ready(Ok(response.map(|b| ResponseBody::new(None, b))))
                         }
                     };
-                    let Some(Retry {
-                        service,
-                        head,
-                        template,
-                    }) = retry.take()
-                    else {
+                    let Some(Retry { head, template }) = retry.take() else {
                         // No retry could be sent: say why, as the attempts loop would.
                         let error = if shared.attempts > 1 {
                             NotReplayable::new(vec![failure]).into()
@@ -152,7 +156,7 @@ where
                     let future = run(
                         Arc::clone(shared),
                         None,
-                        service,
+                        ctx.spare.clone(),
                         head,
                         template,
                         exclude,
@@ -188,35 +192,31 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service takes the first attempt; a clone stays for the next call.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
         let span =
             tracing::debug_span!("request", method = %request.method(), uri = %request.uri());
-        let shared = &self.shared;
+        let shared = &self.ctx.shared;
         shared.budget.deposit();
         let state = if shared.head_is_enough() {
             // The first attempt takes the request as it is; a retry needs a copy of the head
             // and of the body, made only if a retry could be sent.
             let template = request.body().replay().filter(|_| shared.attempts > 1);
             let head = template.as_ref().map(|_| Head::from_request(&request));
-            // The inner layers log their picks inside the request's span.
-            let call = span.in_scope(|| service.call(request));
-            // After `call`, the service is polled ready again before any retry.
-            let retry = head.map(|head| Retry {
-                service,
-                head,
-                template,
-            });
+            // The inner service was polled ready for this call; the inner layers log their
+            // picks inside the request's span.
+            let call = span.in_scope(|| self.inner.call(request));
+            let retry = head.map(|head| Retry { head, template });
             State::First {
                 call,
                 retry,
-                shared: Arc::clone(shared),
+                ctx: Arc::clone(&self.ctx),
             }
         } else {
             let (parts, body) = request.into_parts();
             let template = body.replay();
             let head = Head::from(parts);
+            // The ready service takes the first attempt; a clone stays for the next call.
+            let clone = self.inner.clone();
+            let service = std::mem::replace(&mut self.inner, clone);
             let deadline = shared.deadline.map(|d| Instant::now() + d);
             let spare = service.clone();
             let future = run(
