@@ -692,10 +692,10 @@ impl Endpoint {
         ignore_health: bool,
         include_held: bool,
     ) -> Option<(usize, f64)> {
-        let in_flight = self.hot.slots.word();
+        let in_flight = self.hot.slots.open_below(self.hot.max_concurrency)?;
         let weight = f64::from_bits(self.hot.weight.load(SeqCst));
-        if in_flight >= self.hot.max_concurrency || weight == 0.0 {
-            // Full, removed (the top bit makes the word huge) or drained by weight 0.
+        if weight == 0.0 {
+            // Drained by weight 0.
             return None;
         }
         if self.hot.health.load(SeqCst) & 3 == HEALTHY {

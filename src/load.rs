@@ -70,10 +70,12 @@ impl Slots {
         self.extra.load(SeqCst) + self.in_flight() as u64
     }
 
-    /// The in-flight word as is: the count, with the top bit set if removed.
+    /// The in-flight count if the endpoint is not removed and has fewer than `max` in flight:
+    /// one load for both questions.
     #[inline]
-    pub(crate) fn word(&self) -> usize {
-        self.in_flight.load(SeqCst)
+    pub(crate) fn open_below(&self, max: usize) -> Option<usize> {
+        let word = self.in_flight.load(SeqCst);
+        (word & REMOVED == 0 && word < max).then_some(word)
     }
 
     #[inline]

@@ -743,6 +743,22 @@ mod tests {
     }
 
     #[test]
+    fn removed_endpoints_without_a_limit_are_never_picked() {
+        // The removed flag is the in-flight word's top bit; without a concurrency limit the
+        // word must not pass as merely "less than the limit".
+        let eps: Vec<_> = (0..2)
+            .map(|i| Endpoint::new(EndpointConfig::new(format!("e{i}"))).unwrap())
+            .collect();
+        eps.iter().for_each(|e| e.mark_removed());
+        let filter = Filter::new();
+        assert!(!filter.eligible(&eps[0]));
+        let mut rng = FastRng::seeded(3);
+        for _ in 0..100 {
+            assert_eq!(p2c(&eps, &filter, &mut rng), None);
+        }
+    }
+
+    #[test]
     fn filters_leave_out_excluded_drained_ejected_and_full_endpoints() {
         let eps: Vec<_> = (0..6)
             .map(|i| {
