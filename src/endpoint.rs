@@ -679,11 +679,11 @@ impl Endpoint {
     }
 
     /// For the pick: `Some((in_flight, weight as picks see it))` if the endpoint takes traffic
-    /// and has room, reading each word once. The same verdict as [`takes_traffic`] and
-    /// [`has_room`], with [`effective_weight`]; a healthy endpoint reads no clock.
+    /// and has a free slot under its concurrency limit, reading each word once. The verdict of
+    /// [`takes_traffic`] plus the limit, with [`effective_weight`]; a healthy endpoint reads no
+    /// clock.
     ///
     /// [`takes_traffic`]: Self::takes_traffic
-    /// [`has_room`]: Self::has_room
     /// [`effective_weight`]: Self::effective_weight
     #[inline(always)]
     pub(crate) fn pick_view(
@@ -703,12 +703,6 @@ impl Endpoint {
         }
         (ignore_health || self.health_allows(now, include_held))
             .then(|| (in_flight, self.effective_weight(now)))
-    }
-
-    /// Whether it has a free slot under its concurrency limit.
-    #[inline]
-    pub(crate) fn has_room(&self) -> bool {
-        self.hot.slots.in_flight() < self.hot.max_concurrency
     }
 
     /// Takes a slot, and a half-open trial permit if the endpoint is on trial. `None` if the

@@ -158,15 +158,13 @@ impl<'a> Filter<'a> {
     /// Whether the endpoint may take the request now, concurrency limit included.
     #[inline]
     pub fn eligible(&self, e: &Endpoint) -> bool {
-        self.serves(e) && e.has_room()
+        self.view(e).is_some()
     }
 
     /// Whether the endpoint may take the request, ignoring its concurrency limit.
     #[inline]
     pub fn serves(&self, e: &Endpoint) -> bool {
-        e.takes_traffic(&self.now, self.ignore_health, self.include_held)
-            && self.exclude.map_or(true, |x| !x.contains(e))
-            && self.require.map_or(true, |r| r.admits(e))
+        e.takes_traffic(&self.now, self.ignore_health, self.include_held) && self.wants(e)
     }
 
     /// `Some((in_flight, weight))` if the endpoint may take the request now: what
@@ -174,9 +172,21 @@ impl<'a> Filter<'a> {
     #[inline(always)]
     fn view(&self, e: &Endpoint) -> Option<(usize, f64)> {
         let view = e.pick_view(&self.now, self.ignore_health, self.include_held)?;
-        (self.exclude.map_or(true, |x| !x.contains(e))
-            && self.require.map_or(true, |r| r.admits(e)))
-        .then_some(view)
+        self.wants(e).then_some(view)
+    }
+
+    /// The request's own conditions: not excluded, requirements met.
+    #[inline(always)]
+    fn wants(&self, e: &Endpoint) -> bool {
+        let excluded = match self.exclude {
+            Some(x) => x.contains(e),
+            None => false,
+        };
+        !excluded
+            && match self.require {
+                Some(r) => r.admits(e),
+                None => true,
+            }
     }
 
     /// The endpoint's weight as picks see it now (reduced while it slow-starts).
@@ -276,12 +286,8 @@ fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
 ) -> Option<(usize, usize, bool)> {
     // The common case, unweighted: one word gives two distinct eligible endpoints.
     if filter.max_weight.is_none() {
-        let n = endpoints.len();
         let word = rng.next_u64();
-        let (a, b) = (
-            crate::rng::below(word as u32, n),
-            crate::rng::below((word >> 32) as u32, n),
-        );
+        let (a, b) = pair(word, endpoints.len());
         if a != b
             && filter.eligible(endpoints[a].as_ref())
             && filter.eligible(endpoints[b].as_ref())
@@ -292,6 +298,26 @@ fn sample_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     // Otherwise draw afresh until two are found: still uniform over eligible pairs, since
     // the first draw is kept only when it is such a pair.
     sample_two_slowly(endpoints, filter, rng)
+}
+
+/// Two indices below `n` from one word's halves (Lemire's multiply-shift).
+#[inline]
+fn pair(word: u64, n: usize) -> (usize, usize) {
+    (
+        crate::rng::below(word as u32, n),
+        crate::rng::below((word >> 32) as u32, n),
+    )
+}
+
+/// `a` if it is less by `order`, `b` if greater, the coin deciding a tie.
+#[inline]
+fn choose(order: std::cmp::Ordering, a: usize, b: usize, coin: bool) -> usize {
+    match order {
+        std::cmp::Ordering::Less => a,
+        std::cmp::Ordering::Greater => b,
+        std::cmp::Ordering::Equal if coin => a,
+        std::cmp::Ordering::Equal => b,
+    }
 }
 
 /// A coin from a word's bits that the indices do not use alone.
@@ -347,12 +373,12 @@ pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     // The hot path: one word draws two distinct endpoints, each read once; compare
     // (in_flight + 1) / weight without dividing.
     let n = endpoints.len();
-    if n >= 2 && filter.max_weight.is_none() {
+    if n < 2 {
+        return least_loaded(endpoints, filter, rng);
+    }
+    if filter.max_weight.is_none() {
         let word = rng.next_u64();
-        let (a, b) = (
-            crate::rng::below(word as u32, n),
-            crate::rng::below((word >> 32) as u32, n),
-        );
+        let (a, b) = pair(word, n);
         if a != b {
             if let (Some((fa, wa)), Some((fb, wb))) = (
                 filter.view(endpoints[a].as_ref()),
@@ -363,16 +389,24 @@ pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
                 } else {
                     ((fa + 1) as f64 * wb).total_cmp(&((fb + 1) as f64 * wa))
                 };
-                return Some(match order {
-                    std::cmp::Ordering::Less => a,
-                    std::cmp::Ordering::Greater => b,
-                    std::cmp::Ordering::Equal if coin(word) => a,
-                    std::cmp::Ordering::Equal => b,
-                });
+                return Some(choose(order, a, b, coin(word)));
             }
         }
     }
-    best_of_two(endpoints, filter, rng, |a, b| compare_load(a, b, filter))
+    p2c_slowly(endpoints, filter, rng)
+}
+
+/// After the first draw missed (or when weights differ): no second try at the one-word draw.
+#[inline(never)]
+fn p2c_slowly<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    let sampled = sample_two_slowly(endpoints, filter, rng);
+    better_of(endpoints, filter, rng, sampled, |a, b| {
+        compare_load(a, b, filter)
+    })
 }
 
 /// The better of two eligible endpoints sampled at random by `order`, a coin deciding ties; a
@@ -389,15 +423,27 @@ fn best_of_two<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     } else {
         sample_two(endpoints, filter, rng)
     };
+    better_of(endpoints, filter, rng, sampled, order)
+}
+
+/// The better of a sampled pair by `order`; without a pair, the best by full scan.
+#[inline]
+fn better_of<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+    sampled: Option<(usize, usize, bool)>,
+    order: impl Fn(&Endpoint, &Endpoint) -> std::cmp::Ordering,
+) -> Option<usize> {
     let Some((a, b, coin)) = sampled else {
         return best_by(endpoints, filter, rng, order);
     };
-    Some(match order(endpoints[a].as_ref(), endpoints[b].as_ref()) {
-        std::cmp::Ordering::Less => a,
-        std::cmp::Ordering::Greater => b,
-        std::cmp::Ordering::Equal if coin => a,
-        std::cmp::Ordering::Equal => b,
-    })
+    Some(choose(
+        order(endpoints[a].as_ref(), endpoints[b].as_ref()),
+        a,
+        b,
+        coin,
+    ))
 }
 
 /// The least-loaded eligible endpoint by full scan; ties broken uniformly at random.
