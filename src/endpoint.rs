@@ -12,7 +12,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     capability::Capabilities,
     error::ConfigError,
-    load::{Acquired, Slots},
+    load::{Acquired, Slots, NO_LIMIT},
     outlier::Outliers,
     sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst},
 };
@@ -399,12 +399,15 @@ impl Endpoint {
         capacity: Arc<Capacity>,
     ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
+        let weight = normalize(config.weight);
         Ok(Arc::new(Self {
             hot: Hot {
-                slots: Slots::new(),
-                weight: AtomicU64::new(normalize(config.weight).to_bits()),
+                slots: Slots::new(weight == 0.0),
+                weight: AtomicU64::new(weight.to_bits()),
                 health: AtomicU64::new(HEALTHY),
-                max_concurrency: config.max_concurrency.unwrap_or(usize::MAX),
+                max_concurrency: config
+                    .max_concurrency
+                    .map_or(NO_LIMIT, |max| max.min(NO_LIMIT)),
                 id: next_id(),
             },
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
@@ -444,6 +447,7 @@ impl Endpoint {
     }
 
     /// A process-unique number, used by [`Exclude`](crate::hints::Exclude).
+    #[inline]
     pub fn id(&self) -> u64 {
         self.hot.id
     }
@@ -466,12 +470,32 @@ impl Endpoint {
 
     pub(crate) fn set_weight(&self, weight: f64) {
         self.hot.weight.store(normalize(weight).to_bits(), SeqCst);
+        self.refresh_gate();
         self.capacity.wake();
     }
 
     /// The concurrency limit, if any.
     pub fn max_concurrency(&self) -> Option<usize> {
-        (self.hot.max_concurrency != usize::MAX).then_some(self.hot.max_concurrency)
+        (self.hot.max_concurrency != NO_LIMIT).then_some(self.hot.max_concurrency)
+    }
+
+    /// Whether health and weight let every pick through: `Healthy`, weight above 0.
+    fn plainly_open(&self) -> bool {
+        self.hot.health.load(SeqCst) & 3 == HEALTHY && self.hot.weight.load(SeqCst) != 0
+    }
+
+    /// Makes the gate say what health and weight say; called after every write to either.
+    /// Writers race, so each rereads after writing the gate and tries again if the state moved
+    /// meanwhile: the last gate write of all then follows the last health and weight writes,
+    /// and the gate is never left open on a closed endpoint, nor closed on an open one.
+    fn refresh_gate(&self) {
+        loop {
+            let open = self.plainly_open();
+            self.hot.slots.set_gated(!open);
+            if self.plainly_open() == open {
+                return;
+            }
+        }
     }
 
     /// What it can serve.
@@ -566,6 +590,7 @@ impl Endpoint {
         self.hot
             .health
             .store(RAMPING | (self.millis_at(until) << 2), SeqCst);
+        self.refresh_gate();
     }
 
     fn store_health(&self, health: Health, trials: u32) {
@@ -581,6 +606,7 @@ impl Endpoint {
         };
         self.trials.store(trials, SeqCst);
         self.hot.health.store(raw, SeqCst);
+        self.refresh_gate();
         if raw & 3 == HEALTHY || raw & 3 == RAMPING {
             self.capacity.wake();
         }
@@ -678,27 +704,36 @@ impl Endpoint {
             && (ignore_health || self.health_allows(now, include_held))
     }
 
-    /// For the pick: `Some((in_flight, weight as picks see it))` if the endpoint takes traffic
-    /// and has a free slot under its concurrency limit, reading each word once. The verdict of
-    /// [`takes_traffic`] plus the limit, with [`effective_weight`]; a healthy endpoint reads no
-    /// clock.
+    /// The pick's first question, from one load and one comparison: the in-flight count if
+    /// the endpoint is open (not removed, healthy, weight above 0) with a free slot under its
+    /// concurrency limit. If not, [`gated_view`](Self::gated_view) decides.
+    #[inline(always)]
+    pub(crate) fn open_slot(&self) -> Option<usize> {
+        self.hot.slots.open(self.hot.max_concurrency)
+    }
+
+    /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((in_flight, weight as
+    /// picks see it))` if the endpoint has a free slot and takes traffic now. The verdict of
+    /// [`takes_traffic`] and the limit, with [`effective_weight`].
     ///
     /// [`takes_traffic`]: Self::takes_traffic
     /// [`effective_weight`]: Self::effective_weight
-    #[inline(always)]
-    pub(crate) fn pick_view(
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn gated_view(
         &self,
         now: &crate::pick::LazyNow,
         ignore_health: bool,
         include_held: bool,
     ) -> Option<(usize, f64)> {
-        let in_flight = self.hot.slots.open_below(self.hot.max_concurrency)?;
-        let weight = f64::from_bits(self.hot.weight.load(SeqCst));
+        let in_flight = self.hot.slots.gated_room(self.hot.max_concurrency)?;
+        let weight = self.weight();
         if weight == 0.0 {
             // Drained by weight 0.
             return None;
         }
         if self.hot.health.load(SeqCst) & 3 == HEALTHY {
+            // The gate is about to open.
             return Some((in_flight, weight));
         }
         (ignore_health || self.health_allows(now, include_held))
@@ -899,5 +934,89 @@ mod loom_tests {
             );
             assert_eq!(trials & 0xffff, 1, "a permit was lost");
         });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// The gate in the in-flight word must say "look closer" exactly when health or weight
+    /// would refuse a plain pick, whatever the order of writes, and never disturb the count.
+    #[test]
+    fn the_gate_follows_health_and_weight_and_keeps_the_count() {
+        let e = Endpoint::new(EndpointConfig::new("a")).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(!e.hot.slots.is_gated());
+        assert_eq!(e.open_slot(), Some(0));
+
+        assert_eq!(e.try_acquire(1), Some(false));
+        e.set_health(Health::Ejected { until: later });
+        assert!(e.hot.slots.is_gated());
+        assert_eq!(e.open_slot(), None, "an ejected endpoint is not open");
+        assert_eq!(e.in_flight(), 1, "the gate is not counted");
+
+        e.set_health(Health::SlowStart { until: later });
+        assert!(
+            e.hot.slots.is_gated(),
+            "a ramping weight needs the closer look"
+        );
+        e.set_health(Health::CoolingDown { until: later });
+        assert!(e.hot.slots.is_gated());
+        e.set_health(Health::Healthy);
+        assert!(!e.hot.slots.is_gated());
+        assert_eq!(e.open_slot(), Some(1));
+
+        e.set_weight(0.0);
+        assert!(e.hot.slots.is_gated(), "weight 0 drains");
+        e.set_health(Health::Ejected { until: later });
+        e.set_health(Health::Healthy);
+        assert!(e.hot.slots.is_gated(), "healthy again, but still weight 0");
+        e.set_weight(2.0);
+        assert!(!e.hot.slots.is_gated());
+
+        // Releasing under the gate, and removal, keep their meaning.
+        e.set_weight(0.0);
+        e.release(1);
+        assert_eq!(e.in_flight(), 0);
+        e.mark_removed();
+        assert!(e.is_removed());
+        assert_eq!(e.open_slot(), None);
+        assert_eq!(e.in_flight(), 0);
+
+        let zero = Endpoint::new(EndpointConfig::new("b").weight(0.0)).unwrap();
+        assert!(zero.hot.slots.is_gated(), "born at weight 0, born gated");
+    }
+
+    /// Two writers racing health against weight leave the gate true to the final state.
+    #[test]
+    fn racing_writers_leave_the_gate_true_to_the_last_state() {
+        let e = Endpoint::new(EndpointConfig::new("a")).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        for round in 0..200 {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for i in 0..50 {
+                        let h = if i % 2 == 0 {
+                            Health::Ejected { until: later }
+                        } else {
+                            Health::Healthy
+                        };
+                        e.set_health(h);
+                    }
+                });
+                s.spawn(|| {
+                    for i in 0..50 {
+                        e.set_weight(if (i + round) % 3 == 0 { 0.0 } else { 1.0 });
+                    }
+                });
+            });
+            let open = e.health() == Health::Healthy && e.weight() > 0.0;
+            assert_eq!(e.hot.slots.is_gated(), !open, "round {round}");
+        }
     }
 }

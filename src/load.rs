@@ -25,13 +25,20 @@ use crate::{
     sync::{AtomicU64, AtomicUsize, Ordering::SeqCst},
 };
 
-/// An endpoint's load counters: requests in flight and their outstanding cost. The top bit of
-/// the in-flight word says the endpoint was removed, so that acquiring, releasing and removing
-/// each read and write one atomic in one step: whoever makes a removed endpoint empty learns it
-/// from the value its own read-modify-write returns, and the drain is always announced. The
-/// outstanding cost is the in-flight count plus the cost above 1 of each request, so a request
-/// of cost 1 (every request without a `Cost` hint) touches one word. Pure atomics, modelled
-/// under loom.
+/// An endpoint's load counters: requests in flight and their outstanding cost.
+///
+/// The in-flight word carries two flags above the count. The top bit says the endpoint was
+/// removed, so that acquiring, releasing and removing each read and write one atomic in one
+/// step: whoever makes a removed endpoint empty learns it from the value its own
+/// read-modify-write returns, and the drain is always announced. The next bit, the gate, says
+/// the endpoint is not simply open (its health is not `Healthy` or its weight is 0; the
+/// endpoint keeps it true to both), so that a pick learns from one load and one comparison
+/// with the concurrency limit that an endpoint is open with room, and looks closer only when
+/// it is not.
+///
+/// The outstanding cost is the in-flight count plus the cost above 1 of each request, so a
+/// request of cost 1 (every request without a `Cost` hint) touches one word. Pure atomics,
+/// modelled under loom.
 #[derive(Debug)]
 pub(crate) struct Slots {
     in_flight: AtomicUsize,
@@ -40,6 +47,10 @@ pub(crate) struct Slots {
 }
 
 const REMOVED: usize = 1 << (usize::BITS - 1);
+const GATED: usize = 1 << (usize::BITS - 2);
+const COUNT: usize = GATED - 1;
+/// The concurrency limit that means none: every count is below it, and no flagged word is.
+pub(crate) const NO_LIMIT: usize = GATED;
 
 /// The outcome of [`Slots::try_acquire`].
 #[derive(Debug, PartialEq, Eq)]
@@ -54,28 +65,37 @@ pub(crate) enum Acquired {
 }
 
 impl Slots {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(gated: bool) -> Self {
         Self {
-            in_flight: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(if gated { GATED } else { 0 }),
             extra: AtomicU64::new(0),
         }
     }
 
     #[inline]
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(SeqCst) & !REMOVED
+        self.in_flight.load(SeqCst) & COUNT
     }
 
     pub(crate) fn outstanding(&self) -> u64 {
         self.extra.load(SeqCst) + self.in_flight() as u64
     }
 
-    /// The in-flight count if the endpoint is not removed and has fewer than `max` in flight:
-    /// one load for both questions.
-    #[inline]
-    pub(crate) fn open_below(&self, max: usize) -> Option<usize> {
+    /// The pick's question, from one load and one comparison: the in-flight count if the
+    /// endpoint is open (not removed, not gated) with fewer than `max` (at most [`NO_LIMIT`])
+    /// in flight. If not, [`gated_room`](Self::gated_room) tells why.
+    #[inline(always)]
+    pub(crate) fn open(&self, max: usize) -> Option<usize> {
         let word = self.in_flight.load(SeqCst);
-        (word & REMOVED == 0 && word < max).then_some(word)
+        (word < max).then_some(word)
+    }
+
+    /// The in-flight count if the endpoint is not removed and has fewer than `max` in flight,
+    /// gated or not (health and weight must then decide).
+    #[inline]
+    pub(crate) fn gated_room(&self, max: usize) -> Option<usize> {
+        let word = self.in_flight.load(SeqCst);
+        (word & REMOVED == 0 && word & COUNT < max).then_some(word & COUNT)
     }
 
     #[inline]
@@ -83,15 +103,29 @@ impl Slots {
         self.in_flight.load(SeqCst) & REMOVED != 0
     }
 
+    #[cfg(test)]
+    pub(crate) fn is_gated(&self) -> bool {
+        self.in_flight.load(SeqCst) & GATED != 0
+    }
+
+    /// Sets or clears the gate.
+    pub(crate) fn set_gated(&self, gated: bool) {
+        if gated {
+            self.in_flight.fetch_or(GATED, SeqCst);
+        } else {
+            self.in_flight.fetch_and(!GATED, SeqCst);
+        }
+    }
+
     /// Takes a slot unless `max` are taken: one `fetch_add` without a limit, a CAS loop with
     /// one, so the limit is never exceeded, not even for an instant. A cost of 0 counts as 1.
     #[inline]
     pub(crate) fn try_acquire(&self, max: usize, cost: u64) -> Acquired {
-        let before = if max == usize::MAX {
+        let before = if max >= NO_LIMIT {
             self.in_flight.fetch_add(1, SeqCst)
         } else {
             match self.in_flight.fetch_update(SeqCst, SeqCst, |n| {
-                (n & REMOVED != 0 || n < max).then(|| n + 1)
+                (n & REMOVED != 0 || n & COUNT < max).then(|| n + 1)
             }) {
                 Ok(before) => before,
                 Err(_) => return Acquired::Full,
@@ -115,13 +149,13 @@ impl Slots {
             self.extra.fetch_sub(cost - 1, SeqCst);
         }
         let before = self.in_flight.fetch_sub(1, SeqCst);
-        debug_assert!(before & !REMOVED > 0, "in-flight underflow");
-        before == REMOVED | 1
+        debug_assert!(before & COUNT > 0, "in-flight underflow");
+        before & !GATED == REMOVED | 1
     }
 
     /// Marks the endpoint removed. Returns whether it is already empty.
     pub(crate) fn remove(&self) -> bool {
-        self.in_flight.fetch_or(REMOVED, SeqCst) & !REMOVED == 0
+        self.in_flight.fetch_or(REMOVED, SeqCst) & COUNT == 0
     }
 }
 
@@ -391,7 +425,7 @@ mod loom_tests {
     #[test]
     fn limit_is_never_exceeded_and_counts_return_to_zero() {
         loom::model(|| {
-            let slots = Arc::new(Slots::new());
+            let slots = Arc::new(Slots::new(false));
             let live = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
             let handles: Vec<_> = (0..2)
                 .map(|_| {
@@ -417,11 +451,11 @@ mod loom_tests {
     #[test]
     fn removal_during_traffic_always_announces_the_drain() {
         loom::model(|| {
-            let slots = Arc::new(Slots::new());
+            let slots = Arc::new(Slots::new(false));
             let announced = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
             let worker = {
                 let (slots, announced) = (Arc::clone(&slots), Arc::clone(&announced));
-                thread::spawn(move || match slots.try_acquire(usize::MAX, 1) {
+                thread::spawn(move || match slots.try_acquire(super::NO_LIMIT, 1) {
                     Acquired::Yes => {
                         if slots.release(1) {
                             announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);

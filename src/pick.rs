@@ -69,6 +69,10 @@ impl LazyNow {
 #[derive(Debug, Clone)]
 pub struct Filter<'a> {
     exclude: Option<&'a Exclude>,
+    /// One bit per endpoint id modulo 64: the endpoints that need a closer look (the
+    /// exclusion's bits, or all of them when there are requirements). Endpoints with a clear
+    /// bit are wanted, from one load and one bit test.
+    check_mask: u64,
     require: Option<&'a Require>,
     pub(crate) cost: u64,
     max_weight: Option<f64>,
@@ -89,6 +93,7 @@ impl<'a> Filter<'a> {
     pub fn new() -> Self {
         Self {
             exclude: None,
+            check_mask: 0,
             require: None,
             cost: 1,
             max_weight: None,
@@ -101,6 +106,7 @@ impl<'a> Filter<'a> {
     /// Also leaves out endpoints that do not meet `require`.
     pub fn require(mut self, require: &'a Require) -> Self {
         self.require = Some(require);
+        self.check_mask = !0;
         self
     }
 
@@ -124,9 +130,9 @@ impl<'a> Filter<'a> {
 
     /// Also leaves out these endpoints.
     pub fn exclude(mut self, exclude: &'a Exclude) -> Self {
-        if !exclude.is_empty() {
-            self.exclude = Some(exclude);
-        }
+        // An empty set has an empty mask: no endpoint is looked at twice.
+        self.exclude = Some(exclude);
+        self.check_mask |= exclude.mask();
         self
     }
 
@@ -171,15 +177,30 @@ impl<'a> Filter<'a> {
     /// [`eligible`](Self::eligible) and [`weight`](Self::weight) say, each word read once.
     #[inline(always)]
     fn view(&self, e: &Endpoint) -> Option<(usize, f64)> {
-        let view = e.pick_view(&self.now, self.ignore_health, self.include_held)?;
+        let view = match e.open_slot() {
+            Some(in_flight) => (in_flight, e.weight()),
+            None => e.gated_view(&self.now, self.ignore_health, self.include_held)?,
+        };
         self.wants(e).then_some(view)
     }
 
     /// The request's own conditions: not excluded, requirements met.
     #[inline(always)]
     fn wants(&self, e: &Endpoint) -> bool {
+        self.plainly_wants(e) || self.wants_on_closer_look(e)
+    }
+
+    /// Whether the endpoint is wanted at a glance: its bit in the check mask is clear. If not,
+    /// [`wants_on_closer_look`](Self::wants_on_closer_look) decides.
+    #[inline(always)]
+    fn plainly_wants(&self, e: &Endpoint) -> bool {
+        (self.check_mask >> (e.id() % 64)) & 1 == 0
+    }
+
+    #[inline(never)]
+    fn wants_on_closer_look(&self, e: &Endpoint) -> bool {
         let excluded = match self.exclude {
-            Some(x) => x.contains(e),
+            Some(x) => x.lists(e.id()),
             None => false,
         };
         !excluded
@@ -380,18 +401,45 @@ pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         let word = rng.next_u64();
         let (a, b) = pair(word, n);
         if a != b {
-            if let (Some((fa, wa)), Some((fb, wb))) = (
-                filter.view(endpoints[a].as_ref()),
-                filter.view(endpoints[b].as_ref()),
-            ) {
-                let order = if wa == wb {
-                    fa.cmp(&fb)
-                } else {
-                    ((fa + 1) as f64 * wb).total_cmp(&((fb + 1) as f64 * wa))
-                };
-                return Some(choose(order, a, b, coin(word)));
+            let (ea, eb) = (endpoints[a].as_ref(), endpoints[b].as_ref());
+            // Both open with room and plainly wanted: nothing is called, so nothing spills.
+            if let (Some(fa), Some(fb)) = (ea.open_slot(), eb.open_slot()) {
+                if filter.plainly_wants(ea) && filter.plainly_wants(eb) {
+                    let order = compare_views(fa, ea.weight(), fb, eb.weight());
+                    return Some(choose(order, a, b, coin(word)));
+                }
             }
+            return p2c_pair(endpoints, filter, rng, (a, b, coin(word)));
         }
+    }
+    p2c_slowly(endpoints, filter, rng)
+}
+
+/// `(in_flight + 1) / weight` of one endpoint against another's, without dividing.
+#[inline(always)]
+fn compare_views(fa: usize, wa: f64, fb: usize, wb: f64) -> std::cmp::Ordering {
+    if wa == wb {
+        fa.cmp(&fb)
+    } else {
+        ((fa + 1) as f64 * wb).total_cmp(&((fb + 1) as f64 * wa))
+    }
+}
+
+/// The hot path's pair when one of the two needs a closer look (gated, or maybe excluded):
+/// kept if both are eligible, else drawn afresh.
+#[cold]
+#[inline(never)]
+fn p2c_pair<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+    (a, b, coin): (usize, usize, bool),
+) -> Option<usize> {
+    if let (Some((fa, wa)), Some((fb, wb))) = (
+        filter.view(endpoints[a].as_ref()),
+        filter.view(endpoints[b].as_ref()),
+    ) {
+        return Some(choose(compare_views(fa, wa, fb, wb), a, b, coin));
     }
     p2c_slowly(endpoints, filter, rng)
 }

@@ -17,7 +17,9 @@ pub struct FastRng {
 }
 
 thread_local! {
-    static THREAD_STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+    // 0 until the thread's first draw seeds it: a constant initialiser spares every draw the
+    // check that a lazily initialised thread-local makes.
+    static THREAD_STATE: Cell<u64> = const { Cell::new(0) };
 }
 
 impl FastRng {
@@ -31,11 +33,19 @@ impl FastRng {
     pub fn thread_u64() -> u64 {
         THREAD_STATE.with(|s| {
             let mut state = s.get();
+            if state == 0 {
+                state = seed();
+            }
             let out = wyrand(&mut state);
             s.set(state);
             out
         })
     }
+}
+
+#[cold]
+fn seed() -> u64 {
+    rand::random::<u64>() | 1
 }
 
 #[inline]
