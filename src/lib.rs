@@ -80,6 +80,7 @@ pub mod load;
 pub mod metrics;
 mod outlier;
 pub mod peek;
+mod per_clone;
 pub mod pick;
 pub mod pool;
 mod rng;

@@ -26,18 +26,20 @@ use crate::{
         NotReplayable, Timeout,
     },
     hints::{Exclude, Picked, Served},
+    per_clone::PerClone,
 };
 
 /// Re-issues failed attempts on other endpoints. See the [module docs](crate::failover).
 #[derive(Clone, Debug)]
 pub struct Failover<S> {
     inner: S,
-    ctx: Arc<Ctx<S>>,
+    ctx: PerClone<Ctx<S>>,
 }
 
 /// What the requests through one service share: the layer's settings, and a clone of the
-/// inner service made with the layer, from which a retry clones its own. A request that needs
-/// no retry copies no service, and holds one reference count instead of one per inner layer.
+/// inner service, from which a retry clones its own. A request that needs no retry copies no
+/// service, and holds one reference count instead of one per inner layer; a clone that serves
+/// many requests holds its own context, so that count is not shared between cores.
 #[derive(Debug)]
 struct Ctx<S> {
     shared: Arc<Shared>,
@@ -49,7 +51,7 @@ impl<S: Clone> Failover<S> {
         let spare = inner.clone();
         Self {
             inner,
-            ctx: Arc::new(Ctx { shared, spare }),
+            ctx: PerClone::new(Ctx { shared, spare }),
         }
     }
 }
@@ -194,7 +196,12 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let span =
             tracing::debug_span!("request", method = %request.method(), uri = %request.uri());
-        let shared = &self.ctx.shared;
+        let inner = &self.inner;
+        let ctx = self.ctx.for_request(|ctx| Ctx {
+            shared: Arc::clone(&ctx.shared),
+            spare: inner.clone(),
+        });
+        let shared = &ctx.shared;
         shared.budget.deposit();
         let state = if shared.head_is_enough() {
             // The first attempt takes the request as it is; a retry needs a copy of the head
@@ -208,7 +215,7 @@ where
             State::First {
                 call,
                 retry,
-                ctx: Arc::clone(&self.ctx),
+                ctx: Arc::clone(ctx),
             }
         } else {
             let (parts, body) = request.into_parts();

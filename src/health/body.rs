@@ -39,14 +39,8 @@ pin_project! {
 }
 
 impl<B: Body> ResponseBody<B> {
+    /// `watch` is `None` for a response already judged (a failure, or a finished body).
     pub(crate) fn new(inner: B, watch: Option<Watch>) -> Self {
-        let watch = match watch {
-            Some(w) if inner.is_end_stream() => {
-                w.judge(Outcome::Success);
-                None
-            }
-            w => w,
-        };
         Self { inner, watch }
     }
 }

@@ -53,9 +53,10 @@ where
                     let head = shared
                         .classify
                         .classify_response(parts.status, &parts.headers);
-                    if head == Outcome::Success {
+                    if head == Outcome::Success && !body.is_end_stream() {
                         // A success is decided at the end of the body: a stream may still
-                        // break, and gRPC puts its status in the trailers.
+                        // break, and gRPC puts its status in the trailers. A body already
+                        // finished is judged now, without a watch.
                         Some(Watch::new(Arc::clone(&served.0), shared))
                     } else {
                         shared.record(&served.0, head);

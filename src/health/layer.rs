@@ -77,11 +77,11 @@ impl<S> Layer<S> for HealthFilterLayer {
     fn layer(&self, inner: S) -> HealthFilter<S> {
         HealthFilter::new(
             inner,
-            Arc::new(Shared {
+            Shared {
                 policy: self.policy.clone(),
                 classify: Arc::clone(&self.classify),
                 members: self.members.clone(),
-            }),
+            },
         )
     }
 }

@@ -88,7 +88,9 @@ use crate::{
     pool::Members,
 };
 
-/// What every clone of one layer's services shares.
+/// What one layer's services share: the policy, the rules, the pool's members. A clone that
+/// serves many requests holds its own copy ([`PerClone`](crate::per_clone::PerClone)).
+#[derive(Clone)]
 pub(crate) struct Shared {
     policy: HealthPolicy,
     classify: Arc<dyn Classify>,

@@ -1,33 +1,33 @@
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use tower_service::Service;
 
 use super::{ResponseFuture, Shared};
-use crate::error::BoxError;
+use crate::{error::BoxError, per_clone::PerClone};
 
 /// Watches each response and error for the endpoint that produced it, and ejects, cools down
 /// or restores that endpoint. See the [module docs](crate::health).
 #[derive(Clone)]
 pub struct HealthFilter<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: PerClone<Shared>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for HealthFilter<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthFilter")
             .field("inner", &self.inner)
-            .field("policy", &self.shared.policy)
+            .field("policy", &self.shared.get().policy)
             .finish()
     }
 }
 
 impl<S> HealthFilter<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, shared: Shared) -> Self {
+        Self {
+            inner,
+            shared: PerClone::new(shared),
+        }
     }
 }
 
@@ -46,6 +46,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(request), Arc::clone(&self.shared))
+        let shared = std::sync::Arc::clone(self.shared.for_request(Shared::clone));
+        ResponseFuture::new(self.inner.call(request), shared)
     }
 }
