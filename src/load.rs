@@ -217,6 +217,11 @@ impl LoadGuard {
         &self.endpoint
     }
 
+    /// When the slot was taken: the request's start.
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Marks the request as failed: its completion feeds the latency estimate a penalty.
     pub fn fail(&mut self) {
         self.failed = true;

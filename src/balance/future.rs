@@ -31,9 +31,10 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req>,
-        // Set when an endpoint is picked, if the layer has a per-attempt timeout.
-        #[pin]
-        deadline: Option<Sleep>,
+        // With a per-attempt timeout, made when the endpoint first leaves the request waiting,
+        // for the pick's time plus the timeout: a request answered at once reads no clock and
+        // registers no timer, and the future stays small.
+        deadline: Option<Pin<Box<Sleep>>>,
         timeout: Option<Duration>,
     }
 }
@@ -126,7 +127,7 @@ where
         };
         Self {
             state,
-            deadline: timeout.map(tokio::time::sleep),
+            deadline: None,
             timeout,
         }
     }
@@ -176,7 +177,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut state = this.state;
-        let mut deadline = this.deadline;
+        let deadline = this.deadline;
         let timeout = *this.timeout;
         loop {
             match state.as_mut().project() {
@@ -196,7 +197,6 @@ where
                                 request,
                                 guard: Some(guard),
                             });
-                            deadline.set(timeout.map(tokio::time::sleep));
                             continue;
                         }
                         Err(Miss::Unavailable(e)) => return Poll::Ready(Err(e)),
@@ -219,7 +219,7 @@ where
                 } => {
                     let readiness = match service.poll_ready(cx) {
                         Poll::Ready(r) => r,
-                        Poll::Pending => return timed_out(deadline.as_mut(), timeout, guard, cx),
+                        Poll::Pending => return timed_out(deadline, timeout, guard, cx),
                     };
                     if let Err(e) = readiness {
                         return Poll::Ready(Err(fail(guard, e.into())));
@@ -230,7 +230,7 @@ where
                 }
                 StateProj::Calling { future, guard } => {
                     let Poll::Ready(result) = future.poll(cx) else {
-                        return timed_out(deadline.as_mut(), timeout, guard, cx);
+                        return timed_out(deadline, timeout, guard, cx);
                     };
                     return Poll::Ready(match result {
                         Ok(response) => {
@@ -249,15 +249,18 @@ where
 
 /// While the endpoint has not answered: fails the attempt if its deadline has passed.
 fn timed_out<T>(
-    deadline: Pin<&mut Option<Sleep>>,
+    deadline: &mut Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
     guard: &mut Option<LoadGuard>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<T, BoxError>> {
-    if let (Some(sleep), Some(after)) = (deadline.as_pin_mut(), timeout) {
-        if sleep.poll(cx).is_ready() {
-            return Poll::Ready(Err(fail(guard, Timeout::new(after).into())));
-        }
+    let (Some(after), Some(held)) = (timeout, guard.as_ref()) else {
+        return Poll::Pending;
+    };
+    let sleep =
+        deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(held.started() + after)));
+    if sleep.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(Err(fail(guard, Timeout::new(after).into())));
     }
     Poll::Pending
 }

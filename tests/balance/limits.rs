@@ -1,6 +1,6 @@
 use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_ai_balance::{BalanceLayer, EndpointConfig, Overloaded, Pool};
 
 use crate::{
@@ -199,4 +199,37 @@ async fn the_exclude_hint_is_honoured() {
         assert_eq!(served(&r).key().as_str(), "b");
         finish(r.into_body()).await;
     }
+}
+
+/// An endpoint that never answers fails the attempt with `Timeout`, naming the endpoint and
+/// releasing its slot, at the pick's time plus the timeout: time spent before the future is
+/// first polled counts.
+#[tokio::test(start_paused = true)]
+async fn the_per_attempt_timeout_runs_from_the_pick_and_releases_the_slot() {
+    let pool = Pool::new();
+    let never = tower::service_fn(|_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+        std::future::pending::<
+            Result<http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible>,
+        >()
+    });
+    pool.insert(EndpointConfig::new("stuck"), never).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(BalanceLayer::new().timeout(Duration::from_secs(5)))
+        .service(pool.clone());
+    let start = tokio::time::Instant::now();
+    let future = svc.ready().await.unwrap().call(empty_request());
+    assert_eq!(total_in_flight(&pool), 1, "the slot is taken at the pick");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let error = future.await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(5),
+        "5 s after the pick, not the poll"
+    );
+    let failed = error
+        .downcast_ref::<tower_ai_balance::EndpointError>()
+        .expect("the error names the endpoint");
+    assert_eq!(failed.endpoint().key().as_str(), "stuck");
+    assert!(failed.inner().is::<tower_ai_balance::Timeout>());
+    assert_eq!(total_in_flight(&pool), 0, "the slot came back");
 }
