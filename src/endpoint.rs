@@ -554,6 +554,12 @@ impl Endpoint {
         self.ttfb.get(self.nanos_at(now), decay_nanos())
     }
 
+    /// Whether the health is `Healthy`: one load, no time decoded.
+    #[inline]
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.hot.health.load(SeqCst) & 3 == HEALTHY
+    }
+
     /// The current health.
     pub fn health(&self) -> Health {
         let raw = self.hot.health.load(SeqCst);
@@ -799,30 +805,39 @@ impl Endpoint {
 
     /// Records a successful response's time to first byte.
     pub fn observe_ttfb(&self, ttfb: Duration, at: Instant) {
-        self.ttfb
-            .observe(nanos(ttfb), self.nanos_at(at), decay_nanos());
+        self.observe_ttfb_at(nanos(ttfb), self.nanos_at(at));
+    }
+
+    /// As [`observe_ttfb`](Self::observe_ttfb), with the time as a [`nanos_at`](Self::nanos_at).
+    pub(crate) fn observe_ttfb_at(&self, ttfb_nanos: f64, stamp: u64) {
+        self.ttfb.observe(ttfb_nanos, stamp, decay_nanos());
     }
 
     /// Records a finished request. A failure is recorded as at least twice the current
     /// estimate and at least [`FAILURE_PENALTY`], never as its (often short) round trip, so a
     /// failing endpoint never looks fast.
     pub fn observe_completion(&self, elapsed: Duration, failed: bool, at: Instant) {
-        let now = self.nanos_at(at);
+        self.observe_completion_at(nanos(elapsed), failed, self.nanos_at(at));
+    }
+
+    /// As [`observe_completion`](Self::observe_completion), with the time as a
+    /// [`nanos_at`](Self::nanos_at): a completion that also records its first byte converts the
+    /// time once.
+    pub(crate) fn observe_completion_at(&self, elapsed_nanos: f64, failed: bool, now: u64) {
         self.requests.fetch_add(1, SeqCst);
         if failed {
             self.failures.fetch_add(1, SeqCst);
             let current = self.ttfb.get(now, decay_nanos()).unwrap_or(0.0);
-            let penalty = nanos(elapsed)
-                .max(current * 2.0)
-                .max(nanos(FAILURE_PENALTY));
+            let penalty = elapsed_nanos.max(current * 2.0).max(nanos(FAILURE_PENALTY));
             self.ttfb.observe(penalty, now, decay_nanos());
             self.latency.observe(penalty, now, decay_nanos());
         } else {
-            self.latency.observe(nanos(elapsed), now, decay_nanos());
+            self.latency.observe(elapsed_nanos, now, decay_nanos());
         }
     }
 
-    fn nanos_at(&self, at: Instant) -> u64 {
+    /// A time as the latency estimates keep it: nanoseconds since the endpoint was made.
+    pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
         // 1 is added so that 0 can mean "no sample yet".
         let since = at.saturating_duration_since(self.born);
         since.as_secs() * 1_000_000_000 + u64::from(since.subsec_nanos()) + 1
@@ -851,7 +866,7 @@ fn decay_nanos() -> f64 {
 
 /// A duration in nanoseconds as a float, without `as_nanos`'s 128-bit conversion.
 #[inline]
-fn nanos(d: Duration) -> f64 {
+pub(crate) fn nanos(d: Duration) -> f64 {
     d.as_secs() as f64 * 1e9 + f64::from(d.subsec_nanos())
 }
 

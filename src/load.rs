@@ -245,11 +245,17 @@ impl LoadGuard {
         self.complete_at(Instant::now());
     }
 
-    /// As [`complete`](Self::complete), at `at`.
+    /// As [`complete`](Self::complete), at `at`. The first byte is recorded too if none was;
+    /// the elapsed time and the estimates' time stamp are worked out once for both.
     pub fn complete_at(mut self, at: Instant) {
-        self.first_byte_at(at);
+        let elapsed = crate::endpoint::nanos(at.saturating_duration_since(self.start));
+        let stamp = self.endpoint.nanos_at(at);
+        if !self.first_byte && !self.failed {
+            self.first_byte = true;
+            self.endpoint.observe_ttfb_at(elapsed, stamp);
+        }
         self.endpoint
-            .observe_completion(at - self.start, self.failed, at);
+            .observe_completion_at(elapsed, self.failed, stamp);
     }
 }
 

@@ -109,7 +109,7 @@ impl Shared {
     fn record(&self, endpoint: &Endpoint, outcome: Outcome) {
         // The common case, lock-free and without a clock read.
         if outcome == Outcome::Success
-            && matches!(endpoint.health(), crate::Health::Healthy)
+            && endpoint.is_healthy()
             && endpoint.quiet.try_count_success()
         {
             return;
