@@ -264,8 +264,11 @@ const UNLIMITED: u32 = u32::MAX;
 /// The least share of its weight a slow-starting endpoint gets.
 const RAMP_FLOOR: f64 = 0.05;
 
-/// The pool-wide queue of requests waiting for capacity; endpoints wake it on release.
+/// The pool-wide queue of requests waiting for capacity; endpoints wake it on release. Every
+/// release reads it, so it has a cache line of its own: a neighbour's writes would make every
+/// release miss.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub(crate) struct Capacity {
     pub(crate) notify: Arc<Notify>,
     pub(crate) waiting: AtomicUsize,
@@ -348,15 +351,28 @@ pub struct Endpoint {
     labels: Box<[(Arc<str>, Arc<str>)]>,
     capabilities: Capabilities,
     born: Instant,
+    done: Done,
+    pub(crate) outliers: parking_lot::Mutex<Outliers>,
+    drained: Notify,
+    capacity: Arc<Capacity>,
+}
+
+/// What every completion writes, together in one cache line and apart from what is only read:
+/// a completion takes one line from the core that last wrote it, with no read of it first.
+#[derive(Debug)]
+#[repr(C, align(64))]
+struct Done {
     ttfb: PeakEwma,
     latency: PeakEwma,
     requests: AtomicU64,
     failures: AtomicU64,
-    pub(crate) outliers: parking_lot::Mutex<Outliers>,
-    pub(crate) quiet: crate::outlier::Quiet,
-    drained: Notify,
-    capacity: Arc<Capacity>,
+    /// The health layer's count of successes that took no lock.
+    quiet: crate::outlier::Quiet,
 }
+
+// One line each, as their docs say (loom's atomics are larger).
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<Done>() == 64 && std::mem::size_of::<Hot>() == 64);
 
 /// What every pick reads, alone in one cache line: a pick touches one line per candidate, and
 /// the other fields' writes (latency estimates, counters) never invalidate it.
@@ -418,12 +434,14 @@ impl Endpoint {
             labels: config.labels.into_boxed_slice(),
             capabilities: config.capabilities,
             born: Instant::now(),
-            ttfb: PeakEwma::new(),
-            latency: PeakEwma::new(),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            done: Done {
+                ttfb: PeakEwma::new(),
+                latency: PeakEwma::new(),
+                requests: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                quiet: crate::outlier::Quiet::new(),
+            },
             outliers: parking_lot::Mutex::new(Outliers::default()),
-            quiet: crate::outlier::Quiet::new(),
             drained: Notify::new(),
             capacity,
         }))
@@ -527,31 +545,36 @@ impl Endpoint {
 
     /// Requests that completed or failed here.
     pub fn requests(&self) -> u64 {
-        self.requests.load(SeqCst)
+        self.done.requests.load(SeqCst)
     }
 
     /// Requests that failed here.
     pub fn failures(&self) -> u64 {
-        self.failures.load(SeqCst)
+        self.done.failures.load(SeqCst)
     }
 
     /// Peak-EWMA of the time to the first byte of the response body (the first token of a
     /// stream), as of `now`; `None` before the first response.
     pub fn ttfb_estimate(&self, now: Instant) -> Option<Duration> {
-        self.ttfb
+        self.done.ttfb
             .get(self.nanos_at(now), decay_nanos())
             .map(|n| Duration::from_nanos(n as u64))
     }
 
     /// Peak-EWMA of the time from pick to the end of the response, as of `now`.
     pub fn latency_estimate(&self, now: Instant) -> Option<Duration> {
-        self.latency
+        self.done.latency
             .get(self.nanos_at(now), decay_nanos())
             .map(|n| Duration::from_nanos(n as u64))
     }
 
     pub(crate) fn ttfb_nanos(&self, now: Instant) -> Option<f64> {
-        self.ttfb.get(self.nanos_at(now), decay_nanos())
+        self.done.ttfb.get(self.nanos_at(now), decay_nanos())
+    }
+
+    /// The health layer's lock-free success count.
+    pub(crate) fn quiet(&self) -> &crate::outlier::Quiet {
+        &self.done.quiet
     }
 
     /// Whether the health is `Healthy`: one load, no time decoded.
@@ -810,7 +833,7 @@ impl Endpoint {
 
     /// As [`observe_ttfb`](Self::observe_ttfb), with the time as a [`nanos_at`](Self::nanos_at).
     pub(crate) fn observe_ttfb_at(&self, ttfb_nanos: f64, stamp: u64) {
-        self.ttfb.observe(ttfb_nanos, stamp, decay_nanos());
+        self.done.ttfb.observe(ttfb_nanos, stamp, decay_nanos());
     }
 
     /// Records a finished request. A failure is recorded as at least twice the current
@@ -824,15 +847,15 @@ impl Endpoint {
     /// [`nanos_at`](Self::nanos_at): a completion that also records its first byte converts the
     /// time once.
     pub(crate) fn observe_completion_at(&self, elapsed_nanos: f64, failed: bool, now: u64) {
-        self.requests.fetch_add(1, SeqCst);
+        self.done.requests.fetch_add(1, SeqCst);
         if failed {
-            self.failures.fetch_add(1, SeqCst);
-            let current = self.ttfb.get(now, decay_nanos()).unwrap_or(0.0);
+            self.done.failures.fetch_add(1, SeqCst);
+            let current = self.done.ttfb.get(now, decay_nanos()).unwrap_or(0.0);
             let penalty = elapsed_nanos.max(current * 2.0).max(nanos(FAILURE_PENALTY));
-            self.ttfb.observe(penalty, now, decay_nanos());
-            self.latency.observe(penalty, now, decay_nanos());
+            self.done.ttfb.observe(penalty, now, decay_nanos());
+            self.done.latency.observe(penalty, now, decay_nanos());
         } else {
-            self.latency.observe(elapsed_nanos, now, decay_nanos());
+            self.done.latency.observe(elapsed_nanos, now, decay_nanos());
         }
     }
 

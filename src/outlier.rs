@@ -55,7 +55,7 @@ pub(crate) struct Locked<'a> {
 impl<'a> Locked<'a> {
     pub(crate) fn new(endpoint: &'a Endpoint) -> Self {
         let mut outliers = endpoint.outliers.lock();
-        let quiet = &endpoint.quiet;
+        let quiet = endpoint.quiet();
         outliers.window.fold(quiet.successes.load(SeqCst));
         Self { quiet, outliers }
     }

@@ -110,7 +110,7 @@ impl Shared {
         // The common case, lock-free and without a clock read.
         if outcome == Outcome::Success
             && endpoint.is_healthy()
-            && endpoint.quiet.try_count_success()
+            && endpoint.quiet().try_count_success()
         {
             return;
         }

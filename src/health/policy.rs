@@ -379,13 +379,13 @@ mod tests {
         let e = f.e(0);
         // A settled endpoint counts 20 successes without the lock.
         for _ in 0..20 {
-            assert!(e.quiet.try_count_success());
+            assert!(e.quiet().try_count_success());
         }
         // Then half of its requests fail, never two in a row: after a failure a success must
         // take the lock (to end the streak), after that success it need not.
         for _ in 0..11 {
             f.record(0, Outcome::Failure, S);
-            assert!(!e.quiet.try_count_success(), "a failure unsettles it");
+            assert!(!e.quiet().try_count_success(), "a failure unsettles it");
             f.record(0, Outcome::Success, S);
         }
         // 42 requests, 11 failures: 26%. Without the 20 folded in, the 11th failure would have
