@@ -303,7 +303,7 @@ impl PeakEwma {
         let weight = if last == 0 {
             0.0
         } else {
-            (-(at.saturating_sub(last) as f64) / decay_nanos).exp()
+            decay_weight(at.saturating_sub(last) as f64, decay_nanos)
         };
         let mut old = self.nanos.load(SeqCst);
         loop {
@@ -330,7 +330,20 @@ impl PeakEwma {
             return None;
         }
         let est = f64::from_bits(self.nanos.load(SeqCst));
-        Some(est * (-(now.saturating_sub(stamp) as f64) / decay_nanos).exp())
+        Some(est * decay_weight(now.saturating_sub(stamp) as f64, decay_nanos))
+    }
+}
+
+/// `e^(-elapsed / decay)`, the weight an estimate keeps after `elapsed`. A busy endpoint's
+/// samples come much closer together than the decay time, so below 1% of it a cubic Taylor
+/// polynomial stands in for libm's `exp` (within 5e-10 of it, for a fraction of the work).
+#[inline]
+fn decay_weight(elapsed: f64, decay: f64) -> f64 {
+    let x = elapsed / decay;
+    if x < 0.01 {
+        1.0 - x * (1.0 - x * (0.5 - x * (1.0 / 6.0)))
+    } else {
+        (-x).exp()
     }
 }
 
@@ -556,14 +569,16 @@ impl Endpoint {
     /// Peak-EWMA of the time to the first byte of the response body (the first token of a
     /// stream), as of `now`; `None` before the first response.
     pub fn ttfb_estimate(&self, now: Instant) -> Option<Duration> {
-        self.done.ttfb
+        self.done
+            .ttfb
             .get(self.nanos_at(now), decay_nanos())
             .map(|n| Duration::from_nanos(n as u64))
     }
 
     /// Peak-EWMA of the time from pick to the end of the response, as of `now`.
     pub fn latency_estimate(&self, now: Instant) -> Option<Duration> {
-        self.done.latency
+        self.done
+            .latency
             .get(self.nanos_at(now), decay_nanos())
             .map(|n| Duration::from_nanos(n as u64))
     }
@@ -1028,6 +1043,24 @@ mod tests {
 
         let zero = Endpoint::new(EndpointConfig::new("b").weight(0.0)).unwrap();
         assert!(zero.hot.slots.is_gated(), "born at weight 0, born gated");
+    }
+
+    #[test]
+    fn the_decay_weight_matches_exp_on_both_sides_of_its_shortcut() {
+        let decay = decay_nanos();
+        let mut worst = 0.0f64;
+        for i in 0..=20_000u32 {
+            // 0 to 2% of the decay time finely, across the switch at 1%, then to 10 decays.
+            let elapsed = if i <= 10_000 {
+                f64::from(i) * decay * 2e-6
+            } else {
+                f64::from(i - 10_000) * decay * 1e-3
+            };
+            let exact = (-elapsed / decay).exp();
+            worst = worst.max((decay_weight(elapsed, decay) - exact).abs());
+        }
+        assert!(worst < 5e-10, "worst error {worst:e}");
+        assert_eq!(decay_weight(0.0, decay), 1.0);
     }
 
     /// Two writers racing health against weight leave the gate true to the final state.
