@@ -3,10 +3,16 @@
 //! `cargo bench --bench pick`. Groups:
 //! - `pick/floor`: a bare power-of-two-choices loop over an array of atomic counters (draw,
 //!   compare, increment, decrement): what any least-loaded picker must at least pay.
+//!   `pick/floor draw+compare`: its draw and comparison alone, without the counter.
 //! - `pick/p2c`, `pick/p2c+2 filters`: the pick function alone over a pool snapshot, without and
-//!   with two filters (an `Exclude` hint of two endpoints and an ejected endpoint).
-//! - `pick/p2c+2 filters+slot`: the same, plus taking and giving back the slot (what the floor
-//!   does with its counter), timed in virtual time so no clock is read.
+//!   with two filters (an `Exclude` hint of two endpoints and an ejected endpoint): the
+//!   counterpart of the floor's draw and comparison.
+//! - `pick/p2c+2 filters+slot`: the same, plus taking and giving back the slot with a
+//!   `LoadGuard<&Endpoint>`: the work the floor does, as the crate does it (trial permits,
+//!   removal and drain, the capacity queue's wake-up). Timed in virtual time, so no clock is
+//!   read.
+//! - `pick/p2c+2 filters+guard`: the same with the owned `LoadGuard` that `Balance` ties to the
+//!   response, which adds the endpoint's reference count.
 //! - `pick/balance`: `Balance::pick` end to end with the two filters: snapshot load, hint
 //!   look-ups, pick, slot, guard, and the one clock read that times the request.
 //! - `pick/least-loaded scan`: the full-scan strategy, for scale.
@@ -75,16 +81,21 @@ fn filtered(pool: &Pool<Unit>) -> Exclude {
     exclude
 }
 
-fn floor_pick(counters: &[AtomicUsize], rng: &mut impl RngCore) -> usize {
+/// The floor's draw and comparison: two indices from one word, the lesser counter.
+fn floor_choose(counters: &[AtomicUsize], rng: &mut impl RngCore) -> usize {
     let n = counters.len() as u64;
     let r = rng.next_u64();
     let a = (((r & 0xffff_ffff) * n) >> 32) as usize;
     let b = (((r >> 32) * n) >> 32) as usize;
-    let i = if counters[a].load(SeqCst) <= counters[b].load(SeqCst) {
+    if counters[a].load(SeqCst) <= counters[b].load(SeqCst) {
         a
     } else {
         b
-    };
+    }
+}
+
+fn floor_pick(counters: &[AtomicUsize], rng: &mut impl RngCore) -> usize {
+    let i = floor_choose(counters, rng);
     counters[i].fetch_add(1, SeqCst);
     counters[i].fetch_sub(1, SeqCst);
     i
@@ -97,6 +108,9 @@ fn benches(c: &mut Criterion) {
         let mut rng = FastRng::seeded(1);
         group.bench_with_input(BenchmarkId::new("floor", n), &n, |b, _| {
             b.iter(|| black_box(floor_pick(&counters, &mut rng)))
+        });
+        group.bench_with_input(BenchmarkId::new("floor draw+compare", n), &n, |b, _| {
+            b.iter(|| black_box(floor_choose(&counters, &mut rng)))
         });
 
         let p = pool(n);
@@ -117,6 +131,18 @@ fn benches(c: &mut Criterion) {
 
         let t0 = tokio::time::Instant::now();
         group.bench_with_input(BenchmarkId::new("p2c+2 filters+slot", n), &n, |b, _| {
+            let mut rng = ThreadRng;
+            b.iter(|| {
+                let filter = Filter::new().exclude(&exclude);
+                let i = pick::p2c(snapshot.entries(), &filter, &mut rng).unwrap();
+                black_box(LoadGuard::acquire_at(
+                    &&**snapshot.entries()[i].endpoint(),
+                    1,
+                    t0,
+                ))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("p2c+2 filters+guard", n), &n, |b, _| {
             let mut rng = ThreadRng;
             b.iter(|| {
                 let filter = Filter::new().exclude(&exclude);
@@ -172,7 +198,7 @@ fn benches(c: &mut Criterion) {
                 let filter = Filter::new().exclude(&exclude);
                 let i = pick::p2c(snapshot.entries(), &filter, &mut ThreadRng).unwrap();
                 black_box(LoadGuard::acquire_at(
-                    snapshot.entries()[i].endpoint(),
+                    &&**snapshot.entries()[i].endpoint(),
                     1,
                     t0,
                 ));
@@ -240,9 +266,11 @@ fn main() {
             "pick",
             &format!("floor/{n}"),
             &[
+                "floor draw+compare",
                 "p2c",
                 "p2c+2 filters",
                 "p2c+2 filters+slot",
+                "p2c+2 filters+guard",
                 "balance",
                 "least-loaded scan",
             ]

@@ -7,6 +7,7 @@
 //! it when the stream ends, fails or is dropped.
 
 use std::{
+    borrow::Borrow,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -160,9 +161,14 @@ impl Slots {
 }
 
 /// One in-flight slot on an endpoint, released on drop.
+///
+/// It holds its endpoint as `E`: by default an `Arc`, so that it can travel with a response
+/// for as long as the body lasts. A `LoadGuard<&Endpoint>` is the same accounting for a
+/// caller that keeps its endpoints alive itself (a simulation, a dispatcher that serves within
+/// one scope), without the reference count.
 #[derive(Debug)]
-pub struct LoadGuard {
-    endpoint: Arc<Endpoint>,
+pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
+    endpoint: E,
     /// How long the response body may go without a frame (set by `Balance`).
     pub(crate) idle_timeout: Option<Duration>,
     cost: u64,
@@ -173,36 +179,33 @@ pub struct LoadGuard {
     trial: bool,
 }
 
-impl LoadGuard {
+impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
     /// Takes a slot on `endpoint` for a request of `cost`, timed from now; `None` if the
     /// endpoint is at its concurrency limit or was removed.
     #[inline]
-    pub fn acquire(endpoint: &Arc<Endpoint>, cost: u64) -> Option<Self> {
-        let trial = endpoint.try_acquire(cost)?;
+    pub fn acquire(endpoint: &E, cost: u64) -> Option<Self> {
+        let trial = endpoint.borrow().try_acquire(cost)?;
         Some(Self::held(endpoint, cost, Instant::now(), trial))
     }
 
     /// As [`acquire`](Self::acquire), timed from `start`: for simulations in virtual time.
     #[inline]
-    pub fn acquire_at(endpoint: &Arc<Endpoint>, cost: u64, start: Instant) -> Option<Self> {
-        let trial = endpoint.try_acquire(cost)?;
+    pub fn acquire_at(endpoint: &E, cost: u64, start: Instant) -> Option<Self> {
+        let trial = endpoint.borrow().try_acquire(cost)?;
         Some(Self::held(endpoint, cost, start, trial))
     }
 
     /// Takes a slot whatever the endpoint's health (panic mode).
-    pub(crate) fn acquire_any_at(
-        endpoint: &Arc<Endpoint>,
-        cost: u64,
-        start: Instant,
-    ) -> Option<Self> {
+    pub(crate) fn acquire_any_at(endpoint: &E, cost: u64, start: Instant) -> Option<Self> {
         endpoint
+            .borrow()
             .try_acquire_any(cost)
             .then(|| Self::held(endpoint, cost, start, false))
     }
 
-    fn held(endpoint: &Arc<Endpoint>, cost: u64, start: Instant, trial: bool) -> Self {
+    fn held(endpoint: &E, cost: u64, start: Instant, trial: bool) -> Self {
         Self {
-            endpoint: Arc::clone(endpoint),
+            endpoint: endpoint.clone(),
             idle_timeout: None,
             cost,
             start,
@@ -211,9 +214,11 @@ impl LoadGuard {
             trial,
         }
     }
+}
 
+impl<E: Borrow<Endpoint>> LoadGuard<E> {
     /// The endpoint whose slot this is.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
+    pub fn endpoint(&self) -> &E {
         &self.endpoint
     }
 
@@ -236,7 +241,7 @@ impl LoadGuard {
     pub fn first_byte_at(&mut self, at: Instant) {
         if !self.first_byte && !self.failed {
             self.first_byte = true;
-            self.endpoint.observe_ttfb(at - self.start, at);
+            self.endpoint.borrow().observe_ttfb(at - self.start, at);
         }
     }
 
@@ -249,21 +254,23 @@ impl LoadGuard {
     /// the elapsed time and the estimates' time stamp are worked out once for both.
     pub fn complete_at(mut self, at: Instant) {
         let elapsed = crate::endpoint::nanos(at.saturating_duration_since(self.start));
-        let stamp = self.endpoint.nanos_at(at);
+        let stamp = self.endpoint.borrow().nanos_at(at);
         if !self.first_byte && !self.failed {
             self.first_byte = true;
-            self.endpoint.observe_ttfb_at(elapsed, stamp);
+            self.endpoint.borrow().observe_ttfb_at(elapsed, stamp);
         }
         self.endpoint
+            .borrow()
             .observe_completion_at(elapsed, self.failed, stamp);
     }
 }
 
-impl Drop for LoadGuard {
+impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
     fn drop(&mut self) {
-        self.endpoint.release(self.cost);
+        let endpoint = self.endpoint.borrow();
+        endpoint.release(self.cost);
         if self.trial {
-            self.endpoint.return_trial();
+            endpoint.return_trial();
         }
     }
 }
@@ -490,5 +497,31 @@ mod loom_tests {
                 "the endpoint emptied but nobody announced its drain"
             );
         });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::EndpointConfig;
+
+    #[test]
+    fn a_borrowed_guard_keeps_the_same_accounting_without_the_reference_count() {
+        let e = Endpoint::new(EndpointConfig::new("a").max_concurrency(1)).unwrap();
+        let before = Arc::strong_count(&e);
+        let start = Instant::now();
+        let guard = LoadGuard::acquire_at(&&*e, 3, start).expect("a free slot");
+        assert_eq!(Arc::strong_count(&e), before, "no reference taken");
+        assert_eq!((e.in_flight(), e.outstanding()), (1, 3));
+        assert!(
+            LoadGuard::acquire_at(&&*e, 1, start).is_none(),
+            "the limit holds"
+        );
+        guard.complete_at(start + Duration::from_millis(5));
+        assert_eq!((e.in_flight(), e.outstanding()), (0, 0));
+        assert_eq!(e.requests(), 1);
+        // Dropped without completing (a cancellation): released, not counted as served.
+        drop(LoadGuard::acquire_at(&&*e, 1, start).unwrap());
+        assert_eq!((e.in_flight(), e.requests()), (0, 1));
     }
 }
