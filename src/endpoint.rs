@@ -275,10 +275,17 @@ pub(crate) struct Capacity {
 }
 
 impl Capacity {
+    #[inline]
     pub(crate) fn wake(&self) {
         if self.waiting.load(SeqCst) > 0 {
-            self.notify.notify_waiters();
+            self.wake_waiters();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake_waiters(&self) {
+        self.notify.notify_waiters();
     }
 }
 
@@ -367,7 +374,6 @@ pub struct Endpoint {
     done: Done,
     pub(crate) outliers: parking_lot::Mutex<Outliers>,
     drained: Notify,
-    capacity: Arc<Capacity>,
 }
 
 /// What every completion writes, together in one cache line and apart from what is only read:
@@ -387,8 +393,9 @@ struct Done {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<Done>() == 64 && std::mem::size_of::<Hot>() == 64);
 
-/// What every pick reads, alone in one cache line: a pick touches one line per candidate, and
-/// the other fields' writes (latency estimates, counters) never invalidate it.
+/// What every pick reads and every slot's release needs, alone in one cache line: a pick
+/// touches one line per candidate, a release no other line of the endpoint, and the other
+/// fields' writes (latency estimates, counters) never invalidate it.
 #[derive(Debug)]
 #[repr(C, align(64))]
 struct Hot {
@@ -397,6 +404,8 @@ struct Hot {
     health: AtomicU64,
     max_concurrency: usize,
     id: u64,
+    /// The pool's queue of requests waiting for a slot, woken on release.
+    capacity: Arc<Capacity>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -438,6 +447,7 @@ impl Endpoint {
                     .max_concurrency
                     .map_or(NO_LIMIT, |max| max.min(NO_LIMIT)),
                 id: next_id(),
+                capacity,
             },
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
             tier: config.tier,
@@ -456,7 +466,6 @@ impl Endpoint {
             },
             outliers: parking_lot::Mutex::new(Outliers::default()),
             drained: Notify::new(),
-            capacity,
         }))
     }
 
@@ -502,7 +511,7 @@ impl Endpoint {
     pub(crate) fn set_weight(&self, weight: f64) {
         self.hot.weight.store(normalize(weight).to_bits(), SeqCst);
         self.refresh_gate();
-        self.capacity.wake();
+        self.hot.capacity.wake();
     }
 
     /// The concurrency limit, if any.
@@ -652,7 +661,7 @@ impl Endpoint {
         self.hot.health.store(raw, SeqCst);
         self.refresh_gate();
         if raw & 3 == HEALTHY || raw & 3 == RAMPING {
-            self.capacity.wake();
+            self.hot.capacity.wake();
         }
     }
 
@@ -801,30 +810,39 @@ impl Endpoint {
     }
 
     /// Takes a slot whatever the endpoint's health (panic mode).
+    #[inline]
     pub(crate) fn try_acquire_any(&self, cost: u64) -> bool {
         match self.hot.slots.try_acquire(self.hot.max_concurrency, cost) {
             Acquired::Yes => true,
             Acquired::Full => false,
             Acquired::Removed { drained } => {
                 if drained {
-                    self.drained.notify_waiters();
+                    self.announce_drained();
                 }
                 false
             }
         }
     }
 
+    /// Tells those waiting for the drain that the last request of a removed endpoint ended.
+    #[cold]
+    #[inline(never)]
+    fn announce_drained(&self) {
+        self.drained.notify_waiters();
+    }
+
     /// Gives a slot back; wakes the drain and the capacity queue as needed.
+    #[inline]
     pub(crate) fn release(&self, cost: u64) {
         if self.hot.slots.release(cost) {
-            self.drained.notify_waiters();
+            self.announce_drained();
         }
-        self.capacity.wake();
+        self.hot.capacity.wake();
     }
 
     pub(crate) fn mark_removed(&self) {
         if self.hot.slots.remove() {
-            self.drained.notify_waiters();
+            self.announce_drained();
         }
     }
 
