@@ -498,6 +498,59 @@ mod loom_tests {
             );
         });
     }
+
+    /// The gate shares the in-flight word: toggling it while requests come and go and the
+    /// endpoint is removed neither changes the count, nor loses the drain, nor lets a limit be
+    /// exceeded, and `open` never reports a gated or removed endpoint.
+    #[test]
+    fn the_gate_never_disturbs_the_count_the_limit_or_the_drain() {
+        loom::model(|| {
+            let slots = Arc::new(Slots::new(false));
+            let announced = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+            let worker = {
+                let (slots, announced) = (Arc::clone(&slots), Arc::clone(&announced));
+                thread::spawn(move || {
+                    if let Some(n) = slots.open(1) {
+                        assert_eq!(n, 0, "open reports the bare count");
+                    }
+                    match slots.try_acquire(1, 1) {
+                        Acquired::Yes => {
+                            assert_eq!(slots.in_flight(), 1);
+                            if slots.release(1) {
+                                announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
+                        Acquired::Removed { drained } => {
+                            if drained {
+                                announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
+                        Acquired::Full => unreachable!("nothing else holds the slot"),
+                    }
+                })
+            };
+            let gate = {
+                let slots = Arc::clone(&slots);
+                thread::spawn(move || {
+                    slots.set_gated(true);
+                    assert_eq!(slots.open(super::NO_LIMIT), None, "gated is not open");
+                    slots.set_gated(false);
+                })
+            };
+            if slots.remove() {
+                announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+            }
+            worker.join().unwrap();
+            gate.join().unwrap();
+            assert_eq!(slots.in_flight(), 0);
+            assert!(slots.is_removed() && !slots.is_gated());
+            assert_eq!(slots.open(super::NO_LIMIT), None, "removed is not open");
+            assert!(
+                announced.load(loom::sync::atomic::Ordering::SeqCst) >= 1,
+                "the endpoint emptied but nobody announced its drain"
+            );
+        });
+    }
 }
 
 #[cfg(all(test, not(loom)))]
