@@ -440,6 +440,25 @@ mod loom_tests {
     use super::{Acquired, Slots};
     use loom::{sync::Arc, thread};
 
+    /// The only request: takes a slot under `max` and gives it back, counting each drain
+    /// announcement it makes.
+    fn one_request(slots: &Slots, max: usize, announced: &loom::sync::atomic::AtomicUsize) {
+        match slots.try_acquire(max, 1) {
+            Acquired::Yes => {
+                assert_eq!(slots.in_flight(), 1);
+                if slots.release(1) {
+                    announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            Acquired::Removed { drained } => {
+                if drained {
+                    announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            Acquired::Full => unreachable!("no other request holds a slot"),
+        }
+    }
+
     #[test]
     fn limit_is_never_exceeded_and_counts_return_to_zero() {
         loom::model(|| {
@@ -473,19 +492,7 @@ mod loom_tests {
             let announced = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
             let worker = {
                 let (slots, announced) = (Arc::clone(&slots), Arc::clone(&announced));
-                thread::spawn(move || match slots.try_acquire(super::NO_LIMIT, 1) {
-                    Acquired::Yes => {
-                        if slots.release(1) {
-                            announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
-                        }
-                    }
-                    Acquired::Removed { drained } => {
-                        if drained {
-                            announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
-                        }
-                    }
-                    Acquired::Full => unreachable!("no limit"),
-                })
+                thread::spawn(move || one_request(&slots, super::NO_LIMIT, &announced))
             };
             if slots.remove() {
                 announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
@@ -513,20 +520,7 @@ mod loom_tests {
                     if let Some(n) = slots.open(1) {
                         assert_eq!(n, 0, "open reports the bare count");
                     }
-                    match slots.try_acquire(1, 1) {
-                        Acquired::Yes => {
-                            assert_eq!(slots.in_flight(), 1);
-                            if slots.release(1) {
-                                announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
-                            }
-                        }
-                        Acquired::Removed { drained } => {
-                            if drained {
-                                announced.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
-                            }
-                        }
-                        Acquired::Full => unreachable!("nothing else holds the slot"),
-                    }
+                    one_request(&slots, 1, &announced);
                 })
             };
             let gate = {
