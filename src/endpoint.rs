@@ -521,7 +521,7 @@ impl Endpoint {
 
     /// Whether health and weight let every pick through: `Healthy`, weight above 0.
     fn plainly_open(&self) -> bool {
-        self.hot.health.load(SeqCst) & 3 == HEALTHY && self.hot.weight.load(SeqCst) != 0
+        self.is_healthy() && self.hot.weight.load(SeqCst) != 0
     }
 
     /// Makes the gate say what health and weight say; called after every write to either.
@@ -785,7 +785,7 @@ impl Endpoint {
             // Drained by weight 0.
             return None;
         }
-        if self.hot.health.load(SeqCst) & 3 == HEALTHY {
+        if self.is_healthy() {
             // The gate is about to open.
             return Some((in_flight, weight));
         }
