@@ -104,11 +104,6 @@ impl Exclude {
         self.mask & (1 << (id % 64)) != 0 && self.ids.contains(&id)
     }
 
-    /// Whether the id is in the list (without the mask's quick answer).
-    pub(crate) fn lists(&self, id: u64) -> bool {
-        self.ids.contains(&id)
-    }
-
     /// One bit per excluded id modulo 64, for a caller to keep in a register: a clear bit says
     /// an endpoint is not excluded.
     #[inline]

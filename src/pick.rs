@@ -200,7 +200,7 @@ impl<'a> Filter<'a> {
     #[inline(never)]
     fn wants_on_closer_look(&self, e: &Endpoint) -> bool {
         let excluded = match self.exclude {
-            Some(x) => x.lists(e.id()),
+            Some(x) => x.contains(e),
             None => false,
         };
         !excluded
