@@ -4,7 +4,7 @@
 //! - `pick/floor`: a bare power-of-two-choices loop over an array of atomic counters (draw,
 //!   compare, increment, decrement): what any least-loaded picker must at least pay.
 //!   `pick/floor draw+compare`: its draw and comparison alone, without the counter.
-//! - `pick/p2c`, `pick/p2c+2 filters`: the pick function alone over a pool snapshot, without and
+//! - `pick/p2c`, `pick/p2c+2 filters`: the pick function alone over the pool's endpoints, without and
 //!   with two filters (an `Exclude` hint of two endpoints and an ejected endpoint): the
 //!   counterpart of the floor's draw and comparison.
 //! - `pick/p2c+2 filters+slot`: the same, plus taking and giving back the slot with a
@@ -38,9 +38,13 @@ use tower_ai_balance::{
     hints::Require,
     hints::{Exclude, WithHints},
     load::LoadGuard,
-    pick::{self, Filter, Strategy},
-    Balance, EndpointConfig, FastRng, Health, Pool, ThreadRng,
+    pick::{self, Filter, Picker, Strategy},
+    Balance, EndpointConfig, Health, Pool,
 };
+
+#[path = "support/rng.rs"]
+mod rng;
+use rng::{ThreadRng, Wyrand};
 
 const SIZES: [usize; 4] = [8, 100, 1000, 10_000];
 
@@ -105,7 +109,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
     for &n in &SIZES {
         let counters: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-        let mut rng = FastRng::seeded(1);
+        let mut rng = Wyrand::seeded(1);
         group.bench_with_input(BenchmarkId::new("floor", n), &n, |b, _| {
             b.iter(|| black_box(floor_pick(&counters, &mut rng)))
         });
@@ -114,10 +118,10 @@ fn benches(c: &mut Criterion) {
         });
 
         let p = pool(n);
-        let snapshot = p.snapshot();
+        let endpoints = p.endpoints();
         group.bench_with_input(BenchmarkId::new("p2c", n), &n, |b, _| {
             let mut rng = ThreadRng;
-            b.iter(|| black_box(pick::p2c(snapshot.entries(), &Filter::new(), &mut rng)))
+            b.iter(|| black_box(pick::p2c(&endpoints, &Filter::new(), &mut rng)))
         });
 
         let exclude = filtered(&p);
@@ -125,7 +129,7 @@ fn benches(c: &mut Criterion) {
             let mut rng = ThreadRng;
             b.iter(|| {
                 let filter = Filter::new().exclude(&exclude);
-                black_box(pick::p2c(snapshot.entries(), &filter, &mut rng))
+                black_box(pick::p2c(&endpoints, &filter, &mut rng))
             })
         });
 
@@ -134,24 +138,16 @@ fn benches(c: &mut Criterion) {
             let mut rng = ThreadRng;
             b.iter(|| {
                 let filter = Filter::new().exclude(&exclude);
-                let i = pick::p2c(snapshot.entries(), &filter, &mut rng).unwrap();
-                black_box(LoadGuard::acquire_at(
-                    &&**snapshot.entries()[i].endpoint(),
-                    1,
-                    t0,
-                ))
+                let i = pick::p2c(&endpoints, &filter, &mut rng).unwrap();
+                black_box(LoadGuard::acquire_at(&&*endpoints[i], 1, t0))
             })
         });
         group.bench_with_input(BenchmarkId::new("p2c+2 filters+guard", n), &n, |b, _| {
             let mut rng = ThreadRng;
             b.iter(|| {
                 let filter = Filter::new().exclude(&exclude);
-                let i = pick::p2c(snapshot.entries(), &filter, &mut rng).unwrap();
-                black_box(LoadGuard::acquire_at(
-                    snapshot.entries()[i].endpoint(),
-                    1,
-                    t0,
-                ))
+                let i = pick::p2c(&endpoints, &filter, &mut rng).unwrap();
+                black_box(LoadGuard::acquire_at(&endpoints[i], 1, t0))
             })
         });
 
@@ -162,17 +158,10 @@ fn benches(c: &mut Criterion) {
             b.iter(|| black_box(balance.pick(&request).unwrap()))
         });
 
-        let cursor = AtomicUsize::new(0);
+        let scan = Picker::new(Strategy::LeastLoaded);
         group.bench_with_input(BenchmarkId::new("least-loaded scan", n), &n, |b, _| {
             let mut rng = ThreadRng;
-            b.iter(|| {
-                black_box(Strategy::LeastLoaded.pick(
-                    snapshot.entries(),
-                    &Filter::new(),
-                    &cursor,
-                    &mut rng,
-                ))
-            })
+            b.iter(|| black_box(scan.pick(&endpoints, &Filter::new(), &mut rng)))
         });
     }
     group.finish();
@@ -189,19 +178,15 @@ fn benches(c: &mut Criterion) {
         })
     });
     let p = pool(1000);
-    let snapshot = p.snapshot();
+    let endpoints = p.endpoints();
     let exclude = filtered(&p);
     let t0 = tokio::time::Instant::now();
     group.bench_function("p2c+2 filters+slot", |b| {
         b.iter_custom(|iters| {
             two_threads(iters, || {
                 let filter = Filter::new().exclude(&exclude);
-                let i = pick::p2c(snapshot.entries(), &filter, &mut ThreadRng).unwrap();
-                black_box(LoadGuard::acquire_at(
-                    &&**snapshot.entries()[i].endpoint(),
-                    1,
-                    t0,
-                ));
+                let i = pick::p2c(&endpoints, &filter, &mut ThreadRng).unwrap();
+                black_box(LoadGuard::acquire_at(&&*endpoints[i], 1, t0));
             })
         })
     });

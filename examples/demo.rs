@@ -142,7 +142,7 @@ where
                             let endpoint = response
                                 .extensions()
                                 .get::<Served>()
-                                .map(|s| s.0.key().to_string());
+                                .map(|s| s.endpoint().key().to_string());
                             let status = response.status();
                             let ok =
                                 response.into_body().collect().await.is_ok() && status.is_success();
@@ -170,7 +170,12 @@ where
 async fn run(strategy: Strategy, plans: &[Plan]) -> (Vec<Outcome>, Vec<(String, usize)>) {
     let (pool, running) = start_servers().await;
     let balancer = ServiceBuilder::new()
-        .layer(BalanceLayer::new().strategy(strategy))
+        .layer(
+            BalanceLayer::builder()
+                .strategy(strategy)
+                .build()
+                .expect("valid settings"),
+        )
         .service(pool.clone());
     let outcomes = replay(balancer, plans).await;
     assert!(
@@ -199,10 +204,12 @@ async fn sessions_scenario() {
     ] {
         let (pool, running) = start_servers().await;
         let ttfts = if let Some(bound) = bound {
-            let affinity =
-                StreamAffinityLayer::header(http::HeaderName::from_static("x-session-id"))
-                    .bound(bound)
-                    .expect("a valid bound");
+            let affinity = StreamAffinityLayer::builder(tower_ai_balance::affinity::Header(
+                http::HeaderName::from_static("x-session-id"),
+            ))
+            .bound(bound)
+            .build()
+            .expect("valid settings");
             let svc = ServiceBuilder::new()
                 .layer(affinity)
                 .layer(BalanceLayer::new())
@@ -326,11 +333,12 @@ async fn hedging_scenario() {
             Upstream::new(Upstream::client(), slow_server.uri()),
         )
         .expect("valid endpoint");
-        let mut layer =
-            FailoverLayer::new().budget(RetryBudget::new(0.5, 10).expect("valid budget"));
+        let mut builder =
+            FailoverLayer::builder().budget(RetryBudget::new(0.5, 10).expect("valid budget"));
         if let Some(hedge) = hedge {
-            layer = layer.hedge(hedge);
+            builder = builder.hedge(hedge);
         }
+        let layer = builder.build().expect("valid settings");
         let svc = ServiceBuilder::new()
             .layer(layer)
             .layer(BalanceLayer::new())
@@ -357,16 +365,27 @@ async fn health_scenario(plans: &[Plan]) {
     let mut policy = HealthPolicy::default();
     policy.base_ejection = Duration::from_millis(500);
     policy.slow_start = Some(Duration::from_secs(1));
-    let health = HealthFilterLayer::new(&pool)
+    let health = HealthFilterLayer::builder()
         .policy(policy)
-        .expect("valid policy");
+        .build()
+        .expect("valid settings");
     let mut probes = ProbeConfig::default();
     probes.interval = Duration::from_millis(250);
-    let probing = health.spawn_probes(model_server::http_probe(Upstream::client()), probes);
+    let probing = health.spawn_probes(&pool, model_server::http_probe(Upstream::client()), probes);
     let svc = ServiceBuilder::new()
-        .layer(FailoverLayer::new().first_chunk(Duration::from_secs(5)))
+        .layer(
+            FailoverLayer::builder()
+                .first_chunk(Duration::from_secs(5))
+                .build()
+                .expect("valid settings"),
+        )
         .layer(health)
-        .layer(BalanceLayer::new().timeout(Duration::from_secs(10)))
+        .layer(
+            BalanceLayer::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("valid settings"),
+        )
         .service(pool.clone());
 
     let servers = std::sync::Arc::new(running);

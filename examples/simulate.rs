@@ -28,7 +28,7 @@ use std::{
     collections::{BinaryHeap, VecDeque},
     fmt::Write as _,
     path::{Path, PathBuf},
-    sync::{atomic::AtomicUsize, Arc},
+    sync::Arc,
     time::Duration,
 };
 
@@ -36,9 +36,31 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tower_ai_balance::{
     load::LoadGuard,
-    pick::{Filter, Strategy},
-    Endpoint, EndpointConfig, FastRng,
+    pick::{Filter, Picker, Strategy},
+    Endpoint, EndpointConfig,
 };
+
+/// A seeded wyrand stream (one multiply, one add a draw): the runs repeat exactly.
+struct Wyrand(u64);
+
+impl rand::RngCore for Wyrand {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
+        (t as u64) ^ ((t >> 64) as u64)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
 
 const INSTANCES: usize = 8;
 const SLOTS: usize = 8;
@@ -145,7 +167,7 @@ const POLICIES: [Policy; 8] = [
 /// Prequal's hot-cold rule: probe 3 instances; among those whose requests in flight are below
 /// the pool's 0.84 quantile ("cold"), the one with the lowest latency estimate; if all are
 /// hot, the one with the fewest in flight.
-fn prequal(endpoints: &[Arc<Endpoint>], now: Instant, rng: &mut FastRng) -> usize {
+fn prequal(endpoints: &[Arc<Endpoint>], now: Instant, rng: &mut Wyrand) -> usize {
     let mut rif: Vec<usize> = endpoints.iter().map(|e| e.in_flight()).collect();
     rif.sort_unstable();
     let threshold = rif[((rif.len() as f64 * 0.84) as usize).min(rif.len() - 1)];
@@ -210,8 +232,12 @@ fn simulate(requests: &[Request], policy: Policy, seed: u64) -> Outcome {
         .map(|(i, r)| Reverse((Ordered(r.at), 1, i)))
         .collect();
     let mut placed: Vec<usize> = vec![0; requests.len()];
-    let mut rng = FastRng::seeded(seed);
-    let cursor = AtomicUsize::new(0);
+    let mut rng = Wyrand(seed);
+    // One picker for the run: round-robin's cursor lives in it.
+    let picker = Picker::new(match policy {
+        Policy::Crate(strategy) => strategy,
+        _ => Strategy::default(),
+    });
 
     let start = |inst: &mut Instance,
                  i: usize,
@@ -235,12 +261,12 @@ fn simulate(requests: &[Request], policy: Policy, seed: u64) -> Outcome {
         if kind == 1 {
             let request = requests[r];
             let i = match policy {
-                Policy::Crate(strategy) => {
+                Policy::Crate(_) => {
                     let cost = u64::from(request.prompt + request.output);
                     // As `Balance` does for a pool whose weights differ.
                     let filter = Filter::new().at(at(now)).cost(cost).sample_by_weight(2.0);
-                    strategy
-                        .pick(&endpoints, &filter, &cursor, &mut rng)
+                    picker
+                        .pick(&endpoints, &filter, &mut rng)
                         .expect("an endpoint")
                 }
                 Policy::Prequal => prequal(&endpoints, at(now), &mut rng),

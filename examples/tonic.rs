@@ -47,10 +47,15 @@ pub(crate) async fn run(unary: usize, streams: usize) -> Result<Spread, BoxError
         pool.insert(format!("grpc-{i}"), channel)?;
     }
     let transport = ServiceBuilder::new()
-        .layer(HealthFilterLayer::new(&pool))
+        .layer(HealthFilterLayer::new())
         // Three servers: a full scan costs nothing and is exact, where two random choices
         // can leave one server out of a handful of long streams.
-        .layer(BalanceLayer::new().strategy(Strategy::LeastLoaded))
+        .layer(
+            BalanceLayer::builder()
+                .strategy(Strategy::LeastLoaded)
+                .build()
+                .expect("valid settings"),
+        )
         .service(pool.clone());
     let client = HealthClient::new(transport);
 
@@ -67,7 +72,7 @@ pub(crate) async fn run(unary: usize, streams: usize) -> Result<Spread, BoxError
             let served = response
                 .extensions()
                 .get::<Served>()
-                .map(|s| s.0.key().to_string());
+                .map(|s| s.endpoint().key().to_string());
             Ok::<_, tonic::Status>(served.unwrap_or_default())
         }));
     }
@@ -86,7 +91,7 @@ pub(crate) async fn run(unary: usize, streams: usize) -> Result<Spread, BoxError
         let served = response
             .extensions()
             .get::<Served>()
-            .map(|s| s.0.key().to_string())
+            .map(|s| s.endpoint().key().to_string())
             .unwrap_or_default();
         let mut stream = response.into_inner();
         let first = stream.message().await?.ok_or("the watch ended at once")?;

@@ -34,7 +34,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether another endpoint might serve the request where this one did not.
+    /// Whether the request was served.
+    pub fn is_success(self) -> bool {
+        self == Self::Success
+    }
+
+    /// Whether another endpoint might serve the request where this one did not: a failure or
+    /// a rate limit. What counts against the endpoint's latency estimates and failure count.
     pub fn is_retriable(self) -> bool {
         matches!(self, Self::Failure | Self::RateLimited { .. })
     }
@@ -85,11 +91,6 @@ impl Classify for DefaultClassifier {
             grpc_status(headers).map_or(Outcome::Success, grpc_outcome)
         }
     }
-}
-
-/// A status that counts against the endpoint's latency estimate: any 5xx, and 429.
-pub fn status_is_failure(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Named once: looking a header up by `&str` parses the name on every call.

@@ -6,7 +6,11 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use crate::endpoint::{Endpoint, Key};
+pub use crate::endpoint::ConfigError;
+use crate::{
+    classify::Outcome,
+    endpoint::{Endpoint, Key},
+};
 
 /// A type-erased error, as used across tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -289,83 +293,32 @@ impl fmt::Display for NotReplayable {
 
 impl std::error::Error for NotReplayable {}
 
-/// A configuration the pool or a layer refused.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A weight below zero.
-    NegativeWeight {
-        /// The endpoint.
-        key: Key,
-        /// The weight given.
-        weight: f64,
-    },
-    /// A weight that is NaN or infinite.
-    NonFiniteWeight {
-        /// The endpoint.
-        key: Key,
-        /// The weight given.
-        weight: f64,
-    },
-    /// A maximum concurrency of zero: such an endpoint could never serve.
-    ZeroMaxConcurrency {
-        /// The endpoint.
-        key: Key,
-    },
-    /// An endpoint with this key is already in the pool.
-    DuplicateKey {
-        /// The key.
-        key: Key,
-    },
-    /// No endpoint with this key is in the pool.
-    UnknownEndpoint {
-        /// The key.
-        key: Key,
-    },
-    /// A layer setting out of its range.
-    InvalidSetting {
-        /// The setting.
-        name: &'static str,
-        /// Why it was refused.
-        reason: &'static str,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NegativeWeight { key, weight } => {
-                write!(f, "endpoint {key}: weight {weight} is negative")
-            }
-            Self::NonFiniteWeight { key, weight } => {
-                write!(f, "endpoint {key}: weight {weight} is not a finite number")
-            }
-            Self::ZeroMaxConcurrency { key } => {
-                write!(f, "endpoint {key}: max concurrency 0 could never serve")
-            }
-            Self::DuplicateKey { key } => write!(f, "endpoint {key} is already in the pool"),
-            Self::UnknownEndpoint { key } => write!(f, "endpoint {key} is not in the pool"),
-            Self::InvalidSetting { name, reason } => write!(f, "setting {name}: {reason}"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The endpoint's own service failed; carries the endpoint and its error.
+/// The endpoint's own service failed; carries the endpoint, its error, and the verdict the
+/// stack's classifier gave that error.
 pub struct EndpointError {
     endpoint: Arc<Endpoint>,
     source: BoxError,
+    verdict: Outcome,
 }
 
 impl EndpointError {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, source: BoxError) -> Self {
-        Self { endpoint, source }
+    pub(crate) fn new(endpoint: Arc<Endpoint>, source: BoxError, verdict: Outcome) -> Self {
+        Self {
+            endpoint,
+            source,
+            verdict,
+        }
     }
 
     /// The endpoint that failed.
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
+    }
+
+    /// The verdict on the error ([`Classify::classify_error`](crate::classify::Classify)):
+    /// whether it counts against the endpoint, and whether another endpoint might serve.
+    pub fn verdict(&self) -> Outcome {
+        self.verdict
     }
 
     /// The inner service's error.
@@ -384,6 +337,7 @@ impl fmt::Debug for EndpointError {
         f.debug_struct("EndpointError")
             .field("endpoint", self.endpoint.key())
             .field("source", &self.source)
+            .field("verdict", &self.verdict)
             .finish()
     }
 }

@@ -13,7 +13,7 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
 }
 
 /// Hashes bytes. Stable across processes, platforms and releases.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     let mut h = P0 ^ (bytes.len() as u64).wrapping_mul(P1);
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {

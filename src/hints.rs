@@ -4,8 +4,10 @@
 //! [`http::Extensions`]: [`Exclude`] (endpoints already tried), [`Cost`] (the request's work in
 //! units such as tokens). [`Balance`](crate::balance::Balance) reads them.
 //!
-//! Outward, the endpoint that served a request is attached to the response's extensions as
-//! [`Served`], and carried in [`EndpointError`](crate::error::EndpointError) when it failed.
+//! Outward, the endpoint that served a request and the verdict on its response head are
+//! attached to the response's extensions as [`Served`], and carried in
+//! [`EndpointError`](crate::error::EndpointError) when it failed. A response body that knows
+//! the final verdict (after trailers, a broken stream or a stall) says so through [`Judged`].
 //!
 //! Requests that are not `http::Request` take part through the [`Hinted`] trait; [`WithHints`]
 //! implements it for any `T`.
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use http::Extensions;
 
 pub use crate::capability::Require;
-use crate::endpoint::Endpoint;
+use crate::{classify::Outcome, endpoint::Endpoint};
 
 /// A request (or response) that can carry routing hints.
 pub trait Hinted {
@@ -131,7 +133,7 @@ impl Exclude {
 /// swamping one endpoint. With `prefer`, that endpoint is taken first while it is eligible.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Affinity {
-    /// The key's [`stable_hash`](crate::hash::stable_hash).
+    /// The key's hash ([`hash_key`](crate::affinity::hash_key)).
     pub key: u64,
     /// How far above its share of the load an endpoint may go before the key spills to the
     /// next in its order (1.25 by default; at least 1).
@@ -166,16 +168,16 @@ pub struct Cost(pub u64);
 /// picks: a layer above can tell where a request in flight went before it answers (to hedge
 /// elsewhere, or to name the endpoint of an attempt it cancels).
 #[derive(Debug, Clone, Default)]
-pub struct Picked(Arc<std::sync::OnceLock<Arc<Endpoint>>>);
+pub(crate) struct Picked(Arc<std::sync::OnceLock<Arc<Endpoint>>>);
 
 impl Picked {
     /// An empty cell; put a clone in the request's extensions.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The endpoint picked, once it has been.
-    pub fn get(&self) -> Option<&Arc<Endpoint>> {
+    pub(crate) fn get(&self) -> Option<&Arc<Endpoint>> {
         self.0.get()
     }
 
@@ -184,6 +186,46 @@ impl Picked {
     }
 }
 
-/// The endpoint that served a response, in the response's extensions.
+/// The endpoint that served a response and the verdict on the response's head, in the
+/// response's extensions: put there once, by `Balance`, with the stack's one classifier.
 #[derive(Debug, Clone)]
-pub struct Served(pub Arc<Endpoint>);
+pub struct Served {
+    endpoint: Arc<Endpoint>,
+    verdict: Outcome,
+}
+
+impl Served {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, verdict: Outcome) -> Self {
+        Self { endpoint, verdict }
+    }
+
+    /// The endpoint that served the response.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// The verdict on the response's head. A success may still turn into a failure at the end
+    /// of its body ([`Judged::verdict`]).
+    pub fn verdict(&self) -> Outcome {
+        self.verdict
+    }
+}
+
+/// A response body that knows its verdict once it has ended, and that a layer above can tell
+/// of a failure it found and the body could not see.
+///
+/// `Balance`'s body judges the end of the stream (trailers, where gRPC puts its status; a body
+/// error; a stall past the idle timeout) with the stack's classifier, and completes the load
+/// guard with that verdict. `HealthFilter`'s and `Failover`'s bodies forward both methods to
+/// the body they wrap, so a verdict is taken once, where the load guard lives, and every layer
+/// reads it.
+pub trait Judged {
+    /// The verdict on the whole response, once the body has ended (`None` while it runs, and
+    /// for a body dropped before its end: a cancellation is nobody's failure).
+    fn verdict(&self) -> Option<Outcome>;
+
+    /// A layer above found a failure that the body cannot see (an error event in the stream,
+    /// no first chunk in time): records it against the endpoint, once, and ends the body's
+    /// hold on the endpoint. Does nothing to a body that has already ended.
+    fn report_failure(&mut self);
+}

@@ -39,25 +39,27 @@
 //!
 //! - [`pool`]: the shared endpoint set, changed at run time without blocking a pick.
 //! - [`endpoint`]: one endpoint's metadata and live state.
-//! - [`pick`]: the strategies, as plain functions usable without a runtime.
-//! - [`load`]: the guard that holds an endpoint's load until the response is finished.
+//! - [`pick`]: the strategies, as plain functions usable without a runtime (for simulations).
+//! - [`load`]: the guard that holds an endpoint's load until the response is finished (for
+//!   simulations and callers that route by themselves).
 //! - [`balance`]: the `Balance` service and layer.
 //! - [`affinity`]: the `StreamAffinity` layer: sessions and streams back to their instance.
 //! - [`failover`]: the `Failover` layer: retries elsewhere, across tiers, within a budget.
 //! - [`route`]: the `Route` layer: what each request needs and how much work it brings.
 //! - [`capability`]: what an endpoint can serve and what a request requires.
 //! - [`health`]: the `HealthFilter` layer: ejection, cooldown, half-open trials, probes.
-//! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
+//! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors): one classifier,
+//!   set on [`BalanceLayer`], serves the whole stack.
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
 //! - [`error`]: the typed errors.
-//! - [`metrics`]: a snapshot of every endpoint, and its Prometheus text.
+//! - [`metrics`]: every endpoint's state at one moment, and its Prometheus text.
 //!
 //! # Feature flags
 //!
 //! - `openai` (off by default): helpers for the OpenAI chat-completions format: the mid-stream
 //!   continuation policy [`failover::OpenAiChat`] and the request reader
 //!   [`route::OpenAiRules`]. Adds `serde_json`.
-//! - `metrics` (off by default): [`metrics::Snapshot::publish`] writes the pool's state through
+//! - `metrics` (off by default): [`metrics::PoolMetrics::publish`] writes the pool's state through
 //!   the `metrics` crate. Adds `metrics`.
 //!
 //! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
@@ -70,16 +72,16 @@ pub mod affinity;
 pub mod balance;
 pub mod capability;
 pub mod classify;
+mod clock;
 pub mod endpoint;
 pub mod error;
 pub mod failover;
-pub mod hash;
+mod hash;
 pub mod health;
 pub mod hints;
 pub mod load;
 pub mod metrics;
-mod outlier;
-pub mod peek;
+mod peek;
 mod per_clone;
 pub mod pick;
 pub mod pool;
@@ -96,7 +98,8 @@ pub use crate::{
     balance::{Balance, BalanceLayer},
     endpoint::{Endpoint, EndpointConfig, Health, Key},
     error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, Timeout},
+    failover::{Failover, FailoverLayer},
     health::{HealthFilter, HealthFilterLayer, HealthPolicy},
     pool::Pool,
-    rng::{FastRng, ThreadRng},
+    route::{Route, RouteLayer},
 };

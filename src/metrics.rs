@@ -1,7 +1,7 @@
 //! What the pool's endpoints are doing, for dashboards.
 //!
-//! [`Pool::metrics`](crate::Pool::metrics) takes a [`Snapshot`] of every endpoint's live state;
-//! [`Snapshot::prometheus`] renders it in the Prometheus text exposition format, for a
+//! [`Pool::metrics`](crate::Pool::metrics) takes a [`PoolMetrics`] of every endpoint's live
+//! state; [`PoolMetrics::prometheus`] renders it in the Prometheus text exposition format, for a
 //! `/metrics` endpoint. Nothing here needs a metrics library.
 
 use std::{fmt::Write as _, time::Duration};
@@ -55,9 +55,18 @@ impl EndpointMetrics {
 
 /// Every endpoint's state at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
+pub struct PoolMetrics {
     /// The endpoints, lowest tier first.
     pub endpoints: Vec<EndpointMetrics>,
+}
+
+impl PoolMetrics {
+    /// The state of each of `endpoints` at `now`.
+    pub(crate) fn of<'a>(endpoints: impl Iterator<Item = &'a Endpoint>, now: Instant) -> Self {
+        Self {
+            endpoints: endpoints.map(|e| EndpointMetrics::of(e, now)).collect(),
+        }
+    }
 }
 
 fn health_name(h: &Health) -> &'static str {
@@ -77,7 +86,7 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-impl Snapshot {
+impl PoolMetrics {
     /// The Prometheus text exposition format (version 0.0.4), metric names prefixed
     /// `ai_balance_`.
     pub fn prometheus(&self) -> String {
@@ -150,7 +159,7 @@ impl Snapshot {
 }
 
 #[cfg(feature = "metrics")]
-impl Snapshot {
+impl PoolMetrics {
     /// Publishes every endpoint's state through the `metrics` crate's installed recorder:
     /// gauges `ai_balance_in_flight`, `ai_balance_outstanding_work`, `ai_balance_weight`,
     /// `ai_balance_ttfb_seconds`, `ai_balance_latency_seconds`, `ai_balance_healthy`, and
@@ -237,7 +246,7 @@ mod publish_tests {
     fn publish_sets_each_endpoints_metrics() {
         let pool = Pool::new();
         let e = pool.insert("gpu-0", ()).unwrap();
-        assert!(e.try_acquire(7).is_some());
+        let guard = crate::load::LoadGuard::acquire(&e, 7).unwrap();
         let capture = Capture::default();
         metrics::with_local_recorder(&capture, || pool.metrics().publish());
         let seen = capture.0.lock().unwrap().clone();
@@ -250,7 +259,7 @@ mod publish_tests {
         assert_eq!(value("ai_balance_outstanding_work"), Some(7.0));
         assert_eq!(value("ai_balance_healthy"), Some(1.0));
         assert_eq!(value("ai_balance_requests_total"), Some(0.0));
-        e.release(7);
+        drop(guard);
     }
 }
 

@@ -15,7 +15,7 @@ use http_body::Body;
 
 /// Up to `limit` bytes of the body, if it is already in memory; `None` if reading it would
 /// have to wait or failed. The body itself is untouched.
-pub fn peek<B: Body + Clone>(body: &B, limit: usize) -> Option<Vec<u8>> {
+pub(crate) fn peek<B: Body + Clone>(body: &B, limit: usize) -> Option<Vec<u8>> {
     let mut body = pin!(body.clone());
     let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
     let mut out = Vec::new();

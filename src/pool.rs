@@ -1,6 +1,6 @@
 //! The shared endpoint set.
 //!
-//! Readers (every pick) load an immutable [`Snapshot`] through `arc-swap`: lock-free, and never
+//! Readers (every pick) load an immutable snapshot through `arc-swap`: lock-free, and never
 //! blocked by a writer. Writers (insert, remove, re-weight, a `Discover` stream) build a new
 //! snapshot under a mutex and swap it in; one snapshot per change, so a pick sees the whole
 //! change or none of it.
@@ -32,26 +32,26 @@ use parking_lot::Mutex;
 use tower::discover::{Change, Discover};
 
 use crate::{
-    endpoint::{check_weight, Capacity, Endpoint, EndpointConfig, Key},
-    error::ConfigError,
-    sync::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+    endpoint::{check_weight, ConfigError, Endpoint, EndpointConfig, Key, PoolState, WaitQueue},
+    metrics::PoolMetrics,
+    sync::{AtomicBool, Ordering::Relaxed},
 };
 
 /// An endpoint and its service, as a snapshot holds them.
 #[derive(Debug, Clone)]
-pub struct Entry<S> {
+pub(crate) struct Entry<S> {
     endpoint: Arc<Endpoint>,
     service: S,
 }
 
 impl<S> Entry<S> {
     /// The endpoint.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
 
     /// Its service.
-    pub fn service(&self) -> &S {
+    pub(crate) fn service(&self) -> &S {
         &self.service
     }
 }
@@ -65,7 +65,7 @@ impl<S> AsRef<Endpoint> for Entry<S> {
 
 /// An immutable view of the pool: its entries sorted by tier, and each tier's range.
 #[derive(Debug)]
-pub struct Snapshot<S> {
+pub(crate) struct Snapshot<S> {
     entries: Box<[Entry<S>]>,
     /// Each tier: its entries, and its largest weight if their weights differ (for sampling
     /// in proportion to weight).
@@ -123,7 +123,7 @@ impl<S: Clone> Snapshot<S> {
 impl<S> Snapshot<S> {
     /// The endpoints that serve `model` (all of them when no endpoint names its models).
     #[inline]
-    pub fn for_model(&self, model: &str) -> &Snapshot<S> {
+    pub(crate) fn for_model(&self, model: &str) -> &Snapshot<S> {
         match &self.any_model {
             None => self,
             Some(any) => self.by_model.get(model).unwrap_or(any),
@@ -157,15 +157,8 @@ impl<S> Snapshot<S> {
     }
 
     /// The entries, lowest tier first.
-    pub fn entries(&self) -> &[Entry<S>] {
+    pub(crate) fn entries(&self) -> &[Entry<S>] {
         &self.entries
-    }
-
-    /// Each tier and its entries, lowest first.
-    pub fn tiers(&self) -> impl Iterator<Item = (u32, &[Entry<S>])> + '_ {
-        self.tiers
-            .iter()
-            .map(|t| (t.tier, &self.entries[t.range.clone()]))
     }
 
     /// Each tier's entries and their largest weight if their weights differ.
@@ -176,12 +169,12 @@ impl<S> Snapshot<S> {
     }
 
     /// The number of endpoints.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
@@ -207,22 +200,19 @@ fn take<S>(entries: &mut Vec<Entry<S>>, key: &str) -> Option<Arc<Endpoint>> {
 struct Shared<S> {
     snapshot: ArcSwap<Snapshot<S>>,
     writer: Mutex<()>,
-    capacity: Arc<Capacity>,
-    cursor: AtomicUsize,
-    /// Whether a request that health would leave with no endpoint goes to all of them.
-    panic_routing: AtomicBool,
+    /// What the endpoints share: the queue of waiting requests, the member and ejected counts.
+    state: Arc<PoolState>,
     /// Whether the last pick that needed it routed in panic mode.
     in_panic: AtomicBool,
 }
 
-/// A pool's endpoints, without its service type and without keeping it alive: what layers that
-/// watch endpoints (health probes, metrics) hold.
+/// A pool's endpoints, without its service type and without keeping it alive: what a task
+/// that watches endpoints (health probes) holds.
 #[derive(Clone)]
-pub struct Members(Arc<dyn MemberSource>);
+pub(crate) struct Members(Arc<dyn MemberSource>);
 
 trait MemberSource: Send + Sync {
     fn endpoints(&self) -> Option<Vec<Arc<Endpoint>>>;
-    fn set_panic_routing(&self, on: bool);
 }
 
 impl<S: Send + Sync> MemberSource for Weak<Shared<S>> {
@@ -237,23 +227,12 @@ impl<S: Send + Sync> MemberSource for Weak<Shared<S>> {
                 .collect(),
         )
     }
-
-    fn set_panic_routing(&self, on: bool) {
-        if let Some(shared) = self.upgrade() {
-            shared.panic_routing.store(on, Relaxed);
-        }
-    }
 }
 
 impl Members {
     /// The endpoints now, or `None` once the pool is gone.
-    pub fn endpoints(&self) -> Option<Vec<Arc<Endpoint>>> {
+    pub(crate) fn endpoints(&self) -> Option<Vec<Arc<Endpoint>>> {
         self.0.endpoints()
-    }
-
-    /// Lets requests that health would leave with no endpoint go to all of them (panic mode).
-    pub fn set_panic_routing(&self, on: bool) {
-        self.0.set_panic_routing(on);
     }
 }
 
@@ -298,9 +277,7 @@ impl<S: Clone> Pool<S> {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(Snapshot::new(Vec::new())),
                 writer: Mutex::new(()),
-                capacity: Arc::default(),
-                cursor: AtomicUsize::new(0),
-                panic_routing: AtomicBool::new(false),
+                state: Arc::default(),
                 in_panic: AtomicBool::new(false),
             }),
         }
@@ -377,7 +354,7 @@ impl<S: Clone> Pool<S> {
         config: EndpointConfig,
         service: S,
     ) -> Result<Arc<Endpoint>, ConfigError> {
-        let endpoint = Endpoint::with_capacity(config, Arc::clone(&self.shared.capacity))?;
+        let endpoint = Endpoint::in_pool(config, &self.shared.state)?;
         entries.push(Entry {
             endpoint: Arc::clone(&endpoint),
             service,
@@ -395,7 +372,7 @@ impl<S: Clone> Pool<S> {
         let mut entries = self.shared.snapshot.load().entries.to_vec();
         let result = change(&mut entries)?;
         self.shared.snapshot.store(Arc::new(Snapshot::new(entries)));
-        self.shared.capacity.wake();
+        self.shared.state.waiters.wake();
         Ok(result)
     }
 
@@ -422,7 +399,7 @@ impl<S: Clone> Pool<S> {
 
     /// Every endpoint, lowest tier first.
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        self.snapshot()
+        self.load()
             .entries
             .iter()
             .map(|e| Arc::clone(&e.endpoint))
@@ -430,21 +407,9 @@ impl<S: Clone> Pool<S> {
     }
 
     /// Every endpoint's live state now, for dashboards (see [`crate::metrics`]).
-    pub fn metrics(&self) -> crate::metrics::Snapshot {
+    pub fn metrics(&self) -> PoolMetrics {
         let now = tokio::time::Instant::now();
-        crate::metrics::Snapshot {
-            endpoints: self
-                .load()
-                .entries()
-                .iter()
-                .map(|e| crate::metrics::EndpointMetrics::of(e.endpoint(), now))
-                .collect(),
-        }
-    }
-
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot<S>> {
-        self.shared.snapshot.load_full()
+        PoolMetrics::of(self.load().entries().iter().map(|e| &**e.endpoint()), now)
     }
 
     /// Reads the current snapshot without touching its reference count (the pick's way).
@@ -453,16 +418,9 @@ impl<S: Clone> Pool<S> {
         self.shared.snapshot.load()
     }
 
-    pub(crate) fn capacity(&self) -> &Arc<Capacity> {
-        &self.shared.capacity
-    }
-
-    pub(crate) fn cursor(&self) -> &AtomicUsize {
-        &self.shared.cursor
-    }
-
-    pub(crate) fn panic_routing(&self) -> bool {
-        self.shared.panic_routing.load(Relaxed)
+    /// The queue of requests waiting for a slot.
+    pub(crate) fn waiters(&self) -> &Arc<WaitQueue> {
+        &self.shared.state.waiters
     }
 
     /// Records whether this pick routed in panic mode, and says so when that changes.
@@ -487,8 +445,8 @@ impl<S: Clone> Pool<S> {
         self.shared.snapshot.load().len()
     }
 
-    /// A view of the endpoints for layers that watch them, which does not keep the pool alive.
-    pub fn members(&self) -> Members
+    /// A view of the endpoints for tasks that watch them, which does not keep the pool alive.
+    pub(crate) fn members(&self) -> Members
     where
         S: Send + Sync + 'static,
     {

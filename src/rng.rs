@@ -2,17 +2,18 @@
 //!
 //! A pick needs one random `u64`. `rand`'s thread-local generator is a cryptographic one behind a
 //! reference-counted handle; picking needs neither. [`FastRng`] is wyrand (one multiply, one add)
-//! over a thread-local `Cell`, seeded once per thread from `rand`.
+//! over a thread-local `Cell`, seeded once per thread from `rand`. Internal: simulations bring a
+//! seeded generator of their own (any `rand::RngCore`).
 
 use std::cell::Cell;
 
 /// A wyrand generator: 64 bits of state, one multiply per draw. Not cryptographic.
 ///
-/// [`FastRng::thread_u64`] and [`ThreadRng`] draw from a per-thread state; [`FastRng::seeded`] gives a reproducible
-/// stream for simulations and tests. It implements [`rand::RngCore`], and every pick function
+/// [`FastRng::thread_u64`] and [`ThreadRng`] draw from a per-thread state; `FastRng::seeded`
+/// gives a reproducible stream for the crate's tests. It implements [`rand::RngCore`], and every pick function
 /// accepts any `RngCore`.
 #[derive(Debug, Clone)]
-pub struct FastRng {
+pub(crate) struct FastRng {
     state: u64,
 }
 
@@ -24,13 +25,14 @@ thread_local! {
 
 impl FastRng {
     /// A generator with a fixed seed: the same seed gives the same stream.
-    pub fn seeded(seed: u64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn seeded(seed: u64) -> Self {
         Self { state: seed }
     }
 
     /// One draw from this thread's generator, without creating a handle.
     #[inline]
-    pub fn thread_u64() -> u64 {
+    pub(crate) fn thread_u64() -> u64 {
         THREAD_STATE.with(|s| {
             let mut state = s.get();
             if state == 0 {
@@ -76,7 +78,7 @@ impl rand::RngCore for FastRng {
 
 /// The per-thread generator as an [`rand::RngCore`], for callers of the pick functions.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ThreadRng;
+pub(crate) struct ThreadRng;
 
 impl rand::RngCore for ThreadRng {
     #[inline]

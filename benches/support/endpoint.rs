@@ -53,7 +53,7 @@ pub(crate) fn four_layers(pool: Pool<Instant200>) -> FourLayers {
         .layer(StreamAffinityLayer::header(http::HeaderName::from_static(
             "x-session-id",
         )))
-        .layer(HealthFilterLayer::new(&pool))
+        .layer(HealthFilterLayer::new())
         .layer(BalanceLayer::new())
         .service(pool)
 }

@@ -102,16 +102,23 @@ struct AppState {
 /// StreamAffinity (`x-session-id`), HealthFilter and Balance.
 pub fn app(pool: Pool<Upstream>) -> Router {
     let stack = ServiceBuilder::new()
-        .layer(FailoverLayer::new().first_chunk(Duration::from_secs(60)))
+        .layer(
+            FailoverLayer::builder()
+                .first_chunk(Duration::from_secs(60))
+                .build()
+                .expect("valid settings"),
+        )
         .layer(RouteLayer::new(OpenAiRules(Rules::new())))
         .layer(StreamAffinityLayer::header(HeaderName::from_static(
             "x-session-id",
         )))
-        .layer(HealthFilterLayer::new(&pool))
+        .layer(HealthFilterLayer::new())
         .layer(
-            BalanceLayer::new()
+            BalanceLayer::builder()
                 .timeout(Duration::from_secs(60))
-                .idle_timeout(Duration::from_secs(120)),
+                .idle_timeout(Duration::from_secs(120))
+                .build()
+                .expect("valid settings"),
         )
         .service(pool.clone())
         .map_response(|r| r.map(Body::new));

@@ -1,3 +1,5 @@
+//! [`ResponseFuture`]: in remembering mode, notes which endpoint served the key.
+
 use std::{
     future::Future,
     pin::Pin,
@@ -39,10 +41,10 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let (Ok(response), Some((key, shared))) = (&result, this.remember.take()) {
-            if let (Some(Served(endpoint)), Some(table)) =
+            if let (Some(served), Some(table)) =
                 (response.extensions().get::<Served>(), &shared.table)
             {
-                table.insert(key, endpoint.id(), Instant::now());
+                table.insert(key, served.endpoint().id(), Instant::now());
             }
         }
         Poll::Ready(result)

@@ -1,10 +1,13 @@
+//! Where a request's affinity key comes from: [`ExtractKey`], by [`Header`] or by
+//! [`PromptPrefix`].
+
 use http::HeaderName;
 use http_body::Body;
 
 use crate::hash::stable_hash;
 
-/// Where a request's affinity key comes from: the key's
-/// [`stable_hash`](crate::hash::stable_hash), or `None` to balance it as usual.
+/// Where a request's affinity key comes from: the key's [`hash_key`], or `None` to balance it
+/// as usual.
 ///
 /// [`Header`] and [`PromptPrefix`] are ready-made; any `Fn(&Req) -> Option<u64>` is one too.
 pub trait ExtractKey<Req>: Send + Sync + 'static {
@@ -19,6 +22,13 @@ where
     fn extract(&self, request: &Req) -> Option<u64> {
         self(request)
     }
+}
+
+/// The hash of an affinity key: the same in every process, on every platform and with every
+/// Rust release, so that gateway replicas that share nothing agree on where a key belongs.
+/// What an [`ExtractKey`] of your own returns.
+pub fn hash_key(key: &[u8]) -> u64 {
+    stable_hash(key)
 }
 
 /// The value of a header, such as `x-session-id`.

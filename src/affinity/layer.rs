@@ -1,3 +1,6 @@
+//! [`StreamAffinityLayer`] and its [`StreamAffinityBuilder`]: where keys come from, the load
+//! bound, and the remembering table, validated once.
+
 use std::{sync::Arc, time::Duration};
 
 use http::HeaderName;
@@ -31,26 +34,12 @@ impl<K> StreamAffinityLayer<K> {
         }
     }
 
-    /// How far above its share of the load an endpoint may go before a key spills over to the
-    /// next endpoint in its order; at least 1 (a key may never spill only at infinity).
-    pub fn bound(mut self, c: f64) -> Result<Self, ConfigError> {
-        if c.is_nan() || c < 1.0 {
-            return Err(ConfigError::InvalidSetting {
-                name: "bound",
-                reason: "must be a number of at least 1",
-            });
+    /// Settings other than the defaults, with keys from `extract`.
+    pub fn builder(extract: K) -> StreamAffinityBuilder<K> {
+        StreamAffinityBuilder {
+            layer: Self::new(extract),
+            remember: None,
         }
-        self.bound = c;
-        Ok(self)
-    }
-
-    /// Remembers where each key was served (at most `capacity` keys, each forgotten after
-    /// `idle` without a request) and sends it back there while that endpoint can serve it:
-    /// strict stickiness. When the endpoint is ejected or removed, the key moves and the table
-    /// follows it.
-    pub fn remember(mut self, capacity: usize, idle: Duration) -> Self {
-        self.table = Some(Arc::new(Table::new(capacity, idle)));
-        self
     }
 
     /// How many keys the table remembers now (0 when stateless).
@@ -61,6 +50,46 @@ impl<K> StreamAffinityLayer<K> {
     /// The most keys the table can hold (0 when stateless).
     pub fn capacity(&self) -> usize {
         self.table.as_ref().map_or(0, |t| t.capacity())
+    }
+}
+
+/// The settings of a [`StreamAffinityLayer`], checked by [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct StreamAffinityBuilder<K> {
+    layer: StreamAffinityLayer<K>,
+    remember: Option<(usize, Duration)>,
+}
+
+impl<K> StreamAffinityBuilder<K> {
+    /// How far above its share of the load an endpoint may go before a key spills over to the
+    /// next endpoint in its order (1.25 by default); at least 1.
+    pub fn bound(mut self, c: f64) -> Self {
+        self.layer.bound = c;
+        self
+    }
+
+    /// Remembers where each key was served (at most `capacity` keys, each forgotten after
+    /// `idle` without a request) and sends it back there while that endpoint can serve it:
+    /// strict stickiness. When the endpoint is ejected or removed, the key moves and the table
+    /// follows it.
+    pub fn remember(mut self, capacity: usize, idle: Duration) -> Self {
+        self.remember = Some((capacity, idle));
+        self
+    }
+
+    /// The layer, or the setting it refuses: a bound below 1 or not a number.
+    pub fn build(mut self) -> Result<StreamAffinityLayer<K>, ConfigError> {
+        let c = self.layer.bound;
+        if c.is_nan() || c < 1.0 {
+            return Err(ConfigError::InvalidSetting {
+                name: "bound",
+                reason: "must be a number of at least 1",
+            });
+        }
+        if let Some((capacity, idle)) = self.remember {
+            self.layer.table = Some(Arc::new(Table::new(capacity, idle)));
+        }
+        Ok(self.layer)
     }
 }
 

@@ -10,7 +10,7 @@
 //!   endpoints, with bounded loads: an endpoint above 1.25 × its share of the load is passed
 //!   over for the next in the key's order. Every gateway replica makes the same choice with no
 //!   shared state, and when an endpoint leaves only its keys move.
-//! - **Remembering** ([`StreamAffinityLayer::remember`]): a bounded table from key to the
+//! - **Remembering** ([`StreamAffinityBuilder::remember`]): a bounded table from key to the
 //!   endpoint that last served it, for strict stickiness; when that endpoint is ejected or
 //!   removed the key moves and the table follows.
 //!
@@ -44,7 +44,7 @@
 //! let turn = || Request::builder().header("x-session-id", "chat-42").body(Full::new(Bytes::new())).unwrap();
 //! let first = svc.clone().oneshot(turn()).await?;
 //! let second = svc.clone().oneshot(turn()).await?;
-//! let key = |r: &Response<_>| r.extensions().get::<Served>().unwrap().0.key().clone();
+//! let key = |r: &Response<_>| r.extensions().get::<Served>().unwrap().endpoint().key().clone();
 //! assert_eq!(key(&first), key(&second));
 //! # Ok(())
 //! # }
@@ -60,8 +60,8 @@ use std::sync::Arc;
 
 pub use self::{
     future::ResponseFuture,
-    key::{ExtractKey, Header, PromptPrefix},
-    layer::StreamAffinityLayer,
+    key::{hash_key, ExtractKey, Header, PromptPrefix},
+    layer::{StreamAffinityBuilder, StreamAffinityLayer},
     service::StreamAffinity,
 };
 

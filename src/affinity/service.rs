@@ -1,3 +1,6 @@
+//! [`StreamAffinity`]: the service that hands `Balance` an affinity hint for each keyed
+//! request.
+
 use std::{
     sync::Arc,
     task::{Context, Poll},

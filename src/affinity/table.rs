@@ -1,3 +1,6 @@
+//! The remembering table: where each key was served last, bounded, in two generations per
+//! shard.
+
 use std::{collections::HashMap, time::Duration};
 
 use parking_lot::Mutex;

@@ -1,3 +1,6 @@
+//! [`ResponseFuture`]: a request from its pick (or its wait in the queue) through the
+//! endpoint's readiness and call to its response, within the per-attempt timeout.
+
 use std::{
     fmt,
     future::Future,
@@ -14,17 +17,20 @@ use tokio::{
 };
 use tower_service::Service;
 
-use super::{service::Miss, Balance, Queue};
+use super::{
+    choose::{Chooser, NoSlot},
+    Queue,
+};
 use crate::{
-    endpoint::Capacity,
+    clock::later,
+    endpoint::Place,
     error::{BoxError, EndpointError, Overloaded, Timeout},
     hints::Hinted,
-    load::{LoadGuard, TrackLoad},
-    sync::Ordering::SeqCst,
+    load::{Completion, LoadGuard, TrackLoad},
 };
 
 pin_project! {
-    /// The response future of [`Balance`].
+    /// The response future of [`Balance`](super::Balance).
     pub struct ResponseFuture<S, Req>
     where
         S: Service<Req>,
@@ -36,6 +42,7 @@ pin_project! {
         // registers no timer, and the future stays small.
         deadline: Option<Pin<Box<Sleep>>>,
         timeout: Option<Duration>,
+        completion: Option<Arc<Completion>>,
     }
 }
 
@@ -50,7 +57,7 @@ pin_project! {
         },
         // Picked, but the endpoint's service was not ready when called: the request waits
         // (boxed, as the rare case) until it is.
-        Ready {
+        AwaitingService {
             service: S,
             request: Option<Box<Req>>,
             guard: Option<LoadGuard>,
@@ -67,10 +74,9 @@ pin_project! {
 }
 
 pin_project! {
-    /// A request waiting in the capacity queue: boxed, so that the common path's future stays
-    /// small.
+    /// A request waiting in the queue: boxed, so that the common path's future stays small.
     struct Waiting<S, Req> {
-        balance: Balance<S>,
+        chooser: Chooser<S>,
         request: Option<Req>,
         #[pin]
         notified: OwnedNotified,
@@ -78,16 +84,7 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         since: Instant,
-        slot: WaitSlot,
-    }
-}
-
-/// A place in the capacity queue, given back on drop.
-struct WaitSlot(Arc<Capacity>);
-
-impl Drop for WaitSlot {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, SeqCst);
+        place: Place,
     }
 }
 
@@ -107,6 +104,7 @@ where
         guard: LoadGuard,
         request: Req,
         timeout: Option<Duration>,
+        completion: Arc<Completion>,
     ) -> Self {
         // Most endpoint services are always ready (a hyper client is): call at once rather
         // than hold the request. A `Pending` here is polled again with the task's own waker.
@@ -117,9 +115,9 @@ where
                 guard: Some(guard),
             },
             Poll::Ready(Err(e)) => State::Failed {
-                error: Some(fail(&mut Some(guard), e.into())),
+                error: Some(fail(&mut Some(guard), e.into(), &completion)),
             },
-            Poll::Pending => State::Ready {
+            Poll::Pending => State::AwaitingService {
                 service,
                 request: Some(Box::new(request)),
                 guard: Some(guard),
@@ -129,6 +127,7 @@ where
             state,
             deadline: None,
             timeout,
+            completion: Some(completion),
         }
     }
 
@@ -137,30 +136,35 @@ where
             state: State::Failed { error: Some(error) },
             deadline: None,
             timeout: None,
+            completion: None,
         }
     }
 
-    pub(crate) fn queued(balance: Balance<S>, request: Req, queue: Queue) -> Self {
-        let timeout = balance.timeout();
-        let capacity = Arc::clone(balance.pool().capacity());
-        if capacity.waiting.fetch_add(1, SeqCst) >= queue.max_waiting {
-            capacity.waiting.fetch_sub(1, SeqCst);
+    pub(crate) fn queued(
+        chooser: Chooser<S>,
+        request: Req,
+        queue: Queue,
+        completion: Arc<Completion>,
+    ) -> Self {
+        let timeout = chooser.config.timeout;
+        let Some(place) = chooser.pool.waiters().join(queue.max_waiting) else {
             return Self::failed(Overloaded::new(None).into());
-        }
+        };
         Self {
             state: State::Queued {
                 waiting: Box::pin(Waiting {
-                    notified: Arc::clone(&capacity.notify).notified_owned(),
-                    slot: WaitSlot(capacity),
-                    balance,
+                    notified: place.notified(),
+                    place,
+                    chooser,
                     request: Some(request),
                     armed: false,
-                    sleep: tokio::time::sleep(queue.timeout),
+                    sleep: tokio::time::sleep_until(later(Instant::now(), queue.timeout)),
                     since: Instant::now(),
                 }),
             },
             deadline: None,
             timeout,
+            completion: Some(completion),
         }
     }
 }
@@ -179,6 +183,7 @@ where
         let mut state = this.state;
         let deadline = this.deadline;
         let timeout = *this.timeout;
+        let completion = this.completion;
         loop {
             match state.as_mut().project() {
                 StateProj::Queued { waiting } => {
@@ -189,54 +194,55 @@ where
                         *w.armed = true;
                     }
                     let req = w.request.as_ref().expect("polled after completion");
-                    match w.balance.try_pick(req) {
+                    match w.chooser.try_pick(req) {
                         Ok((service, guard)) => {
                             let request = w.request.take().map(Box::new);
-                            state.set(State::Ready {
+                            state.set(State::AwaitingService {
                                 service,
                                 request,
                                 guard: Some(guard),
                             });
                             continue;
                         }
-                        Err(Miss::Unavailable(e)) => return Poll::Ready(Err(e)),
-                        Err(Miss::Full) => {}
+                        Err(NoSlot::Unavailable(e)) => return Poll::Ready(Err(e)),
+                        Err(NoSlot::AllFull) => {}
                     }
                     if w.sleep.poll(cx).is_ready() {
                         let waited = w.since.elapsed();
                         return Poll::Ready(Err(Overloaded::new(Some(waited)).into()));
                     }
                     ready!(w.notified.as_mut().poll(cx));
-                    let capacity = w.balance.pool().capacity();
-                    w.notified
-                        .set(Arc::clone(&capacity.notify).notified_owned());
+                    w.notified.set(w.place.notified());
                     *w.armed = false;
                 }
-                StateProj::Ready {
+                StateProj::AwaitingService {
                     service,
                     request,
                     guard,
                 } => {
+                    let c = completion.as_ref().expect("polled after completion");
                     let readiness = match service.poll_ready(cx) {
                         Poll::Ready(r) => r,
-                        Poll::Pending => return timed_out(deadline, timeout, guard, cx),
+                        Poll::Pending => return timed_out(deadline, timeout, guard, c, cx),
                     };
                     if let Err(e) = readiness {
-                        return Poll::Ready(Err(fail(guard, e.into())));
+                        return Poll::Ready(Err(fail(guard, e.into(), c)));
                     }
                     let future = service.call(*request.take().expect("polled after completion"));
                     let guard = guard.take();
                     state.set(State::Calling { future, guard });
                 }
                 StateProj::Calling { future, guard } => {
+                    let c = completion.as_ref().expect("polled after completion");
                     let Poll::Ready(result) = future.poll(cx) else {
-                        return timed_out(deadline, timeout, guard, cx);
+                        return timed_out(deadline, timeout, guard, c, cx);
                     };
                     return Poll::Ready(match result {
                         Ok(response) => {
-                            Ok(response.track(guard.take().expect("polled after completion")))
+                            let guard = guard.take().expect("polled after completion");
+                            Ok(response.track(guard, c))
                         }
-                        Err(e) => Err(fail(guard, e.into())),
+                        Err(e) => Err(fail(guard, e.into(), c)),
                     });
                 }
                 StateProj::Failed { error } => {
@@ -252,24 +258,27 @@ fn timed_out<T>(
     deadline: &mut Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
     guard: &mut Option<LoadGuard>,
+    completion: &Completion,
     cx: &mut Context<'_>,
 ) -> Poll<Result<T, BoxError>> {
     let (Some(after), Some(held)) = (timeout, guard.as_ref()) else {
         return Poll::Pending;
     };
-    let sleep =
-        deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(held.started() + after)));
+    let sleep = deadline
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(later(held.started(), after))));
     if sleep.as_mut().poll(cx).is_ready() {
-        return Poll::Ready(Err(fail(guard, Timeout::new(after).into())));
+        return Poll::Ready(Err(fail(guard, Timeout::new(after).into(), completion)));
     }
     Poll::Pending
 }
 
-/// Records the failure on the endpoint, releases its slot, and names it in the error.
-fn fail(guard: &mut Option<LoadGuard>, error: BoxError) -> BoxError {
+/// Judges the error with the stack's classifier, records it on the endpoint, releases its
+/// slot, and names the endpoint and the verdict in the error.
+fn fail(guard: &mut Option<LoadGuard>, error: BoxError, completion: &Completion) -> BoxError {
     let mut guard = guard.take().expect("polled after completion");
-    guard.fail();
+    let verdict = completion.classify.classify_error(&*error);
+    guard.judge(verdict);
     let endpoint = Arc::clone(guard.endpoint());
     guard.complete();
-    EndpointError::new(endpoint, error).into()
+    EndpointError::new(endpoint, error, verdict).into()
 }

@@ -1,37 +1,90 @@
-use std::time::Duration;
+//! [`BalanceLayer`] and its [`BalanceBuilder`]: the picking strategy, the queue, the
+//! timeouts, panic mode, and the stack's one classifier, validated once.
+
+use std::{fmt, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
-use super::Balance;
-use crate::{pick::Strategy, pool::Pool};
+use super::{config::Config, Balance, Queue};
+use crate::{
+    classify::{Classify, DefaultClassifier},
+    error::ConfigError,
+    pick::{Picker, Strategy},
+    pool::Pool,
+};
 
-/// What a request does when every eligible endpoint is at its concurrency limit: wait for a
-/// slot, at most `timeout`, with at most `max_waiting` requests waiting at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Queue {
-    /// How many requests may wait at once; one more fails at once.
-    pub max_waiting: usize,
-    /// How long one request may wait.
-    pub timeout: Duration,
+/// Builds a [`Balance`] over a [`Pool`]:
+/// `ServiceBuilder::new().layer(BalanceLayer::new()).service(pool)`. Settings other than the
+/// defaults go through [`BalanceLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct BalanceLayer {
+    config: Arc<Config>,
 }
 
-/// Builds a [`Balance`] over a [`Pool`]: `ServiceBuilder::new().layer(BalanceLayer::new()).service(pool)`.
-#[derive(Debug, Clone, Default)]
-pub struct BalanceLayer {
-    pub(crate) strategy: Strategy,
-    pub(crate) queue: Option<Queue>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) idle_timeout: Option<Duration>,
+impl Default for BalanceLayer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl BalanceLayer {
-    /// Power of two choices, no queue: a request that finds every endpoint full fails with
-    /// [`Overloaded`](crate::error::Overloaded).
+    /// Power of two choices, no queue (a request that finds every endpoint full fails with
+    /// [`Overloaded`](crate::error::Overloaded)), no timeouts, panic mode on, and the
+    /// [`DefaultClassifier`].
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            config: Arc::new(Config::default()),
+        }
     }
 
-    /// The picking strategy.
+    /// Settings other than the defaults.
+    pub fn builder() -> BalanceBuilder {
+        BalanceBuilder::default()
+    }
+}
+
+/// The settings of a [`BalanceLayer`], checked by [`build`](Self::build).
+#[derive(Clone)]
+pub struct BalanceBuilder {
+    strategy: Strategy,
+    queue: Option<Queue>,
+    timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    panic_mode: bool,
+    classify: Arc<dyn Classify>,
+}
+
+impl Default for BalanceBuilder {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::default(),
+            queue: None,
+            timeout: None,
+            idle_timeout: None,
+            panic_mode: true,
+            classify: Arc::new(DefaultClassifier),
+        }
+    }
+}
+
+impl fmt::Debug for BalanceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalanceBuilder")
+            .field("strategy", &self.strategy)
+            .field("queue", &self.queue)
+            .field("timeout", &self.timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("panic_mode", &self.panic_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(name: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::InvalidSetting { name, reason }
+}
+
+impl BalanceBuilder {
+    /// The picking strategy (power of two choices by default).
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
         self
@@ -61,12 +114,58 @@ impl BalanceLayer {
         });
         self
     }
+
+    /// Panic mode (on by default): when health would leave no endpoint at all for a request,
+    /// it goes to every endpoint that could serve it but for its health, rather than fail. A
+    /// tracing event marks entering and leaving the mode.
+    pub fn panic_mode(mut self, on: bool) -> Self {
+        self.panic_mode = on;
+        self
+    }
+
+    /// Judges every response and error with this classifier: the one verdict that the load
+    /// guard, `HealthFilter` and `Failover` all read (carried in
+    /// [`Served`](crate::hints::Served) and [`EndpointError`](crate::error::EndpointError)).
+    pub fn classifier(mut self, classify: impl Classify) -> Self {
+        self.classify = Arc::new(classify);
+        self
+    }
+
+    /// The layer, or the setting it refuses: a zero timeout or idle timeout, or a cost-aware
+    /// strategy whose load threshold is not a number of at least 0.
+    pub fn build(self) -> Result<BalanceLayer, ConfigError> {
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid("timeout", "must be longer than zero"));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid("idle_timeout", "must be longer than zero"));
+        }
+        if let Strategy::CostAware { max_load } = self.strategy {
+            if max_load.is_nan() || max_load < 0.0 {
+                return Err(invalid("max_load", "must be a number of at least 0"));
+            }
+        }
+        Ok(self.finish())
+    }
+
+    fn finish(self) -> BalanceLayer {
+        BalanceLayer {
+            config: Arc::new(Config {
+                picker: Picker::new(self.strategy),
+                queue: self.queue,
+                timeout: self.timeout,
+                idle_timeout: self.idle_timeout,
+                panic_mode: self.panic_mode,
+                classify: self.classify,
+            }),
+        }
+    }
 }
 
 impl<S: Clone> Layer<Pool<S>> for BalanceLayer {
     type Service = Balance<S>;
 
     fn layer(&self, pool: Pool<S>) -> Balance<S> {
-        Balance::with_config(pool, self.clone())
+        Balance::with_config(pool, Arc::clone(&self.config))
     }
 }

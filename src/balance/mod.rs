@@ -1,8 +1,8 @@
 //! Picks an endpoint from a [`Pool`](crate::Pool) for each request, calls it, and holds the
 //! endpoint's load until the response is finished.
 //!
-//! `Balance` is `Clone` and cheap to clone (two `Arc`s): share it across tasks as it is, with
-//! no `Buffer`. It is always ready; each call picks with the configured
+//! `Balance` is `Clone` and cheap to clone: share it across tasks as it is, with no `Buffer`.
+//! It is always ready; each call picks with the configured
 //! [`Strategy`](crate::pick::Strategy) (power of two choices by default), clones the picked
 //! endpoint's service, drives it to readiness and calls it.
 //!
@@ -10,11 +10,18 @@
 //! [`Exclude`](crate::hints::Exclude) hint, health, weight 0 and each endpoint's maximum
 //! concurrency. When every eligible endpoint is full, the request fails at once with
 //! [`Overloaded`](crate::error::Overloaded), or waits in a bounded queue if one is configured.
+//! When health leaves no endpoint at all, panic mode (on by default) routes to all of them.
+//!
+//! `Balance` judges each response once, where its load guard lives, with the stack's one
+//! [`Classify`](crate::classify::Classify) ([`BalanceBuilder::classifier`]): the head when it
+//! arrives (the verdict rides in [`Served`](crate::hints::Served)), an error into
+//! [`EndpointError`](crate::error::EndpointError), and the end of the body in
+//! [`ResponseBody`] ([`Judged`](crate::hints::Judged)). The layers above read that verdict.
 //!
 //! # Example
 //!
 //! ```
-//! use std::convert::Infallible;
+//! use std::{convert::Infallible, time::Duration};
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use bytes::Bytes;
@@ -33,20 +40,30 @@
 //! pool.insert("gpu-0", model("gpu-0"))?;
 //! pool.insert("gpu-1", model("gpu-1"))?;
 //!
-//! let svc = ServiceBuilder::new().layer(BalanceLayer::new()).service(pool.clone());
+//! let balance = BalanceLayer::builder()
+//!     .queue(1024, Duration::from_secs(5))
+//!     .timeout(Duration::from_secs(30))
+//!     .build()?;
+//! let svc = ServiceBuilder::new().layer(balance).service(pool.clone());
 //! let response = svc.oneshot(Request::new(Full::new(Bytes::new()))).await?;
 //! let served = response.extensions().get::<Served>().unwrap();
-//! assert!(served.0.key().as_str().starts_with("gpu-"));
+//! assert!(served.endpoint().key().as_str().starts_with("gpu-"));
+//! assert!(served.verdict().is_success());
 //! # Ok(())
 //! # }
 //! ```
 
+mod body;
+mod choose;
+mod config;
 mod future;
 mod layer;
 mod service;
 
 pub use self::{
+    body::ResponseBody,
+    config::Queue,
     future::ResponseFuture,
-    layer::{BalanceLayer, Queue},
+    layer::{BalanceBuilder, BalanceLayer},
     service::Balance,
 };

@@ -1,3 +1,6 @@
+//! [`ResponseBody`]: the body of a response that passed `Failover`, with the first frame it
+//! read and, when set, the continuation of a broken stream on another endpoint.
+
 use std::{
     future::Future,
     pin::Pin,
@@ -11,9 +14,10 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::{Continuation, RetryBudget};
 use crate::{
+    classify::Outcome,
     endpoint::Endpoint,
     error::BoxError,
-    hints::{Exclude, Served},
+    hints::{Exclude, Judged, Served},
 };
 
 /// Sends a continuation request: its body, and the endpoints to avoid.
@@ -32,34 +36,13 @@ pub(crate) struct Resume<B> {
     pub(crate) endpoint: Option<Arc<Endpoint>>,
     pub(crate) reconnect: Reconnect<B>,
     pub(crate) budget: Arc<RetryBudget>,
+    /// Continuations left.
     pub(crate) left: usize,
-    pending: Option<Pending<B>>,
+    /// The continuation request, while it is sent.
+    pub(crate) pending: Option<Pending<B>>,
 }
 
 impl<B> Resume<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        policy: Arc<dyn Continuation>,
-        original: Bytes,
-        exclude: Exclude,
-        endpoint: Option<Arc<Endpoint>>,
-        reconnect: Reconnect<B>,
-        budget: Arc<RetryBudget>,
-        left: usize,
-    ) -> Self {
-        Self {
-            policy,
-            original,
-            streamed: Vec::new(),
-            exclude,
-            endpoint,
-            reconnect,
-            budget,
-            left,
-            pending: None,
-        }
-    }
-
     fn record(&mut self, data: &[u8]) {
         let room = KEEP.saturating_sub(self.streamed.len());
         self.streamed
@@ -121,6 +104,21 @@ impl<B: Body> ResponseBody<B> {
         }
     }
 
+    /// The endpoint's body, for the first-chunk wait.
+    pub(crate) fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    /// Holds the first frame, read to decide that the attempt succeeded, for the caller.
+    pub(crate) fn hold_first(&mut self, first: Option<Frame<B::Data>>) {
+        self.first = first;
+    }
+
+    /// Whether a continuation request is being sent.
+    fn resuming(&self) -> bool {
+        self.resume.as_ref().is_some_and(|r| r.pending.is_some())
+    }
+
     pub(crate) fn resume(&mut self, mut resume: Resume<B>) {
         if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
             resume.record(data.chunk());
@@ -155,7 +153,7 @@ where
                             resume.endpoint = response
                                 .extensions()
                                 .get::<Served>()
-                                .map(|s| Arc::clone(&s.0));
+                                .map(|s| Arc::clone(s.endpoint()));
                             this.inner = response.into_body();
                         }
                         Ok(response) => {
@@ -192,7 +190,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream() && self.resume.as_ref().is_none_or_idle()
+        self.first.is_none() && self.inner.is_end_stream() && !self.resuming()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -215,13 +213,13 @@ where
     }
 }
 
-trait Idle {
-    fn is_none_or_idle(&self) -> bool;
-}
+impl<B: Body + Judged> Judged for ResponseBody<B> {
+    fn verdict(&self) -> Option<Outcome> {
+        self.inner.verdict()
+    }
 
-impl<B> Idle for Option<&Box<Resume<B>>> {
-    fn is_none_or_idle(&self) -> bool {
-        self.map_or(true, |r| r.pending.is_none())
+    fn report_failure(&mut self) {
+        self.inner.report_failure();
     }
 }
 

@@ -1,3 +1,6 @@
+//! The retry budget, [`RetryBudget`]: retries held to a share of requests plus a floor a
+//! second, across every clone of a layer.
+
 use tokio::time::Instant;
 
 use crate::{

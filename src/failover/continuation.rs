@@ -1,3 +1,6 @@
+//! Mid-stream continuation: the [`Continuation`] policy that builds the request carrying a
+//! broken stream on, and [`OpenAiChat`] for chat completions (feature `openai`).
+
 use bytes::Bytes;
 
 /// Builds the request that carries a broken stream on, on another endpoint, from what was

@@ -1,5 +1,13 @@
-use std::time::Duration;
+//! Hedging: when to send a second copy of a slow attempt ([`Hedge`], from a record of recent
+//! answer times), and the race between the two.
 
+use std::{future::Future, pin::pin, time::Duration};
+
+use futures_util::future::{select, Either};
+use http_body::Body;
+use tokio::time::Instant;
+
+use super::step::Step;
 use crate::sync::{AtomicU64, Ordering::Relaxed};
 
 /// When to send a second copy of a request that has not answered (its first byte, or its first
@@ -95,6 +103,51 @@ impl Hedge {
                 recent.percentile(p, 20).map_or(floor, |d| d.max(floor))
             }
         }
+    }
+}
+
+/// One attempt, hedged: when `first` has not answered within the hedge's delay, `second`
+/// may send a copy elsewhere (it says `None` when the body or the budget does not allow), and
+/// the first success of the two is kept; the other is dropped, which cancels it and releases
+/// its slot.
+pub(crate) async fn race<RB, F, G>(
+    latencies: &Latencies,
+    hedge: Hedge,
+    first: F,
+    second: impl FnOnce() -> Option<G>,
+) -> Step<RB>
+where
+    RB: Body,
+    F: Future<Output = Step<RB>>,
+    G: Future<Output = Step<RB>>,
+{
+    let started = Instant::now();
+    let mut first = pin!(first);
+    let step = match tokio::time::timeout(hedge.delay(latencies), first.as_mut()).await {
+        Ok(step) => step,
+        Err(_) => match second() {
+            None => first.await,
+            Some(second) => match select(first, pin!(second)).await {
+                Either::Left((step, other)) => first_success(step, other).await,
+                Either::Right((step, other)) => first_success(step, other).await,
+            },
+        },
+    };
+    if matches!(step, Step::Done(_)) {
+        latencies.record(started.elapsed());
+    }
+    step
+}
+
+/// The first of two racing attempts to finish: kept if it succeeded, else the other is
+/// awaited.
+async fn first_success<RB: Body>(
+    step: Step<RB>,
+    other: impl Future<Output = Step<RB>>,
+) -> Step<RB> {
+    match step {
+        Step::Done(response) => Step::Done(response),
+        _ => other.await,
     }
 }
 

@@ -1,30 +1,21 @@
+//! [`FailoverLayer`] and its [`FailoverBuilder`]: attempts, deadline, budget, first-chunk
+//! wait, hedging and continuation, validated once.
+
 use std::{sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
-use super::{Continuation, Failover, Hedge, RetryBudget, Shared};
-use crate::{
-    classify::{Classify, DefaultClassifier},
-    error::ConfigError,
+use super::{
+    hedge::Latencies, openai_error_event, settings::Settings, Continuation, Failover, Hedge,
+    RetryBudget,
 };
+use crate::error::ConfigError;
 
 /// Builds a [`Failover`]. All services built from one layer (and their clones) share its retry
 /// budget.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct FailoverLayer {
-    shared: Shared,
-}
-
-impl std::fmt::Debug for FailoverLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FailoverLayer")
-            .field("attempts", &self.shared.attempts)
-            .field("deadline", &self.shared.deadline)
-            .field("first_chunk", &self.shared.first_chunk)
-            .field("hedge", &self.shared.hedge)
-            .field("budget", &self.shared.budget)
-            .finish_non_exhaustive()
-    }
+    settings: Arc<Settings>,
 }
 
 impl Default for FailoverLayer {
@@ -35,44 +26,67 @@ impl Default for FailoverLayer {
 
 impl FailoverLayer {
     /// Three attempts, the default [`RetryBudget`], no deadline, the boundary at the response
-    /// head, no hedging.
+    /// head, no hedging, no continuation.
     pub fn new() -> Self {
         Self {
-            shared: Shared {
+            settings: Arc::new(FailoverBuilder::default().settings),
+        }
+    }
+
+    /// Settings other than the defaults.
+    pub fn builder() -> FailoverBuilder {
+        FailoverBuilder::default()
+    }
+
+    /// The retry budget.
+    pub fn retry_budget(&self) -> &Arc<RetryBudget> {
+        &self.settings.budget
+    }
+}
+
+/// The settings of a [`FailoverLayer`], checked by [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct FailoverBuilder {
+    settings: Settings,
+}
+
+impl Default for FailoverBuilder {
+    fn default() -> Self {
+        Self {
+            settings: Settings {
                 attempts: 3,
                 deadline: None,
                 budget: Arc::new(RetryBudget::default()),
                 first_chunk: None,
-                error_event: super::openai_error_event,
+                error_event: openai_error_event,
                 hedge: None,
-                latencies: Arc::new(super::hedge::Latencies::new()),
-                classify: Arc::new(DefaultClassifier),
+                latencies: Arc::new(Latencies::new()),
                 continuation: None,
             },
         }
     }
+}
 
+fn invalid(name: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::InvalidSetting { name, reason }
+}
+
+impl FailoverBuilder {
     /// At most `attempts` attempts per request (the first included); at least 1.
-    pub fn attempts(mut self, attempts: usize) -> Result<Self, ConfigError> {
-        if attempts == 0 {
-            return Err(ConfigError::InvalidSetting {
-                name: "attempts",
-                reason: "must be at least 1",
-            });
-        }
-        self.shared.attempts = attempts;
-        Ok(self)
+    pub fn attempts(mut self, attempts: usize) -> Self {
+        self.settings.attempts = attempts;
+        self
     }
 
     /// Gives up on a request, attempts and all, after `deadline`.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.shared.deadline = Some(deadline);
+        self.settings.deadline = Some(deadline);
         self
     }
 
-    /// The retry budget, shared by every service this layer builds.
+    /// The retry budget, shared by every service the layer builds.
     pub fn budget(mut self, budget: RetryBudget) -> Self {
-        self.shared.budget = Arc::new(budget);
+        self.settings.budget = Arc::new(budget);
         self
     }
 
@@ -80,23 +94,24 @@ impl FailoverLayer {
     /// providers often answer 200 and then fail, or send an error event, before the first
     /// token. The response is held until its first data frame (at most `timeout`); if the
     /// stream fails, stalls or opens with an error event before then, the request goes to
-    /// another endpoint. Once the first chunk has reached the caller nothing is replayed.
+    /// another endpoint, and the failure counts against the first. Once the first chunk has
+    /// reached the caller nothing is replayed.
     pub fn first_chunk(mut self, timeout: Duration) -> Self {
-        self.shared.first_chunk = Some(timeout);
+        self.settings.first_chunk = Some(timeout);
         self
     }
 
     /// Decides whether a first chunk is an error event (with [`first_chunk`](Self::first_chunk));
     /// by default, an SSE `event: error` or a `data:` object whose first key is `"error"`.
     pub fn error_event(mut self, is_error: fn(&[u8]) -> bool) -> Self {
-        self.shared.error_event = is_error;
+        self.settings.error_event = is_error;
         self
     }
 
     /// Sends a second copy of a slow attempt to another endpoint; the first to answer is kept,
     /// the other cancelled (its slot released). Hedges are retries: they spend the budget.
     pub fn hedge(mut self, hedge: Hedge) -> Self {
-        self.shared.hedge = Some(hedge);
+        self.settings.hedge = Some(hedge);
         self
     }
 
@@ -106,19 +121,31 @@ impl FailoverLayer {
     ///
     /// [`Replay::bytes`]: super::Replay::bytes
     pub fn continuation(mut self, policy: impl Continuation) -> Self {
-        self.shared.continuation = Some(Arc::new(policy));
+        self.settings.continuation = Some(Arc::new(policy));
         self
     }
 
-    /// Judges which outcomes call for another endpoint.
-    pub fn classifier(mut self, classify: impl Classify) -> Self {
-        self.shared.classify = Arc::new(classify);
-        self
-    }
-
-    /// The retry budget.
-    pub fn retry_budget(&self) -> &Arc<RetryBudget> {
-        &self.shared.budget
+    /// The layer, or the setting it refuses: no attempts, a zero first-chunk wait or deadline,
+    /// a hedge percentile outside (0, 1).
+    pub fn build(self) -> Result<FailoverLayer, ConfigError> {
+        let s = &self.settings;
+        if s.attempts == 0 {
+            return Err(invalid("attempts", "must be at least 1"));
+        }
+        if s.first_chunk.is_some_and(|t| t.is_zero()) {
+            return Err(invalid("first_chunk", "must be longer than zero"));
+        }
+        if s.deadline.is_some_and(|t| t.is_zero()) {
+            return Err(invalid("deadline", "must be longer than zero"));
+        }
+        if let Some(Hedge::Percentile { p, .. }) = s.hedge {
+            if !(p > 0.0 && p < 1.0) {
+                return Err(invalid("hedge", "the percentile must be in (0, 1)"));
+            }
+        }
+        Ok(FailoverLayer {
+            settings: Arc::new(self.settings),
+        })
     }
 }
 
@@ -126,6 +153,6 @@ impl<S: Clone> Layer<S> for FailoverLayer {
     type Service = Failover<S>;
 
     fn layer(&self, inner: S) -> Failover<S> {
-        Failover::new(inner, Arc::new(self.shared.clone()))
+        Failover::new(inner, Arc::clone(&self.settings))
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! [`Failover`] wraps a [`Balance`](crate::balance::Balance) (or a stack around one). When an
 //! attempt fails in a way another endpoint might not (a connect error, a timeout, a 5xx, a
-//! 429), it sends the request again with every endpoint already tried in an
+//! 429: what the verdict `Balance` took with the stack's classifier calls retriable), it sends
+//! the request again with every endpoint already tried in an
 //! [`Exclude`](crate::hints::Exclude) hint, so `Balance` picks elsewhere; endpoints carry tiers
 //! (0 self-hosted, 1 a provider, 2 another), and since `Balance` takes the lowest tier with an
 //! available endpoint, excluding a tier's endpoints walks down the tiers.
@@ -15,18 +16,18 @@
 //! - **Replay**: a buffered body ([`Replay`]: `Full`, `Empty`, `String`, `Bytes`) is sent again;
 //!   a retry of a streamed one ([`NoReplay`]) fails with
 //!   [`NotReplayable`](crate::error::NotReplayable), never sent empty.
-//! - **First chunk** ([`FailoverLayer::first_chunk`]): providers often answer 200 and then
+//! - **First chunk** ([`FailoverBuilder::first_chunk`]): providers often answer 200 and then
 //!   fail, or open the stream with an error event; with this the boundary is the first data
 //!   frame, not the headers. After the first chunk reaches the caller, nothing is replayed: a
 //!   later failure reaches the caller as an error in the body.
-//! - **Stalls**: `BalanceLayer::idle_timeout` ends a stream that stopped sending, releases its
+//! - **Stalls**: `BalanceBuilder::idle_timeout` ends a stream that stopped sending, releases its
 //!   load and counts it as the endpoint's failure.
-//! - **Mid-stream continuation** ([`FailoverLayer::continuation`], opt-in): when a stream
+//! - **Mid-stream continuation** ([`FailoverBuilder::continuation`], opt-in): when a stream
 //!   breaks after its first chunk, a [`Continuation`] policy builds a request from what was
 //!   already streamed (for chat completions, `OpenAiChat` with the `openai` feature: the
 //!   original messages plus the partial answer as an assistant prefill), and the caller's
 //!   stream carries on from another endpoint. Off by default: unsafe for tool calls.
-//! - **Hedging** ([`FailoverLayer::hedge`]): a slow attempt gets a copy on another endpoint
+//! - **Hedging** ([`FailoverBuilder::hedge`]): a slow attempt gets a copy on another endpoint
 //!   after a fixed delay or a percentile of recent answers; the first answer is kept and the
 //!   other cancelled, its slot released.
 //! - **Errors**: when every attempt fails, one
@@ -55,25 +56,30 @@
 //! pool.insert(EndpointConfig::new("provider").tier(1), answer(200))?;
 //!
 //! let svc = ServiceBuilder::new()
-//!     .layer(FailoverLayer::new().deadline(Duration::from_secs(60)))
+//!     .layer(FailoverLayer::builder().deadline(Duration::from_secs(60)).build()?)
 //!     .layer(BalanceLayer::new())
 //!     .service(pool);
 //! let response = svc.oneshot(Request::new(Full::new(Bytes::from("{}")))).await?;
 //! assert_eq!(response.status(), StatusCode::OK);
-//! assert_eq!(response.extensions().get::<Served>().unwrap().0.key().as_str(), "provider");
+//! assert_eq!(response.extensions().get::<Served>().unwrap().endpoint().key().as_str(), "provider");
 //! # Ok(())
 //! # }
 //! ```
 
+mod attempts;
 mod body;
 mod budget;
+mod context;
 mod continuation;
+mod error_event;
+mod first_chunk;
+mod future;
 mod hedge;
 mod layer;
 mod replay;
 mod service;
-
-use std::{sync::Arc, time::Duration};
+mod settings;
+mod step;
 
 #[cfg(feature = "openai")]
 pub use self::continuation::OpenAiChat;
@@ -81,92 +87,10 @@ pub use self::{
     body::ResponseBody,
     budget::RetryBudget,
     continuation::Continuation,
+    error_event::openai_error_event,
+    future::ResponseFuture,
     hedge::Hedge,
-    layer::FailoverLayer,
+    layer::{FailoverBuilder, FailoverLayer},
     replay::{NoReplay, Replay},
-    service::{Failover, ResponseFuture},
+    service::Failover,
 };
-use crate::classify::Classify;
-
-/// What every service built by one layer shares.
-#[derive(Clone)]
-pub(crate) struct Shared {
-    attempts: usize,
-    deadline: Option<Duration>,
-    budget: Arc<RetryBudget>,
-    first_chunk: Option<Duration>,
-    error_event: fn(&[u8]) -> bool,
-    hedge: Option<Hedge>,
-    latencies: Arc<hedge::Latencies>,
-    classify: Arc<dyn Classify>,
-    continuation: Option<Arc<dyn Continuation>>,
-}
-
-impl Shared {
-    /// Whether a request needs nothing after its first response head but a retry: no hedge,
-    /// deadline, first-chunk wait or continuation. Such requests take the unboxed path.
-    fn head_is_enough(&self) -> bool {
-        self.hedge.is_none()
-            && self.deadline.is_none()
-            && self.first_chunk.is_none()
-            && self.continuation.is_none()
-    }
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("attempts", &self.attempts)
-            .field("deadline", &self.deadline)
-            .field("first_chunk", &self.first_chunk)
-            .field("hedge", &self.hedge)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Whether a first chunk is an error event: an SSE `event: error` line, or a first `data:`
-/// line (or bare JSON) whose object opens with an `"error"` key, as OpenAI-compatible servers
-/// send when a generation fails before its first token.
-pub fn openai_error_event(chunk: &[u8]) -> bool {
-    for line in chunk.split(|&b| b == b'\n') {
-        let line = line.trim_ascii();
-        if line.is_empty() || line.starts_with(b":") {
-            continue;
-        }
-        if let Some(event) = line.strip_prefix(b"event:") {
-            if event.trim_ascii() == b"error" {
-                return true;
-            }
-            continue;
-        }
-        let data = line.strip_prefix(b"data:").unwrap_or(line).trim_ascii();
-        return data
-            .strip_prefix(b"{")
-            .is_some_and(|object| object.trim_ascii_start().starts_with(b"\"error\""));
-    }
-    false
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::openai_error_event;
-
-    #[test]
-    fn error_events_are_recognised() {
-        assert!(openai_error_event(
-            b"data: {\"error\": {\"message\": \"overloaded\"}}\n\n"
-        ));
-        assert!(openai_error_event(
-            b"event: error\ndata: {\"type\":\"overloaded_error\"}\n\n"
-        ));
-        assert!(openai_error_event(
-            b": keep-alive\n\ndata: { \"error\":1}\n\n"
-        ));
-        assert!(openai_error_event(b"{\"error\":\"bad\"}"));
-        assert!(!openai_error_event(
-            b"data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"error\"}}]}\n\n"
-        ));
-        assert!(!openai_error_event(b"data: [DONE]\n\n"));
-        assert!(!openai_error_event(b""));
-    }
-}

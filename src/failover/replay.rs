@@ -1,5 +1,11 @@
+//! Sending a request again: the [`Replay`] trait for bodies that can be, [`NoReplay`] for
+//! those that cannot, and the request's head that each attempt is built from.
+
 use bytes::Bytes;
+use http::{request::Parts, Request};
 use http_body_util::{Empty, Full};
+
+use crate::hints::{Exclude, Picked};
 
 /// A request body that can be sent again for a retry or a hedge.
 ///
@@ -121,5 +127,63 @@ impl<B: http_body::Body> http_body::Body for NoReplay<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The head of the request, to build each attempt from.
+#[derive(Clone)]
+pub(crate) struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Head {
+    /// A copy of a request's head.
+    pub(crate) fn from_request<B>(request: &Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
+        }
+    }
+
+    /// The request for one attempt: the original head, a copy of its body, and the hints (a
+    /// `Picked` cell only when something will read it: inserting one allocates).
+    pub(crate) fn request<B>(
+        &self,
+        body: B,
+        exclude: &Exclude,
+        picked: Option<&Picked>,
+    ) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        if !exclude.is_empty() {
+            request.extensions_mut().insert(exclude.clone());
+        }
+        if let Some(picked) = picked {
+            request.extensions_mut().insert(picked.clone());
+        }
+        request
+    }
+}
+
+impl From<Parts> for Head {
+    fn from(parts: Parts) -> Self {
+        Self {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+        }
     }
 }

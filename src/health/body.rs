@@ -1,3 +1,6 @@
+//! [`ResponseBody`]: a response body whose end is judged against the endpoint that served it,
+//! with the verdict the body beneath took.
+
 use std::{
     pin::Pin,
     sync::Arc,
@@ -7,29 +10,30 @@ use std::{
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::Shared;
-use crate::{classify::Outcome, endpoint::Endpoint};
+use super::HealthPolicy;
+use crate::{classify::Outcome, endpoint::Endpoint, hints::Judged};
 
 /// A response that began well, waiting for its end to be judged.
 #[derive(Debug)]
 pub(crate) struct Watch {
     endpoint: Arc<Endpoint>,
-    shared: Arc<Shared>,
+    policy: Arc<HealthPolicy>,
 }
 
 impl Watch {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, shared: Arc<Shared>) -> Self {
-        Self { endpoint, shared }
+    pub(crate) fn new(endpoint: Arc<Endpoint>, policy: Arc<HealthPolicy>) -> Self {
+        Self { endpoint, policy }
     }
 
     fn judge(self, outcome: Outcome) {
-        self.shared.record(&self.endpoint, outcome);
+        self.policy.judge(&self.endpoint, outcome);
     }
 }
 
 pin_project! {
-    /// A response body whose end (clean, broken, or trailers with a status) is judged against
-    /// the endpoint that served it. A body the client drops early is not judged.
+    /// A response body whose end (clean, broken, stalled, or trailers with a status) is judged
+    /// against the endpoint that served it, by the verdict the body it wraps took
+    /// ([`Judged`]). A body the client drops early is not judged.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
@@ -38,14 +42,14 @@ pin_project! {
     }
 }
 
-impl<B: Body> ResponseBody<B> {
+impl<B> ResponseBody<B> {
     /// `watch` is `None` for a response already judged (a failure, or a finished body).
     pub(crate) fn new(inner: B, watch: Option<Watch>) -> Self {
         Self { inner, watch }
     }
 }
 
-impl<B: Body> Body for ResponseBody<B> {
+impl<B: Body + Judged> Body for ResponseBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -55,21 +59,12 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let result = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(watch) = this.watch.take() {
-            match &result {
-                None => watch.judge(Outcome::Success),
-                Some(Err(_)) => watch.judge(Outcome::Failure),
-                Some(Ok(frame)) => match frame.trailers_ref() {
-                    Some(trailers) => {
-                        let outcome = watch
-                            .shared
-                            .classify
-                            .classify_trailers(Outcome::Success, trailers);
-                        watch.judge(outcome);
-                    }
-                    None if this.inner.is_end_stream() => watch.judge(Outcome::Success),
-                    None => *this.watch = Some(watch),
-                },
+        if this.watch.is_some() {
+            // The body beneath judged its end (or is still running).
+            if let Some(verdict) = this.inner.verdict() {
+                if let Some(watch) = this.watch.take() {
+                    watch.judge(verdict);
+                }
             }
         }
         Poll::Ready(result)
@@ -81,5 +76,21 @@ impl<B: Body> Body for ResponseBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B: Judged> Judged for ResponseBody<B> {
+    fn verdict(&self) -> Option<Outcome> {
+        self.inner.verdict()
+    }
+
+    fn report_failure(&mut self) {
+        let ended = self.inner.verdict().is_some();
+        self.inner.report_failure();
+        if let Some(watch) = self.watch.take() {
+            if !ended {
+                watch.judge(Outcome::Failure);
+            }
+        }
     }
 }

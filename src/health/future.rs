@@ -1,3 +1,6 @@
+//! [`ResponseFuture`]: judges a response's head (or error) by the verdict `Balance` gave it,
+//! and hands a success on to the body to be judged at its end.
+
 use std::{
     future::Future,
     pin::Pin,
@@ -7,11 +10,10 @@ use std::{
 
 use pin_project_lite::pin_project;
 
-use super::{ResponseBody, Shared, Watch};
+use super::{body::Watch, HealthPolicy, ResponseBody};
 use crate::{
-    classify::Outcome,
     error::{BoxError, EndpointError},
-    hints::Served,
+    hints::{Judged, Served},
 };
 
 pin_project! {
@@ -21,15 +23,15 @@ pin_project! {
         #[pin]
         inner: F,
         // Handed on to the body's watch when the response arrives.
-        shared: Option<Arc<Shared>>,
+        policy: Option<Arc<HealthPolicy>>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: F, policy: Arc<HealthPolicy>) -> Self {
         Self {
             inner,
-            shared: Some(shared),
+            policy: Some(policy),
         }
     }
 }
@@ -38,29 +40,34 @@ impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
     E: Into<BoxError>,
-    B: http_body::Body,
+    B: http_body::Body + Judged,
 {
     type Output = Result<http::Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let shared = this.shared.take().expect("polled after completion");
+        let policy = this.policy.take().expect("polled after completion");
         match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 let watch = parts.extensions.get::<Served>().and_then(|served| {
-                    let head = shared
-                        .classify
-                        .classify_response(parts.status, &parts.headers);
-                    if head == Outcome::Success && !body.is_end_stream() {
+                    let head = served.verdict();
+                    match body.verdict() {
+                        // The body ended already: its verdict is the whole response's.
+                        Some(verdict) => {
+                            policy.judge(served.endpoint(), verdict);
+                            None
+                        }
                         // A success is decided at the end of the body: a stream may still
-                        // break, and gRPC puts its status in the trailers. A body already
-                        // finished is judged now, without a watch.
-                        Some(Watch::new(Arc::clone(&served.0), shared))
-                    } else {
-                        shared.record(&served.0, head);
-                        None
+                        // break, and gRPC puts its status in the trailers.
+                        None if head.is_success() => {
+                            Some(Watch::new(Arc::clone(served.endpoint()), policy))
+                        }
+                        None => {
+                            policy.judge(served.endpoint(), head);
+                            None
+                        }
                     }
                 });
                 Poll::Ready(Ok(http::Response::from_parts(
@@ -71,8 +78,7 @@ where
             Err(error) => {
                 let error = error.into();
                 if let Some(failed) = error.downcast_ref::<EndpointError>() {
-                    let outcome = shared.classify.classify_error(failed.inner());
-                    shared.record(failed.endpoint(), outcome);
+                    policy.judge(failed.endpoint(), failed.verdict());
                 }
                 Poll::Ready(Err(error))
             }

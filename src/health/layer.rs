@@ -1,73 +1,77 @@
+//! [`HealthFilterLayer`] and its [`HealthFilterBuilder`]: the policy, validated once, and the
+//! probes, started for a pool.
+
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 use tower_layer::Layer;
 
-use super::{probe, HealthFilter, HealthPolicy, Probe, ProbeConfig, Shared};
-use crate::{
-    classify::{Classify, DefaultClassifier},
-    error::ConfigError,
-    pool::{Members, Pool},
-};
+use super::{probe, HealthFilter, HealthPolicy, Probe, ProbeConfig};
+use crate::{error::ConfigError, pool::Pool};
 
-/// Builds a [`HealthFilter`] that watches the endpoints of one [`Pool`].
-#[derive(Clone)]
+/// Builds a [`HealthFilter`]. It needs no pool: it judges the endpoint each response names,
+/// and the endpoints of one pool share what bounds their ejection.
+#[derive(Debug, Clone, Default)]
 pub struct HealthFilterLayer {
-    policy: HealthPolicy,
-    classify: Arc<dyn Classify>,
-    members: Members,
-}
-
-impl std::fmt::Debug for HealthFilterLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthFilterLayer")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
+    policy: Arc<HealthPolicy>,
 }
 
 impl HealthFilterLayer {
-    /// Watches `pool`'s endpoints with the default [`HealthPolicy`] and
-    /// [`DefaultClassifier`], and turns on the pool's panic mode: when health would leave no
-    /// endpoint at all, requests go to every endpoint rather than fail.
-    pub fn new<S: Clone + Send + Sync + 'static>(pool: &Pool<S>) -> Self {
-        let members = pool.members();
-        members.set_panic_routing(true);
-        Self {
-            policy: HealthPolicy::default(),
-            classify: Arc::new(DefaultClassifier),
-            members,
-        }
+    /// The default [`HealthPolicy`].
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Uses this policy; refuses one whose settings are out of range.
-    pub fn policy(mut self, policy: HealthPolicy) -> Result<Self, ConfigError> {
-        policy.validate()?;
-        self.policy = policy;
-        Ok(self)
+    /// Settings other than the defaults.
+    pub fn builder() -> HealthFilterBuilder {
+        HealthFilterBuilder::default()
     }
 
-    /// Judges outcomes with this classifier.
-    pub fn classifier(mut self, classify: impl Classify) -> Self {
-        self.classify = Arc::new(classify);
-        self
+    /// The policy.
+    pub fn policy(&self) -> &HealthPolicy {
+        &self.policy
     }
 
-    /// Turns panic mode on or off (on by default).
-    pub fn panic_mode(self, on: bool) -> Self {
-        self.members.set_panic_routing(on);
-        self
-    }
-
-    /// Starts probing every endpoint in a background task (call it within a tokio runtime).
-    /// The task ends by itself once the pool is dropped; abort the handle to end it sooner.
-    pub fn spawn_probes(&self, probe: impl Probe, config: ProbeConfig) -> JoinHandle<()> {
+    /// Starts probing every endpoint of `pool` in a background task (call it within a tokio
+    /// runtime), judged with this layer's policy. The task ends by itself once the pool is
+    /// dropped; abort the handle to end it sooner.
+    pub fn spawn_probes<S>(
+        &self,
+        pool: &Pool<S>,
+        probe: impl Probe,
+        config: ProbeConfig,
+    ) -> JoinHandle<()>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
         probe::spawn(
-            self.members.clone(),
-            self.policy.clone(),
+            pool.members(),
+            Arc::clone(&self.policy),
             Arc::new(probe),
             config,
         )
+    }
+}
+
+/// The settings of a [`HealthFilterLayer`], checked by [`build`](Self::build).
+#[derive(Debug, Clone, Default)]
+pub struct HealthFilterBuilder {
+    policy: HealthPolicy,
+}
+
+impl HealthFilterBuilder {
+    /// Uses this policy.
+    pub fn policy(mut self, policy: HealthPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The layer, or the setting of the policy it refuses.
+    pub fn build(self) -> Result<HealthFilterLayer, ConfigError> {
+        self.policy.validate()?;
+        Ok(HealthFilterLayer {
+            policy: Arc::new(self.policy),
+        })
     }
 }
 
@@ -75,13 +79,6 @@ impl<S> Layer<S> for HealthFilterLayer {
     type Service = HealthFilter<S>;
 
     fn layer(&self, inner: S) -> HealthFilter<S> {
-        HealthFilter::new(
-            inner,
-            Shared {
-                policy: self.policy.clone(),
-                classify: Arc::clone(&self.classify),
-                members: self.members.clone(),
-            },
-        )
+        HealthFilter::new(inner, &self.policy)
     }
 }

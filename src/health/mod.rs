@@ -1,9 +1,12 @@
 //! Ejects failing endpoints, cools down rate-limited ones, and brings them back.
 //!
-//! [`HealthFilter`] wraps any service whose responses carry the serving endpoint (a
-//! [`Balance`](crate::balance::Balance), or a stack around one). It judges each outcome with a
-//! [`Classify`] rule and updates that endpoint's health in the pool,
-//! which every pick reads:
+//! [`HealthFilter`] wraps a [`Balance`](crate::balance::Balance) (or a stack around one), whose
+//! responses carry the serving endpoint and the verdict on them. It classifies nothing itself:
+//! it reads the verdict `Balance` took with the stack's one classifier (the head's in
+//! [`Served`](crate::hints::Served), the end of the body's through
+//! [`Judged`](crate::hints::Judged), an error's in
+//! [`EndpointError`](crate::error::EndpointError)), and updates that endpoint's health, which
+//! every pick reads:
 //!
 //! - **Passive outlier detection**: an endpoint with 5 failures in a row, or a failure rate of
 //!   50% over a 10 s window with at least 20 requests, is ejected for 30 s, doubled at each
@@ -14,13 +17,14 @@
 //!   as `Retry-After` says (seconds or an HTTP date, clamped; 5 s if missing or malformed),
 //!   without counting it as broken. A new cooldown never shortens one in force.
 //! - **Bounds**: outlier detection never ejects more than half the pool (but always at least
-//!   one endpoint). An endpoint it may not eject is held back instead for the ejection time:
+//!   one endpoint), counting the endpoints awaiting their trial; the endpoints of a pool share
+//!   that count, so the layer needs no pool. An endpoint it may not eject is held back instead for the ejection time:
 //!   picked only when no other endpoint (in any tier) can serve, and then at 5% of its weight,
 //!   then ramped back. Failing fast, it would otherwise look idle to a least-loaded picker and
-//!   draw most of the traffic. If health would leave no endpoint at all, the pool routes to all
-//!   of them (panic mode), with a tracing event.
-//! - **Active probes** ([`HealthFilterLayer::spawn_probes`]): a background task checks every
-//!   endpoint at an interval with jitter; 2 successes bring an ejected endpoint back even while
+//!   draw most of the traffic. If health would leave no endpoint at all, `Balance` routes to
+//!   all of them (its panic mode, on by default), with a tracing event.
+//! - **Active probes** ([`HealthFilterLayer::spawn_probes`], given the pool to watch): a
+//!   background task checks every endpoint at an interval with jitter; 2 successes bring an ejected endpoint back even while
 //!   no traffic flows, 3 failures eject a serving one.
 //! - **Slow start**: a returning endpoint's weight ramps up over 10 s.
 //!
@@ -49,7 +53,7 @@
 //! pool.insert("gpu-1", broken)?;
 //!
 //! let svc = ServiceBuilder::new()
-//!     .layer(HealthFilterLayer::new(&pool))
+//!     .layer(HealthFilterLayer::new())
 //!     .layer(BalanceLayer::new())
 //!     .service(pool.clone());
 //! for _ in 0..10 {
@@ -65,56 +69,16 @@
 mod body;
 mod future;
 mod layer;
+mod outlier;
 mod policy;
 mod probe;
 mod service;
 
-use std::sync::Arc;
-
-use tokio::time::Instant;
-
-use self::body::Watch;
 pub use self::{
     body::ResponseBody,
     future::ResponseFuture,
-    layer::HealthFilterLayer,
+    layer::{HealthFilterBuilder, HealthFilterLayer},
     policy::HealthPolicy,
     probe::{Probe, ProbeConfig},
     service::HealthFilter,
 };
-use crate::{
-    classify::{Classify, Outcome},
-    endpoint::Endpoint,
-    pool::Members,
-};
-
-/// What one layer's services share: the policy, the rules, the pool's members. A clone that
-/// serves many requests holds its own copy ([`PerClone`](crate::per_clone::PerClone)).
-#[derive(Clone)]
-pub(crate) struct Shared {
-    policy: HealthPolicy,
-    classify: Arc<dyn Classify>,
-    members: Members,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    fn record(&self, endpoint: &Endpoint, outcome: Outcome) {
-        // The common case, lock-free and without a clock read.
-        if outcome == Outcome::Success
-            && endpoint.is_healthy()
-            && endpoint.quiet().try_count_success()
-        {
-            return;
-        }
-        self.policy
-            .record(endpoint, outcome, Instant::now(), &self.members);
-    }
-}

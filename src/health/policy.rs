@@ -1,13 +1,15 @@
+//! [`HealthPolicy`]: when an endpoint is ejected, for how long, and how it comes back; and
+//! what each verdict and probe result does to the endpoint's health.
+
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::outlier::{Outliers, RecordGuard};
 use crate::{
     classify::Outcome,
-    endpoint::{Endpoint, Health},
-    error::ConfigError,
-    outlier::{Locked, Outliers},
-    pool::Members,
+    clock::later,
+    endpoint::{ConfigError, Endpoint, Health},
 };
 
 /// When an endpoint is ejected, for how long, and how it comes back. The defaults follow
@@ -98,9 +100,21 @@ impl HealthPolicy {
             .min(self.max_ejection)
     }
 
-    /// What an outcome does to the endpoint that produced it.
-    pub(crate) fn record(&self, e: &Endpoint, outcome: Outcome, now: Instant, members: &Members) {
-        let mut o = Locked::new(e);
+    /// What a verdict does to the endpoint that produced it. The common case, a success on a
+    /// healthy endpoint with nothing to forget, takes no lock and reads no clock.
+    pub(crate) fn judge(&self, e: &Endpoint, outcome: Outcome) {
+        if outcome == Outcome::Success
+            && e.is_healthy()
+            && e.counters().try_count_unlocked_success()
+        {
+            return;
+        }
+        self.record(e, outcome, Instant::now());
+    }
+
+    /// What an outcome does to the endpoint that produced it, at `now`.
+    pub(crate) fn record(&self, e: &Endpoint, outcome: Outcome, now: Instant) {
+        let mut o = RecordGuard::lock(e);
         let health = e.health();
         match outcome {
             Outcome::ClientError => {}
@@ -108,7 +122,7 @@ impl HealthPolicy {
                 let cooldown = retry_after
                     .unwrap_or(self.default_cooldown)
                     .min(self.max_cooldown);
-                let until = now + cooldown;
+                let until = later(now, cooldown);
                 match health {
                     // A failing endpoint stays ejected; a cooldown in force is never shortened.
                     Health::Ejected { .. } => {}
@@ -137,9 +151,9 @@ impl HealthPolicy {
                     _ => {}
                 }
                 // A long healthy spell forgets past ejections.
-                if o.last_ejected
-                    .is_some_and(|t| now.saturating_duration_since(t) > self.max_ejection * 2)
-                {
+                if o.last_ejected.is_some_and(|t| {
+                    now.saturating_duration_since(t) > self.max_ejection.saturating_mul(2)
+                }) {
                     o.ejections = 0;
                     o.last_ejected = None;
                 }
@@ -166,10 +180,8 @@ impl HealthPolicy {
                     } else {
                         "failure rate"
                     };
-                    if self.may_eject(e, now, members) {
-                        self.eject(e, &mut o, now, why);
-                    } else {
-                        self.soften(e, &mut o, now, why);
+                    if !self.eject(e, &mut o, now, why) {
+                        self.hold_back(e, &mut o, now, why);
                     }
                 }
             }
@@ -179,16 +191,9 @@ impl HealthPolicy {
     /// What a probe result does: `healthy` successes in a row bring an ejected endpoint back
     /// (even before its ejection ends, as Envoy's active checks do); `unhealthy` failures in a
     /// row eject a serving one.
-    pub(crate) fn probed(
-        &self,
-        e: &Endpoint,
-        ok: bool,
-        thresholds: (u32, u32),
-        now: Instant,
-        members: &Members,
-    ) {
+    pub(crate) fn probed(&self, e: &Endpoint, ok: bool, thresholds: (u32, u32), now: Instant) {
         let (healthy, unhealthy) = thresholds;
-        let mut o = Locked::new(e);
+        let mut o = RecordGuard::lock(e);
         let ejected = matches!(e.health(), Health::Ejected { .. });
         if ok {
             o.probe_streak = o.probe_streak.max(0).saturating_add(1);
@@ -197,56 +202,42 @@ impl HealthPolicy {
             }
         } else {
             o.probe_streak = o.probe_streak.min(0).saturating_sub(1);
-            if !ejected
-                && o.probe_streak.unsigned_abs() >= unhealthy
-                && self.may_eject(e, now, members)
-            {
+            if !ejected && o.probe_streak.unsigned_abs() >= unhealthy {
                 self.eject(e, &mut o, now, "probes failed");
             }
         }
     }
 
-    /// Whether ejecting `e` keeps the ejected share within bounds (at least one may always be).
-    fn may_eject(&self, e: &Endpoint, now: Instant, members: &Members) -> bool {
-        let Some(all) = members.endpoints() else {
-            return true;
-        };
-        let ejected = all
-            .iter()
-            .filter(|m| matches!(m.health(), Health::Ejected { until } if until > now))
-            .count();
-        let allowed =
-            ejected == 0 || (ejected + 1) as f64 <= self.max_ejected_fraction * all.len() as f64;
-        if !allowed {
+    /// Ejects `e` if the pool's ejected share allows (at least one may always be); returns
+    /// whether it did.
+    fn eject(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) -> bool {
+        let ejections = o.ejections.saturating_add(1);
+        let time = self.ejection_time(ejections);
+        if !e.eject(later(now, time), self.trials, self.max_ejected_fraction) {
             tracing::debug!(
                 endpoint = %e.key(),
-                ejected,
-                endpoints = all.len(),
+                why,
                 "not ejected: the pool is at its maximum ejected share"
             );
+            return false;
         }
-        allowed
-    }
-
-    fn eject(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
-        o.ejections = o.ejections.saturating_add(1);
-        let time = self.ejection_time(o.ejections);
-        e.eject(now + time, self.trials);
+        o.ejections = ejections;
         o.consecutive_failures = 0;
         o.window.clear();
         o.trial_successes = 0;
         o.probe_streak = 0;
         o.last_ejected = Some(now);
         tracing::warn!(endpoint = %e.key(), why, ejections = o.ejections, ?time, "ejected");
+        true
     }
 
     /// Where the ejected share is at its maximum: keeps the endpoint in the pool but at the
     /// floor of its weight for an ejection's time, then ramps it back, so a failing endpoint
     /// that cannot be ejected (and, failing fast, looks idle) does not draw traffic.
-    fn soften(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
+    fn hold_back(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
         o.ejections = o.ejections.saturating_add(1);
         let hold = self.ejection_time(o.ejections);
-        e.soften(hold, self.slow_start.unwrap_or(Duration::ZERO), now);
+        e.hold_back(hold, self.slow_start.unwrap_or(Duration::ZERO), now);
         o.consecutive_failures = 0;
         o.window.clear();
         o.last_ejected = Some(now);
@@ -256,7 +247,7 @@ impl HealthPolicy {
     fn recover(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
         e.set_health(match self.slow_start {
             Some(window) if !window.is_zero() => Health::SlowStart {
-                until: now + window,
+                until: later(now, window),
             },
             _ => Health::Healthy,
         });
@@ -278,7 +269,6 @@ mod tests {
     struct Fixture {
         pool: Pool<()>,
         policy: HealthPolicy,
-        members: Members,
         t0: Instant,
     }
 
@@ -291,11 +281,9 @@ mod tests {
             slow_start: None,
             ..HealthPolicy::default()
         };
-        let members = pool.members();
         Fixture {
             pool,
             policy,
-            members,
             t0: Instant::now(),
         }
     }
@@ -305,8 +293,7 @@ mod tests {
             self.pool.get(&format!("e{i}")).unwrap()
         }
         fn record(&self, i: usize, outcome: Outcome, at: Duration) {
-            self.policy
-                .record(&self.e(i), outcome, self.t0 + at, &self.members);
+            self.policy.record(&self.e(i), outcome, self.t0 + at);
         }
     }
 
@@ -379,13 +366,16 @@ mod tests {
         let e = f.e(0);
         // A settled endpoint counts 20 successes without the lock.
         for _ in 0..20 {
-            assert!(e.quiet().try_count_success());
+            assert!(e.counters().try_count_unlocked_success());
         }
         // Then half of its requests fail, never two in a row: after a failure a success must
         // take the lock (to end the streak), after that success it need not.
         for _ in 0..11 {
             f.record(0, Outcome::Failure, S);
-            assert!(!e.quiet().try_count_success(), "a failure unsettles it");
+            assert!(
+                !e.counters().try_count_unlocked_success(),
+                "a failure unsettles it"
+            );
             f.record(0, Outcome::Success, S);
         }
         // 42 requests, 11 failures: 26%. Without the 20 folded in, the 11th failure would have
@@ -416,9 +406,9 @@ mod tests {
         };
         let after = until - f.t0 + Duration::from_millis(1);
         // Before it expires no request may go; after, exactly 3 at once.
-        let before = crate::pick::LazyNow::at(until - Duration::from_millis(1));
+        let before = crate::clock::LazyNow::at(until - Duration::from_millis(1));
         assert!(!e.health_allows(&before, false));
-        let due = crate::pick::LazyNow::at(f.t0 + after);
+        let due = crate::clock::LazyNow::at(f.t0 + after);
         assert!(e.health_allows(&due, false));
         let mut trials: Vec<_> = (0..3)
             .map(|_| LoadGuard::acquire(&e, 1).expect("a trial permit"))
@@ -479,7 +469,7 @@ mod tests {
             .count();
         assert_eq!(ejected, 2, "half of 4");
         // The others are held at the floor of their weight instead.
-        let now = crate::pick::LazyNow::at(f.t0 + S * 2);
+        let now = crate::clock::LazyNow::at(f.t0 + S * 2);
         let soft: Vec<f64> = (0..4)
             .filter(|&i| !matches!(f.e(i).health(), Health::Ejected { .. }))
             .map(|i| f.e(i).effective_weight(&now))
@@ -527,7 +517,7 @@ mod tests {
             },
         );
         // Rate limits are not failures.
-        assert_eq!(f.e(0).outliers.lock().consecutive_failures, 0);
+        assert_eq!(RecordGuard::lock(&f.e(0)).consecutive_failures, 0);
     }
 
     #[test]
@@ -536,10 +526,7 @@ mod tests {
         for _ in 0..5 {
             f.record(0, Outcome::Failure, S);
         }
-        let probe = |i: usize, ok: bool| {
-            f.policy
-                .probed(&f.e(i), ok, (2, 3), f.t0 + S * 2, &f.members)
-        };
+        let probe = |i: usize, ok: bool| f.policy.probed(&f.e(i), ok, (2, 3), f.t0 + S * 2);
         probe(0, true);
         assert!(matches!(f.e(0).health(), Health::Ejected { .. }));
         probe(0, true);
@@ -560,8 +547,6 @@ mod tests {
 
     #[test]
     fn a_bad_policy_is_refused() {
-        let pool: Pool<()> = Pool::new();
-        let layer = crate::health::HealthFilterLayer::new(&pool);
         for bad in [
             HealthPolicy {
                 failure_rate: f64::NAN,
@@ -589,7 +574,9 @@ mod tests {
             },
         ] {
             assert!(matches!(
-                layer.clone().policy(bad),
+                crate::health::HealthFilterLayer::builder()
+                    .policy(bad)
+                    .build(),
                 Err(ConfigError::InvalidSetting { .. })
             ));
         }

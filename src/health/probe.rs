@@ -1,3 +1,6 @@
+//! Active health checks: the [`Probe`] trait, its [`ProbeConfig`], and the task that probes
+//! every endpoint of a pool until the pool is gone.
+
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
@@ -54,7 +57,7 @@ impl Default for ProbeConfig {
 /// Probes every endpoint each round until the pool is dropped.
 pub(crate) fn spawn(
     members: Members,
-    policy: HealthPolicy,
+    policy: Arc<HealthPolicy>,
     probe: Arc<dyn Probe>,
     config: ProbeConfig,
 ) -> JoinHandle<()> {
@@ -73,7 +76,7 @@ pub(crate) fn spawn(
             let now = Instant::now();
             let thresholds = (config.healthy_threshold, config.unhealthy_threshold);
             for (endpoint, ok) in endpoints.iter().zip(results) {
-                policy.probed(endpoint, ok, thresholds, now, &members);
+                policy.probed(endpoint, ok, thresholds, now);
             }
         }
     })

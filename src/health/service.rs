@@ -1,32 +1,38 @@
-use std::task::{Context, Poll};
+//! [`HealthFilter`]: the service that judges each response and error against the endpoint
+//! that produced it.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use tower_service::Service;
 
-use super::{ResponseFuture, Shared};
-use crate::{error::BoxError, per_clone::PerClone};
+use super::{HealthPolicy, ResponseBody, ResponseFuture};
+use crate::{error::BoxError, hints::Judged, per_clone::PerClone};
 
 /// Watches each response and error for the endpoint that produced it, and ejects, cools down
 /// or restores that endpoint. See the [module docs](crate::health).
 #[derive(Clone)]
 pub struct HealthFilter<S> {
     inner: S,
-    shared: PerClone<Shared>,
+    policy: PerClone<HealthPolicy>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for HealthFilter<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthFilter")
             .field("inner", &self.inner)
-            .field("policy", &self.shared.get().policy)
+            .field("policy", &**self.policy.get())
             .finish()
     }
 }
 
 impl<S> HealthFilter<S> {
-    pub(crate) fn new(inner: S, shared: Shared) -> Self {
+    pub(crate) fn new(inner: S, policy: &HealthPolicy) -> Self {
         Self {
             inner,
-            shared: PerClone::new(shared),
+            policy: PerClone::new(policy.clone()),
         }
     }
 }
@@ -35,9 +41,9 @@ impl<S, Req, B> Service<Req> for HealthFilter<S>
 where
     S: Service<Req, Response = http::Response<B>>,
     S::Error: Into<BoxError>,
-    B: http_body::Body,
+    B: http_body::Body + Judged,
 {
-    type Response = http::Response<super::ResponseBody<B>>;
+    type Response = http::Response<ResponseBody<B>>;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
@@ -46,7 +52,8 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let shared = std::sync::Arc::clone(self.shared.for_request(Shared::clone));
-        ResponseFuture::new(self.inner.call(request), shared)
+        // A clone that serves many requests copies the policy for itself.
+        let policy = Arc::clone(self.policy.for_request(HealthPolicy::clone));
+        ResponseFuture::new(self.inner.call(request), policy)
     }
 }

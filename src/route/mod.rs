@@ -38,7 +38,7 @@
 //! let svc = ServiceBuilder::new().layer(route).layer(BalanceLayer::new()).service(pool);
 //! let request = Request::builder().header("x-model", "llama-70b").body(Full::new(Bytes::new()))?;
 //! let response = svc.oneshot(request).await?;
-//! assert_eq!(response.extensions().get::<Served>().unwrap().0.key().as_str(), "large");
+//! assert_eq!(response.extensions().get::<Served>().unwrap().endpoint().key().as_str(), "large");
 //! # Ok(())
 //! # }
 //! ```
@@ -107,6 +107,24 @@ impl<D> RouteLayer<D> {
         Self {
             decide: Arc::new(decide),
         }
+    }
+
+    /// The same, in the builder shape every layer shares; a route has no setting to refuse.
+    pub fn builder(decide: D) -> RouteBuilder<D> {
+        RouteBuilder { decide }
+    }
+}
+
+/// The settings of a [`RouteLayer`]: its decision.
+#[derive(Debug, Clone)]
+pub struct RouteBuilder<D> {
+    decide: D,
+}
+
+impl<D> RouteBuilder<D> {
+    /// The layer.
+    pub fn build(self) -> Result<RouteLayer<D>, crate::error::ConfigError> {
+        Ok(RouteLayer::new(self.decide))
     }
 }
 

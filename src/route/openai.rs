@@ -1,3 +1,6 @@
+//! Reading OpenAI-style JSON request bodies for routing: [`OpenAiRequest`] and
+//! [`OpenAiRules`] (feature `openai`).
+
 use http_body::Body;
 
 use super::{Decide, RequestInfo, Routing, Rules};

@@ -1,3 +1,6 @@
+//! Content-based routing rules: [`Rules`] with model aliases and request classes, over the
+//! [`RequestInfo`] a reader extracts.
+
 use std::sync::Arc;
 
 use super::Routing;

@@ -14,8 +14,7 @@ use http::{HeaderName, Request};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_ai_balance::{
-    affinity::{PromptPrefix, StreamAffinityLayer},
-    hash::stable_hash,
+    affinity::{hash_key, PromptPrefix, StreamAffinityLayer},
     pick::{self, Filter},
     BalanceLayer, EndpointConfig, Health, Pool,
 };
@@ -44,17 +43,12 @@ fn echo_pool(names: &[&'static str]) -> Pool<Echo> {
 
 /// Where each of `keys` goes in `pool` when nothing is in flight.
 fn placement(pool: &Pool<Echo>, keys: &[String]) -> Vec<String> {
-    let snapshot = pool.snapshot();
+    let endpoints = pool.endpoints();
     keys.iter()
         .map(|k| {
-            let i = pick::rendezvous(
-                snapshot.entries(),
-                &Filter::new(),
-                stable_hash(k.as_bytes()),
-                1.25,
-            )
-            .unwrap();
-            snapshot.entries()[i].endpoint().key().to_string()
+            let i =
+                pick::rendezvous(&endpoints, &Filter::new(), hash_key(k.as_bytes()), 1.25).unwrap();
+            endpoints[i].key().to_string()
         })
         .collect()
 }
@@ -152,7 +146,12 @@ async fn a_hot_key_flooding_the_balancer_stays_within_the_load_bound() {
         pool.insert(name, held.service(name)).unwrap();
     }
     let svc = ServiceBuilder::new()
-        .layer(StreamAffinityLayer::header(SESSION).bound(1.25).unwrap())
+        .layer(
+            StreamAffinityLayer::builder(tower_ai_balance::affinity::Header(SESSION))
+                .bound(1.25)
+                .build()
+                .unwrap(),
+        )
         .layer(BalanceLayer::new())
         .service(pool.clone());
     let mut bodies = Vec::new();
@@ -213,7 +212,10 @@ async fn affinity_yields_to_health_and_returns_in_stateless_mode() {
 #[tokio::test]
 async fn the_remembering_table_follows_a_key_that_moved_and_stays_bounded() {
     let pool = echo_pool(&TEN[..5]);
-    let layer = StreamAffinityLayer::header(SESSION).remember(1000, Duration::from_secs(600));
+    let layer = StreamAffinityLayer::builder(tower_ai_balance::affinity::Header(SESSION))
+        .remember(1000, Duration::from_secs(600))
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .layer(BalanceLayer::new())

@@ -101,7 +101,7 @@ async fn every_endpoint_ejected_without_panic_mode_is_a_typed_error() {
         });
     }
     let svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new())
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
         .service(pool);
     let e = svc
         .oneshot(Request::new(Full::new(Bytes::new())))

@@ -78,7 +78,12 @@ async fn counters_return_to_zero_after_10000_requests_with_cancellations_and_fai
         pool.insert(config, flaky(i)).unwrap();
     }
     let svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new().queue(64, Duration::from_millis(1)))
+        .layer(
+            BalanceLayer::builder()
+                .queue(64, Duration::from_millis(1))
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
     let tally = Arc::new(Tally::default());
     let requests = 10_000u64;

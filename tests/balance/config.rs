@@ -36,7 +36,7 @@ async fn every_endpoint_ejected_says_when_the_first_returns() {
         });
     }
     let svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new())
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
         .service(pool);
     let err = crate::support::call_err(svc.oneshot(empty_request())).await;
     let err = err.downcast_ref::<NoEndpoints>().expect("NoEndpoints");

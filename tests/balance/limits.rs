@@ -23,7 +23,12 @@ async fn max_concurrency_is_never_exceeded_and_the_queue_serves_everyone() {
         servers.push(s);
     }
     let svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new().queue(1000, Duration::from_secs(30)))
+        .layer(
+            BalanceLayer::builder()
+                .queue(1000, Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
     let tasks: Vec<_> = (0..60)
         .map(|i| {
@@ -96,7 +101,12 @@ async fn the_queue_times_out_is_bounded_and_hands_over_freed_slots() {
     )
     .unwrap();
     let svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new().queue(1, Duration::from_secs(2)))
+        .layer(
+            BalanceLayer::builder()
+                .queue(1, Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
     let first = svc.clone().oneshot(empty_request()).await.unwrap();
 
@@ -214,7 +224,12 @@ async fn the_per_attempt_timeout_runs_from_the_pick_and_releases_the_slot() {
     });
     pool.insert(EndpointConfig::new("stuck"), never).unwrap();
     let mut svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new().timeout(Duration::from_secs(5)))
+        .layer(
+            BalanceLayer::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
     let start = tokio::time::Instant::now();
     let future = svc.ready().await.unwrap().call(empty_request());

@@ -76,7 +76,7 @@ async fn a_streamed_body_holds_its_endpoint_until_the_end_and_releases_on_drop()
 async fn pile_up(strategy: Strategy) -> (usize, usize) {
     let (pool, servers) = http_pool(4, Duration::from_millis(1), Duration::from_millis(50)).await;
     let svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new().strategy(strategy))
+        .layer(BalanceLayer::builder().strategy(strategy).build().unwrap())
         .service(pool.clone());
     let mut open = Vec::new();
     for _ in 0..40 {

@@ -66,11 +66,17 @@ async fn with_one_of_three_returning_503_10000_idempotent_requests_all_succeed()
     let svc = ServiceBuilder::new()
         .layer(failover.clone())
         .layer(
-            HealthFilterLayer::new(&pool)
+            HealthFilterLayer::builder()
                 .policy(quick_policy())
+                .build()
                 .unwrap(),
         )
-        .layer(BalanceLayer::new().timeout(Duration::from_secs(5)))
+        .layer(
+            BalanceLayer::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
     let ok = Arc::new(AtomicUsize::new(0));
     futures_util::StreamExt::for_each_concurrent(futures_util::stream::iter(0..10_000), 32, |_| {
@@ -104,8 +110,9 @@ async fn with_all_of_tier_0_down_requests_succeed_on_tier_1_and_return_when_it_h
     let svc = ServiceBuilder::new()
         .layer(FailoverLayer::new())
         .layer(
-            HealthFilterLayer::new(&pool)
+            HealthFilterLayer::builder()
                 .policy(quick_policy())
+                .build()
                 .unwrap(),
         )
         .layer(BalanceLayer::new())
@@ -142,7 +149,12 @@ async fn during_a_total_outage_the_budget_holds_retries_to_its_ratio() {
         s.set_mode(Mode::Fail);
     }
     let svc = ServiceBuilder::new()
-        .layer(FailoverLayer::new().budget(RetryBudget::new(0.2, 0).unwrap()))
+        .layer(
+            FailoverLayer::builder()
+                .budget(RetryBudget::new(0.2, 0).unwrap())
+                .build()
+                .unwrap(),
+        )
         .layer(BalanceLayer::new())
         .service(pool.clone());
     let mut gave_up = std::collections::HashMap::new();
@@ -176,11 +188,12 @@ async fn a_body_that_cannot_be_replayed_gives_not_replayable_and_is_never_sent_e
     // Endpoints that take a streamed (non-replayable) upload.
     let unwrap: fn(Streamed) -> Request<Full<Bytes>> = |r| r.map(NoReplay::into_inner);
     let pool = Pool::new();
-    for e in http.snapshot().entries() {
+    let client = Upstream::client();
+    for (e, server) in http.endpoints().iter().zip(&servers) {
         let service = ServiceBuilder::new()
             .map_request(unwrap)
-            .service(e.service().clone());
-        pool.insert(e.endpoint().config(), service).unwrap();
+            .service(Upstream::new(client.clone(), server.uri()));
+        pool.insert(e.config(), service).unwrap();
     }
     let svc = ServiceBuilder::new()
         .layer(FailoverLayer::new())
@@ -200,7 +213,12 @@ async fn clean_stream_after(mode: Mode) {
     let (pool, servers) = tiered(&[("flaky", 0, 1), ("steady", 1, 1)]).await;
     servers[0].set_mode(mode);
     let svc = ServiceBuilder::new()
-        .layer(FailoverLayer::new().first_chunk(Duration::from_secs(2)))
+        .layer(
+            FailoverLayer::builder()
+                .first_chunk(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        )
         .layer(BalanceLayer::new())
         .service(pool);
     let r = svc.oneshot(chat_request(5, true)).await.unwrap();
@@ -228,7 +246,12 @@ async fn a_stream_that_fails_after_its_first_chunk_is_not_retried() {
     let (pool, servers) = tiered(&[("flaky", 0, 1), ("steady", 1, 1)]).await;
     servers[0].set_mode(Mode::ResetMidStream);
     let svc = ServiceBuilder::new()
-        .layer(FailoverLayer::new().first_chunk(Duration::from_secs(2)))
+        .layer(
+            FailoverLayer::builder()
+                .first_chunk(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        )
         .layer(BalanceLayer::new())
         .service(pool);
     let r = svc.oneshot(chat_request(5, true)).await.unwrap();
@@ -254,9 +277,11 @@ async fn with_a_continuation_policy_a_stream_broken_mid_way_carries_on_from_anot
     servers[0].set_mode(Mode::ResetMidStream);
     let svc = ServiceBuilder::new()
         .layer(
-            FailoverLayer::new()
+            FailoverLayer::builder()
                 .first_chunk(Duration::from_secs(2))
-                .continuation(tower_ai_balance::failover::OpenAiChat),
+                .continuation(tower_ai_balance::failover::OpenAiChat)
+                .build()
+                .unwrap(),
         )
         .layer(BalanceLayer::new())
         .service(pool.clone());
@@ -293,7 +318,12 @@ async fn a_stalled_stream_is_ended_by_the_idle_timeout_and_counted_against_its_e
     servers[0].set_mode(Mode::StallAfterFirst);
     let svc = ServiceBuilder::new()
         .layer(FailoverLayer::new())
-        .layer(BalanceLayer::new().idle_timeout(ms(200)))
+        .layer(
+            BalanceLayer::builder()
+                .idle_timeout(ms(200))
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
     let r = svc.oneshot(chat_request(50, true)).await.unwrap();
     let endpoint = served(&r);
@@ -324,7 +354,12 @@ async fn a_stalled_stream_is_ended_by_the_idle_timeout_and_counted_against_its_e
 async fn a_hedge_answers_for_a_slow_endpoint_and_the_cancelled_attempt_releases_its_slot() {
     let (pool, servers) = tiered(&[("slow", 0, 2000), ("fast", 1, 5)]).await;
     let svc = ServiceBuilder::new()
-        .layer(FailoverLayer::new().hedge(Hedge::After(ms(50))))
+        .layer(
+            FailoverLayer::builder()
+                .hedge(Hedge::After(ms(50)))
+                .build()
+                .unwrap(),
+        )
         .layer(BalanceLayer::new())
         .service(pool.clone());
     let started = tokio::time::Instant::now();
@@ -360,8 +395,8 @@ async fn when_every_endpoint_is_cooling_down_the_error_says_when_the_first_retur
     servers[1].set_mode(Mode::RateLimit(7));
     let svc = ServiceBuilder::new()
         .layer(FailoverLayer::new())
-        .layer(HealthFilterLayer::new(&pool).panic_mode(false))
-        .layer(BalanceLayer::new())
+        .layer(HealthFilterLayer::new())
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
         .service(pool);
     let e = svc
         .oneshot(chat_request(1, false))

@@ -151,14 +151,21 @@ async fn run() {
     policy.max_ejection = Duration::from_millis(400);
     let stack = ServiceBuilder::new()
         .layer(
-            FailoverLayer::new()
+            FailoverLayer::builder()
                 .attempts(3)
-                .unwrap()
                 .budget(RetryBudget::new(0.5, 200).unwrap())
-                .first_chunk(TIMEOUT),
+                .first_chunk(TIMEOUT)
+                .build()
+                .unwrap(),
         )
-        .layer(HealthFilterLayer::new(&pool).policy(policy).unwrap())
-        .layer(BalanceLayer::new().timeout(TIMEOUT).idle_timeout(TIMEOUT))
+        .layer(HealthFilterLayer::builder().policy(policy).build().unwrap())
+        .layer(
+            BalanceLayer::builder()
+                .timeout(TIMEOUT)
+                .idle_timeout(TIMEOUT)
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
 
     // The faults: every 10 ms, a healthy server may fail in one of the ways above, or crash,

@@ -39,8 +39,13 @@ type Stack = HealthFilter<Balance<HttpService>>;
 
 fn stack(pool: &Pool<HttpService>, policy: HealthPolicy) -> Stack {
     ServiceBuilder::new()
-        .layer(HealthFilterLayer::new(pool).policy(policy).unwrap())
-        .layer(BalanceLayer::new().timeout(Duration::from_secs(2)))
+        .layer(HealthFilterLayer::builder().policy(policy).build().unwrap())
+        .layer(
+            BalanceLayer::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone())
 }
 
@@ -195,7 +200,10 @@ async fn probes_bring_an_ejected_endpoint_back_while_no_traffic_flows_and_stop_w
     let mut slow_policy = policy();
     slow_policy.base_ejection = Duration::from_secs(60);
     slow_policy.max_ejection = Duration::from_secs(60);
-    let layer = HealthFilterLayer::new(&pool).policy(slow_policy).unwrap();
+    let layer = HealthFilterLayer::builder()
+        .policy(slow_policy)
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .layer(BalanceLayer::new())
@@ -209,7 +217,7 @@ async fn probes_bring_an_ejected_endpoint_back_while_no_traffic_flows_and_stop_w
     let mut config = ProbeConfig::default();
     config.interval = ms(50);
     config.timeout = ms(500);
-    let probes = layer.spawn_probes(http_probe(Upstream::client()), config);
+    let probes = layer.spawn_probes(&pool, http_probe(Upstream::client()), config);
 
     // No traffic: the probes alone bring m0 back, long before its 60 s ejection ends.
     let start = Instant::now();

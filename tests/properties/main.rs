@@ -96,6 +96,8 @@ fn healthy(e: &Endpoint) -> bool {
 
 /// The model: every endpoint ever made, and the live guards.
 struct World {
+    /// Whether picks route to every endpoint when health leaves none.
+    panic_mode: bool,
     pool: Pool<Unit>,
     ever: Vec<Arc<Endpoint>>,
     guards: Vec<LoadGuard>,
@@ -123,8 +125,11 @@ impl World {
     }
 
     fn pick(&mut self, strategy: Pick, exclude: Option<u8>, cost: u8) {
-        let balance = BalanceLayer::new()
+        let balance = BalanceLayer::builder()
             .strategy(strategy)
+            .panic_mode(self.panic_mode)
+            .build()
+            .unwrap()
             .layer(self.pool.clone());
         let mut request = WithHints::new(());
         request.extensions.insert(Cost(u64::from(cost)));
@@ -253,8 +258,7 @@ proptest! {
     ) {
         runtime().block_on(async move {
             let pool = Pool::new();
-            pool.members().set_panic_routing(panic_routing);
-            let mut world = World { pool, ever: Vec::new(), guards: Vec::new(), drains: Vec::new() };
+            let mut world = World { pool, panic_mode: panic_routing, ever: Vec::new(), guards: Vec::new(), drains: Vec::new() };
             for op in ops {
                 world.apply(op, strategy);
                 world.check();
@@ -283,7 +287,7 @@ proptest! {
         let request = WithHints::new(());
 
         // Weighted: each pick independent, shares in proportion.
-        let balance = BalanceLayer::new().strategy(Pick::Weighted).layer(pool.clone());
+        let balance = BalanceLayer::builder().strategy(Pick::Weighted).build().unwrap().layer(pool.clone());
         let mut counts = vec![0usize; weights.len()];
         let n = 20_000;
         for _ in 0..n {

@@ -15,9 +15,9 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_ai_balance::{
     capability::{Require, Unmet, Unsatisfiable},
     load::LoadGuard,
-    pick::{Filter, Strategy},
+    pick::{Filter, Picker, Strategy},
     route::{OpenAiRequest, OpenAiRules, RouteLayer, Rules},
-    BalanceLayer, Endpoint, EndpointConfig, FastRng, Pool,
+    BalanceLayer, Endpoint, EndpointConfig, Pool,
 };
 
 use crate::support::{echo, finish, served, Echo, Held};
@@ -146,7 +146,12 @@ async fn traffic_stays_on_the_cheap_endpoints_until_their_threshold_then_spills(
         .unwrap();
     }
     let svc = ServiceBuilder::new()
-        .layer(BalanceLayer::new().strategy(Strategy::CostAware { max_load: 0.75 }))
+        .layer(
+            BalanceLayer::builder()
+                .strategy(Strategy::CostAware { max_load: 0.75 })
+                .build()
+                .unwrap(),
+        )
         .service(pool.clone());
     let mut keys = Vec::new();
     let mut bodies = Vec::new();
@@ -187,8 +192,8 @@ fn imbalance(strategy: Strategy) -> f64 {
     let endpoints: Vec<Arc<Endpoint>> = (0..8)
         .map(|i| Endpoint::new(EndpointConfig::new(format!("e{i}"))).unwrap())
         .collect();
-    let mut rng = FastRng::seeded(17);
-    let cursor = std::sync::atomic::AtomicUsize::new(0);
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(17);
+    let picker = Picker::new(strategy);
     let t0 = tokio::time::Instant::now();
     let mut running: Vec<(u64, LoadGuard)> = Vec::new();
     let (mut sum, mut samples) = (0.0, 0);
@@ -201,9 +206,7 @@ fn imbalance(strategy: Strategy) -> f64 {
             50
         };
         let filter = Filter::new().cost(cost);
-        let i = strategy
-            .pick(&endpoints, &filter, &cursor, &mut rng)
-            .unwrap();
+        let i = picker.pick(&endpoints, &filter, &mut rng).unwrap();
         let now = t0 + Duration::from_millis(tick);
         let guard = LoadGuard::acquire_at(&endpoints[i], cost, now).unwrap();
         let done = tick + cost.div_ceil(120) * endpoints[i].in_flight() as u64;

@@ -38,7 +38,7 @@ pub fn served<B>(r: &Response<B>) -> Arc<Endpoint> {
     r.extensions()
         .get::<Served>()
         .expect("Served is attached")
-        .0
+        .endpoint()
         .clone()
 }
 

@@ -1,84 +1,59 @@
 //! The record of an endpoint's recent outcomes, which the health layer judges it by:
 //! consecutive failures, a sliding window of successes and failures, how often it was ejected,
-//! and the streaks of trial requests and probes. Guarded by a mutex on the endpoint, taken for
-//! every outcome but one (never by a pick): a success on a healthy endpoint with nothing to
-//! forget (no failure streak, no past ejection) is only counted, in an atomic that the next
-//! holder of the lock folds into the window.
+//! and the streaks of trial requests and probes.
+//!
+//! The record lives on the endpoint (which does not know its type) behind a mutex, taken for
+//! every outcome but one and never by a pick: a success on a healthy endpoint with nothing to
+//! forget (no failure streak, no past ejection) is only counted, in the endpoint's counters,
+//! and the next holder of the lock folds that count into the window.
 
 use std::{ops::Deref, ops::DerefMut, time::Duration};
 
-use parking_lot::MutexGuard;
+use parking_lot::{MappedMutexGuard, MutexGuard};
 use tokio::time::Instant;
 
-use crate::{
-    endpoint::Endpoint,
-    sync::{AtomicBool, AtomicU64, Ordering::SeqCst},
-};
-
-/// What a success may do without the lock.
-#[derive(Debug, Default)]
-pub(crate) struct Quiet {
-    /// Successes counted without the lock, ever.
-    successes: AtomicU64,
-    /// Whether the record holds nothing a success would change but the window's count.
-    settled: AtomicBool,
-}
-
-impl Quiet {
-    pub(crate) fn new() -> Self {
-        Self {
-            successes: AtomicU64::new(0),
-            settled: AtomicBool::new(true),
-        }
-    }
-
-    /// Counts a success without the lock if nothing else needs to change; `false` if the
-    /// caller must take the lock.
-    #[inline]
-    pub(crate) fn try_count_success(&self) -> bool {
-        if !self.settled.load(SeqCst) {
-            return false;
-        }
-        self.successes.fetch_add(1, SeqCst);
-        true
-    }
-}
+use crate::endpoint::Endpoint;
 
 /// An endpoint's outlier record, locked. The successes counted without the lock are folded in
 /// when it is taken, and when it is let go the endpoint learns whether the next success may
 /// skip it.
-pub(crate) struct Locked<'a> {
-    quiet: &'a Quiet,
-    outliers: MutexGuard<'a, Outliers>,
+pub(crate) struct RecordGuard<'a> {
+    endpoint: &'a Endpoint,
+    record: MappedMutexGuard<'a, Outliers>,
 }
 
-impl<'a> Locked<'a> {
-    pub(crate) fn new(endpoint: &'a Endpoint) -> Self {
-        let mut outliers = endpoint.outliers.lock();
-        let quiet = endpoint.quiet();
-        outliers.window.fold(quiet.successes.load(SeqCst));
-        Self { quiet, outliers }
+impl<'a> RecordGuard<'a> {
+    pub(crate) fn lock(endpoint: &'a Endpoint) -> Self {
+        let mut record = MutexGuard::map(endpoint.record(), |slot| {
+            if !slot.as_ref().is_some_and(|r| r.is::<Outliers>()) {
+                *slot = Some(Box::new(Outliers::default()));
+            }
+            slot.as_mut()
+                .and_then(|r| r.downcast_mut::<Outliers>())
+                .expect("an outlier record was just put there")
+        });
+        record.window.fold(endpoint.counters().unlocked_successes());
+        Self { endpoint, record }
     }
 }
 
-impl Deref for Locked<'_> {
+impl Deref for RecordGuard<'_> {
     type Target = Outliers;
     fn deref(&self) -> &Outliers {
-        &self.outliers
+        &self.record
     }
 }
 
-impl DerefMut for Locked<'_> {
+impl DerefMut for RecordGuard<'_> {
     fn deref_mut(&mut self) -> &mut Outliers {
-        &mut self.outliers
+        &mut self.record
     }
 }
 
-impl Drop for Locked<'_> {
+impl Drop for RecordGuard<'_> {
     fn drop(&mut self) {
-        let settled =
-            self.outliers.consecutive_failures == 0 && self.outliers.last_ejected.is_none();
-        self.quiet.settled.store(settled, SeqCst);
+        let settled = self.record.consecutive_failures == 0 && self.record.last_ejected.is_none();
+        self.endpoint.counters().let_successes_skip_lock(settled);
     }
 }
 

@@ -1,0 +1,191 @@
+//! The pick: read the hints and the pool, choose in the lowest tier that has room, and take a
+//! slot. [`Chooser`] is what `Balance` and a queued request pick with.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::config::Config;
+use crate::{
+    capability::Unsatisfiable,
+    endpoint::Endpoint,
+    error::{BoxError, NoEndpoints, Overloaded},
+    hints::{Affinity, Cost, Exclude, Hinted, Picked, Require},
+    load::LoadGuard,
+    pick::{affine, Filter},
+    pool::{Pool, Snapshot},
+    rng::ThreadRng,
+};
+
+/// How often a pick is retried when its endpoint filled up between the choice and the slot.
+const ACQUIRE_TRIES: usize = 3;
+
+/// Why no slot was taken.
+pub(crate) enum NoSlot {
+    /// Some endpoint could serve, but all such are at their concurrency limit.
+    AllFull,
+    /// No endpoint can serve this request ([`NoEndpoints`] or [`Unsatisfiable`]).
+    Unavailable(BoxError),
+}
+
+impl NoSlot {
+    /// The error for a request that cannot wait.
+    pub(crate) fn into_error(self) -> BoxError {
+        match self {
+            NoSlot::AllFull => Overloaded::new(None).into(),
+            NoSlot::Unavailable(e) => e,
+        }
+    }
+}
+
+/// A pool and how to pick from it.
+#[derive(Debug)]
+pub(crate) struct Chooser<S> {
+    pub(crate) pool: Pool<S>,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S> Clone for Chooser<S> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// Takes a slot: with health's trial permits, or whatever the health (panic mode).
+type Acquire = fn(&Arc<Endpoint>, u64, Instant) -> Option<LoadGuard>;
+
+impl<S: Clone> Chooser<S> {
+    /// The hot path: pick in the lowest tier that has room, and take a slot.
+    pub(crate) fn try_pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), NoSlot> {
+        let all = self.pool.load();
+        if all.is_empty() {
+            return Err(NoSlot::Unavailable(NoEndpoints::empty().into()));
+        }
+        let hints = request.extensions();
+        let cost = hints.get::<Cost>().map_or(1, |c| c.0);
+        let affinity = hints.get::<Affinity>();
+        let require = hints.get::<Require>();
+        // One clock read serves the whole pick: the health of an endpoint whose ejection may
+        // have ended, and the start of the request's timing.
+        let mut filter = Filter::new().cost(cost).at(Instant::now());
+        if let Some(exclude) = hints.get::<Exclude>() {
+            filter = filter.exclude(exclude);
+        }
+        // A model's endpoints are precomputed: the pick never draws one without it.
+        let snapshot = match require {
+            Some(r) => {
+                filter = filter.require(r);
+                r.model.as_deref().map_or(&**all, |m| all.for_model(m))
+            }
+            None => &**all,
+        };
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
+            self.pool.note_panic(false);
+            return Ok(self.picked(hints, picked));
+        }
+        // Endpoints held back by a soft ejection serve only when nothing else can.
+        let filter = filter.include_held();
+        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
+            return Ok(self.picked(hints, picked));
+        }
+        if let Some(unmet) = require.and_then(|r| unsatisfiable(&all, r)) {
+            return Err(NoSlot::Unavailable(unmet.into()));
+        }
+        match why_no_slot(snapshot, &filter) {
+            NoSlot::Unavailable(_) if self.config.panic_mode => {
+                // Health leaves nothing: route to every endpoint rather than fail everything.
+                let filter = filter.ignore_health();
+                let picked = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_any_at);
+                self.pool.note_panic(picked.is_some());
+                picked
+                    .map(|p| self.picked(hints, p))
+                    .ok_or_else(|| why_no_slot(snapshot, &filter))
+            }
+            why => Err(why),
+        }
+    }
+
+    /// Tells a `Picked` cell where the request goes.
+    #[inline]
+    fn picked(&self, hints: &http::Extensions, picked: (S, LoadGuard)) -> (S, LoadGuard) {
+        let endpoint = picked.1.endpoint();
+        tracing::debug!(
+            endpoint = %endpoint.key(),
+            tier = endpoint.tier(),
+            in_flight = endpoint.in_flight(),
+            why = if hints.get::<Affinity>().is_some() { "affinity" } else { self.config.picker.strategy().describe() },
+            "picked"
+        );
+        if let Some(cell) = hints.get::<Picked>() {
+            cell.set(endpoint);
+        }
+        picked
+    }
+
+    /// Picks in the lowest tier with an eligible endpoint that has room, and takes a slot.
+    #[inline]
+    fn pick_in(
+        &self,
+        snapshot: &Snapshot<S>,
+        filter: &Filter<'_>,
+        affinity: Option<&Affinity>,
+        acquire: Acquire,
+    ) -> Option<(S, LoadGuard)> {
+        for (entries, max_weight) in snapshot.weighted_tiers() {
+            let weighted;
+            let filter = match max_weight {
+                Some(max) => {
+                    weighted = filter.clone().sample_by_weight(max);
+                    &weighted
+                }
+                None => filter,
+            };
+            for _ in 0..ACQUIRE_TRIES {
+                let picked = match affinity {
+                    Some(affinity) => affine(entries, filter, affinity),
+                    None => self.config.picker.pick(entries, filter, &mut ThreadRng),
+                };
+                let Some(i) = picked else {
+                    break; // nothing eligible in this tier: try the next
+                };
+                let entry = &entries[i];
+                if let Some(guard) = acquire(entry.endpoint(), filter.cost, filter.now()) {
+                    return Some((entry.service().clone(), guard));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The cold path after a failed pick: is it capacity, or availability?
+fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoSlot {
+    let mut back: Option<Instant> = None;
+    for entry in snapshot.entries() {
+        let e = entry.endpoint();
+        if filter.serves(e) {
+            return NoSlot::AllFull;
+        }
+        if e.weight() > 0.0 && !e.is_removed() {
+            if let Some(at) = e.available_at() {
+                back = Some(back.map_or(at, |b| b.min(at)));
+            }
+        }
+    }
+    let now = filter.now();
+    NoSlot::Unavailable(
+        NoEndpoints::unavailable(back.map(|at| at.saturating_duration_since(now))).into(),
+    )
+}
+
+/// When no endpoint in the pool meets the requirements, whatever its health or load: which.
+fn unsatisfiable<S>(all: &Snapshot<S>, require: &Require) -> Option<Unsatisfiable> {
+    let endpoints = all.entries().iter().map(|e| &**e.endpoint());
+    if endpoints.clone().any(|e| require.admits(e)) {
+        return None;
+    }
+    Some(Unsatisfiable::new(require.unmet(endpoints)))
+}

@@ -1,0 +1,239 @@
+//! An endpoint's health cell: its [`Health`] in one word that a pick reads with one load,
+//! the half-open trial permits, and the slow-start ramp.
+//!
+//! The word holds two bits of state (healthy, ejected, cooling down, slow start) and 62 bits
+//! of "until", in milliseconds since the endpoint was made, rounded up so that an endpoint is
+//! never back early. The permits and the ramp's window are read only when the state calls for
+//! them. [`HealthCell`] is the view that reads and writes all three; the endpoint keeps the
+//! pick's gate in step with it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::{
+    clock::{later, LazyNow},
+    sync::{AtomicU32, AtomicU64, Ordering::SeqCst},
+};
+
+/// An endpoint's health, as the health layer sets it and the pick reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Takes traffic.
+    Healthy,
+    /// Failing: takes no traffic until `until`; then, if the health layer set trial requests,
+    /// only that many until it decides (half-open).
+    Ejected {
+        /// When it may be tried again.
+        until: Instant,
+    },
+    /// Rate-limited: takes no traffic until `until`, then returns without trial.
+    CoolingDown {
+        /// When the cooldown ends.
+        until: Instant,
+    },
+    /// Back after an ejection: takes traffic, with its weight ramping up to full at `until`.
+    SlowStart {
+        /// When the ramp ends.
+        until: Instant,
+    },
+}
+
+const HEALTHY: u64 = 0;
+const EJECTED: u64 = 1;
+const COOLING: u64 = 2;
+const RAMPING: u64 = 3;
+/// Trial permits meaning "no limit": set by a plain `set_health`, so an ejection set by hand
+/// simply expires. Otherwise the low 16 bits are the permits left, the high 16 the most there
+/// may be.
+const UNLIMITED: u32 = u32::MAX;
+/// The least share of its weight a slow-starting endpoint gets.
+const RAMP_FLOOR: f64 = 0.05;
+
+/// The health word, in the line of the endpoint that every pick reads.
+#[derive(Debug)]
+pub(crate) struct HealthWord(AtomicU64);
+
+impl HealthWord {
+    pub(crate) fn new() -> Self {
+        Self(AtomicU64::new(HEALTHY))
+    }
+}
+
+/// What an ejection or a slow start needs besides the word: the trial permits and the ramp's
+/// window.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    trials: AtomicU32,
+    ramp_ms: AtomicU64,
+}
+
+impl Recovery {
+    pub(crate) fn new() -> Self {
+        Self {
+            trials: AtomicU32::new(UNLIMITED),
+            ramp_ms: AtomicU64::new(0),
+        }
+    }
+
+    #[cfg(all(test, loom))]
+    pub(crate) fn permits(&self) -> u32 {
+        self.trials.load(SeqCst)
+    }
+}
+
+/// The health cell: the word, the permits, the ramp, and the instant the word's times count
+/// from.
+#[derive(Clone, Copy)]
+pub(crate) struct HealthCell<'a> {
+    pub(crate) word: &'a HealthWord,
+    pub(crate) recovery: &'a Recovery,
+    pub(crate) born: &'a Instant,
+}
+
+impl HealthCell<'_> {
+    /// Whether the health is `Healthy`: one load, no time decoded.
+    #[inline]
+    pub(crate) fn is_healthy(self) -> bool {
+        self.word.0.load(SeqCst) & 3 == HEALTHY
+    }
+
+    /// Whether the endpoint is ejected (due back or not).
+    #[inline]
+    pub(crate) fn is_ejected(self) -> bool {
+        self.word.0.load(SeqCst) & 3 == EJECTED
+    }
+
+    pub(crate) fn get(self) -> Health {
+        let raw = self.word.0.load(SeqCst);
+        let until = self.until(raw);
+        match raw & 3 {
+            EJECTED => Health::Ejected { until },
+            COOLING => Health::CoolingDown { until },
+            RAMPING => Health::SlowStart { until },
+            _ => Health::Healthy,
+        }
+    }
+
+    /// Sets the health with no trial limit: an ejection set this way simply expires. A
+    /// `SlowStart` ramps over the time from now to its `until`.
+    pub(crate) fn set(self, health: Health) {
+        self.store(health, UNLIMITED);
+    }
+
+    /// Ejects until `until`, then lets `trials` requests through at a time.
+    pub(crate) fn eject(self, until: Instant, trials: u16) {
+        let trials = u32::from(trials);
+        self.store(Health::Ejected { until }, (trials << 16) | trials);
+    }
+
+    /// Holds the weight at its floor for `hold`, then ramps it back to full over `window`.
+    pub(crate) fn hold_back(self, hold: Duration, window: Duration, now: Instant) {
+        let window = window.max(Duration::from_millis(1));
+        self.recovery
+            .ramp_ms
+            .store(window.as_millis().min(u128::from(u64::MAX)) as u64, SeqCst);
+        let until = later(later(now, hold), window);
+        self.recovery.trials.store(UNLIMITED, SeqCst);
+        self.word
+            .0
+            .store(RAMPING | (self.millis_at(until) << 2), SeqCst);
+    }
+
+    fn store(self, health: Health, trials: u32) {
+        let raw = match health {
+            Health::Healthy => HEALTHY,
+            Health::Ejected { until } => EJECTED | (self.millis_at(until) << 2),
+            Health::CoolingDown { until } => COOLING | (self.millis_at(until) << 2),
+            Health::SlowStart { until } => {
+                let window = until.saturating_duration_since(Instant::now());
+                let ms = window.as_millis().clamp(1, u128::from(u64::MAX));
+                self.recovery.ramp_ms.store(ms as u64, SeqCst);
+                RAMPING | (self.millis_at(until) << 2)
+            }
+        };
+        self.recovery.trials.store(trials, SeqCst);
+        self.word.0.store(raw, SeqCst);
+    }
+
+    /// Whether a health just stored lets waiting requests in (healthy or ramping).
+    pub(crate) fn admits_waiters(self) -> bool {
+        matches!(self.word.0.load(SeqCst) & 3, HEALTHY | RAMPING)
+    }
+
+    fn until(self, raw: u64) -> Instant {
+        later(*self.born, Duration::from_millis(raw >> 2))
+    }
+
+    fn millis_at(self, at: Instant) -> u64 {
+        let born = *self.born;
+        let ms = at.saturating_duration_since(born).as_millis();
+        // Round up so that an endpoint is never back before its time.
+        let ms = ms + u128::from(at > later(born, Duration::from_millis(ms as u64)));
+        ms.min(u128::from(u64::MAX >> 2)) as u64
+    }
+
+    /// Whether the health lets a request through at this moment; an endpoint held back by a
+    /// soft ejection (its weight at the floor, before the ramp back begins) only with
+    /// `include_held`. One read of the word; the clock is read only when the endpoint is not
+    /// healthy.
+    #[inline]
+    pub(crate) fn allows(self, now: &LazyNow, include_held: bool) -> bool {
+        let raw = self.word.0.load(SeqCst);
+        match raw & 3 {
+            HEALTHY => true,
+            RAMPING => {
+                include_held || {
+                    let window = Duration::from_millis(self.recovery.ramp_ms.load(SeqCst));
+                    self.until(raw).saturating_duration_since(now.get()) <= window
+                }
+            }
+            COOLING => self.until(raw) <= now.get(),
+            _ => self.until(raw) <= now.get() && self.recovery.trials.load(SeqCst) & 0xffff > 0,
+        }
+    }
+
+    /// `weight` as the pick sees it: reduced while slow-starting.
+    #[inline]
+    pub(crate) fn effective_weight(self, weight: f64, now: &LazyNow) -> f64 {
+        let raw = self.word.0.load(SeqCst);
+        if raw & 3 != RAMPING {
+            return weight;
+        }
+        let left = self
+            .until(raw)
+            .saturating_duration_since(now.get())
+            .as_millis() as f64;
+        let window = self.recovery.ramp_ms.load(SeqCst).max(1) as f64;
+        weight * (1.0 - left / window).clamp(RAMP_FLOOR, 1.0)
+    }
+
+    /// Takes a half-open trial permit if the endpoint is ejected and due; `Some(true)` if one
+    /// was taken, `Some(false)` if none is needed, `None` if none is left.
+    #[inline]
+    pub(crate) fn take_trial(self) -> Option<bool> {
+        if self.word.0.load(SeqCst) & 3 != EJECTED {
+            return Some(false);
+        }
+        match self
+            .recovery
+            .trials
+            .fetch_update(SeqCst, SeqCst, |t| match t {
+                UNLIMITED => Some(t),
+                t if t & 0xffff == 0 => None,
+                t => Some(t - 1),
+            }) {
+            Ok(UNLIMITED) => Some(false),
+            Ok(_) => Some(true),
+            Err(_) => None,
+        }
+    }
+
+    /// Gives back a trial permit when its request ends: never more than the ejection allowed.
+    pub(crate) fn return_trial(self) {
+        let _ = self.recovery.trials.fetch_update(SeqCst, SeqCst, |t| {
+            (t != UNLIMITED && t & 0xffff < t >> 16).then(|| t + 1)
+        });
+    }
+}

@@ -1,0 +1,202 @@
+//! Tests of the endpoint's live state: the loom models of its trial permits, the gate, and
+//! the pool's ejected count.
+
+#[cfg(loom)]
+mod models {
+    //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`
+
+    use std::sync::Arc;
+
+    use loom::{
+        sync::atomic::{AtomicUsize, Ordering::SeqCst},
+        thread,
+    };
+    use tokio::time::Instant;
+
+    use super::super::{Endpoint, EndpointConfig};
+
+    /// One request through a half-open endpoint: a slot and maybe a trial permit, both
+    /// given back. Counts the trials running at once in `live`.
+    fn attempt(e: &Endpoint, live: &AtomicUsize) {
+        let Some(trial) = e.try_acquire(1) else {
+            return;
+        };
+        if trial {
+            let running = live.fetch_add(1, SeqCst) + 1;
+            assert!(
+                running <= 1,
+                "{running} trials through a half-open endpoint of one"
+            );
+            live.fetch_sub(1, SeqCst);
+            e.return_trial();
+        }
+        e.release(1);
+    }
+
+    #[test]
+    fn half_open_admits_no_more_trials_than_it_allows() {
+        loom::model(|| {
+            let e = Endpoint::new(EndpointConfig::new("e")).unwrap();
+            assert!(e.eject(Instant::now(), 1, 1.0));
+            let live = Arc::new(AtomicUsize::new(0));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (e, live) = (Arc::clone(&e), Arc::clone(&live));
+                    thread::spawn(move || attempt(&e, &live))
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(e.in_flight(), 0);
+            assert_eq!(
+                e.recovery.permits(),
+                (1 << 16) | 1,
+                "every permit came back"
+            );
+        });
+    }
+
+    #[test]
+    fn permits_never_exceed_the_allowance_across_a_re_ejection() {
+        loom::model(|| {
+            let e = Endpoint::new(EndpointConfig::new("e")).unwrap();
+            assert!(e.eject(Instant::now(), 1, 1.0));
+            let live = Arc::new(AtomicUsize::new(0));
+            let worker = {
+                let (e, live) = (Arc::clone(&e), Arc::clone(&live));
+                thread::spawn(move || attempt(&e, &live))
+            };
+            // The health layer re-ejects (a trial failed) while the request runs.
+            assert!(e.eject(Instant::now(), 1, 1.0));
+            worker.join().unwrap();
+            assert_eq!(e.in_flight(), 0);
+            let trials = e.recovery.permits();
+            assert!(
+                trials & 0xffff <= trials >> 16,
+                "more permits ({}) than the ejection allows ({})",
+                trials & 0xffff,
+                trials >> 16
+            );
+            assert_eq!(trials & 0xffff, 1, "a permit was lost");
+        });
+    }
+}
+
+#[cfg(not(loom))]
+mod plain {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::super::*;
+
+    /// The gate in the in-flight word must say "look closer" exactly when health or weight
+    /// would refuse a plain pick, whatever the order of writes, and never disturb the count.
+    #[test]
+    fn the_gate_follows_health_and_weight_and_keeps_the_count() {
+        let e = Endpoint::new(EndpointConfig::new("a")).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(!e.admission.slots.is_gated());
+        assert_eq!(e.open_slot(), Some(0));
+
+        assert_eq!(e.try_acquire(1), Some(false));
+        e.set_health(Health::Ejected { until: later });
+        assert!(e.admission.slots.is_gated());
+        assert_eq!(e.open_slot(), None, "an ejected endpoint is not open");
+        assert_eq!(e.in_flight(), 1, "the gate is not counted");
+
+        e.set_health(Health::SlowStart { until: later });
+        assert!(
+            e.admission.slots.is_gated(),
+            "a ramping weight needs the closer look"
+        );
+        e.set_health(Health::CoolingDown { until: later });
+        assert!(e.admission.slots.is_gated());
+        e.set_health(Health::Healthy);
+        assert!(!e.admission.slots.is_gated());
+        assert_eq!(e.open_slot(), Some(1));
+
+        e.set_weight(0.0);
+        assert!(e.admission.slots.is_gated(), "weight 0 drains");
+        e.set_health(Health::Ejected { until: later });
+        e.set_health(Health::Healthy);
+        assert!(
+            e.admission.slots.is_gated(),
+            "healthy again, but still weight 0"
+        );
+        e.set_weight(2.0);
+        assert!(!e.admission.slots.is_gated());
+
+        // Releasing under the gate, and removal, keep their meaning.
+        e.set_weight(0.0);
+        e.release(1);
+        assert_eq!(e.in_flight(), 0);
+        e.mark_removed();
+        assert!(e.is_removed());
+        assert_eq!(e.open_slot(), None);
+        assert_eq!(e.in_flight(), 0);
+
+        let zero = Endpoint::new(EndpointConfig::new("b").weight(0.0)).unwrap();
+        assert!(
+            zero.admission.slots.is_gated(),
+            "born at weight 0, born gated"
+        );
+    }
+
+    /// Two writers racing health against weight leave the gate true to the final state.
+    #[test]
+    fn racing_writers_leave_the_gate_true_to_the_last_state() {
+        let e = Endpoint::new(EndpointConfig::new("a")).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        for round in 0..200 {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for i in 0..50 {
+                        let h = if i % 2 == 0 {
+                            Health::Ejected { until: later }
+                        } else {
+                            Health::Healthy
+                        };
+                        e.set_health(h);
+                    }
+                });
+                s.spawn(|| {
+                    for i in 0..50 {
+                        e.set_weight(if (i + round) % 3 == 0 { 0.0 } else { 1.0 });
+                    }
+                });
+            });
+            let open = e.health() == Health::Healthy && e.weight() > 0.0;
+            assert_eq!(e.admission.slots.is_gated(), !open, "round {round}");
+        }
+    }
+
+    /// The pool's ejected count follows each endpoint in and out of ejection, refuses a
+    /// second ejection past the bound, and forgets an endpoint that leaves.
+    #[test]
+    fn the_ejected_count_follows_health_and_removal() {
+        let pool = Arc::new(PoolState::default());
+        let e: Vec<_> = (0..4)
+            .map(|i| Endpoint::in_pool(EndpointConfig::new(format!("e{i}")), &pool).unwrap())
+            .collect();
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(pool.members(), 4);
+        assert!(e[0].eject(later, 1, 0.5));
+        assert!(e[0].eject(later, 1, 0.5), "a re-ejection is always allowed");
+        assert!(e[1].eject(later, 1, 0.5));
+        assert_eq!(pool.ejected(), 2);
+        assert!(!e[2].eject(later, 1, 0.5), "a third of four is past half");
+        assert_eq!(e[2].health(), Health::Healthy);
+        e[0].set_health(Health::Healthy);
+        assert_eq!(pool.ejected(), 1);
+        e[2].set_health(Health::Ejected { until: later });
+        assert_eq!(pool.ejected(), 2, "a health set by hand counts too");
+        e[2].mark_removed();
+        assert_eq!((pool.members(), pool.ejected()), (3, 1));
+        e[2].set_health(Health::Ejected { until: later });
+        assert_eq!(pool.ejected(), 1, "a removed endpoint is not counted");
+        drop(e);
+        assert_eq!((pool.members(), pool.ejected()), (0, 0));
+    }
+}

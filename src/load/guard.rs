@@ -1,0 +1,157 @@
+//! [`LoadGuard`]: one in-flight slot on an endpoint, released on drop, and the request's
+//! completion recorded on the endpoint.
+
+use std::{borrow::Borrow, sync::Arc};
+
+use tokio::time::Instant;
+
+use crate::{classify::Outcome, clock::nanos, endpoint::Endpoint};
+
+/// One in-flight slot on an endpoint, released on drop.
+///
+/// It holds its endpoint as `E`: by default an `Arc`, so that it can travel with a response
+/// for as long as the body lasts. A `LoadGuard<&Endpoint>` is the same accounting for a
+/// caller that keeps its endpoints alive itself (a simulation, a dispatcher that serves within
+/// one scope), without the reference count.
+#[derive(Debug)]
+pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
+    endpoint: E,
+    cost: u64,
+    start: Instant,
+    first_byte: bool,
+    failed: bool,
+    /// Holds one of the endpoint's half-open trial permits.
+    trial: bool,
+}
+
+impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
+    /// Takes a slot on `endpoint` for a request of `cost`, timed from now; `None` if the
+    /// endpoint is at its concurrency limit or was removed.
+    #[inline]
+    pub fn acquire(endpoint: &E, cost: u64) -> Option<Self> {
+        let trial = endpoint.borrow().try_acquire(cost)?;
+        Some(Self::held(endpoint, cost, Instant::now(), trial))
+    }
+
+    /// As [`acquire`](Self::acquire), timed from `start`: for simulations in virtual time.
+    #[inline]
+    pub fn acquire_at(endpoint: &E, cost: u64, start: Instant) -> Option<Self> {
+        let trial = endpoint.borrow().try_acquire(cost)?;
+        Some(Self::held(endpoint, cost, start, trial))
+    }
+
+    /// Takes a slot whatever the endpoint's health (panic mode).
+    pub(crate) fn acquire_any_at(endpoint: &E, cost: u64, start: Instant) -> Option<Self> {
+        endpoint
+            .borrow()
+            .try_acquire_any(cost)
+            .then(|| Self::held(endpoint, cost, start, false))
+    }
+
+    fn held(endpoint: &E, cost: u64, start: Instant, trial: bool) -> Self {
+        Self {
+            endpoint: endpoint.clone(),
+            cost,
+            start,
+            first_byte: false,
+            failed: false,
+            trial,
+        }
+    }
+}
+
+impl<E: Borrow<Endpoint>> LoadGuard<E> {
+    /// The endpoint whose slot this is.
+    pub fn endpoint(&self) -> &E {
+        &self.endpoint
+    }
+
+    /// When the slot was taken: the request's start.
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// Marks the request as failed: its completion counts a failure and feeds the latency
+    /// estimates a penalty.
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+
+    /// Marks the request as failed if `verdict` says the endpoint failed or is rate-limiting
+    /// (what another endpoint might have served).
+    pub fn judge(&mut self, verdict: Outcome) {
+        if verdict.is_retriable() {
+            self.failed = true;
+        }
+    }
+
+    /// Records the first byte of the response body (once).
+    pub fn first_byte(&mut self) {
+        self.first_byte_at(Instant::now());
+    }
+
+    /// As [`first_byte`](Self::first_byte), at `at`.
+    pub fn first_byte_at(&mut self, at: Instant) {
+        if !self.first_byte && !self.failed {
+            self.first_byte = true;
+            self.endpoint.borrow().observe_ttfb(at - self.start, at);
+        }
+    }
+
+    /// Records the request's completion and releases the slot.
+    pub fn complete(self) {
+        self.complete_at(Instant::now());
+    }
+
+    /// As [`complete`](Self::complete), at `at`. The first byte is recorded too if none was;
+    /// the elapsed time and the estimates' time stamp are worked out once for both.
+    pub fn complete_at(mut self, at: Instant) {
+        let elapsed = nanos(at.saturating_duration_since(self.start));
+        let stamp = self.endpoint.borrow().nanos_at(at);
+        if !self.first_byte && !self.failed {
+            self.first_byte = true;
+            self.endpoint.borrow().observe_ttfb_at(elapsed, stamp);
+        }
+        self.endpoint
+            .borrow()
+            .observe_completion_at(elapsed, self.failed, stamp);
+    }
+}
+
+impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
+    fn drop(&mut self) {
+        let endpoint = self.endpoint.borrow();
+        endpoint.release(self.cost);
+        if self.trial {
+            endpoint.return_trial();
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::EndpointConfig;
+
+    #[test]
+    fn a_borrowed_guard_keeps_the_same_accounting_without_the_reference_count() {
+        let e = Endpoint::new(EndpointConfig::new("a").max_concurrency(1)).unwrap();
+        let before = Arc::strong_count(&e);
+        let start = Instant::now();
+        let guard = LoadGuard::acquire_at(&&*e, 3, start).expect("a free slot");
+        assert_eq!(Arc::strong_count(&e), before, "no reference taken");
+        assert_eq!((e.in_flight(), e.outstanding()), (1, 3));
+        assert!(
+            LoadGuard::acquire_at(&&*e, 1, start).is_none(),
+            "the limit holds"
+        );
+        guard.complete_at(start + Duration::from_millis(5));
+        assert_eq!((e.in_flight(), e.outstanding()), (0, 0));
+        assert_eq!(e.requests(), 1);
+        // Dropped without completing (a cancellation): released, not counted as served.
+        drop(LoadGuard::acquire_at(&&*e, 1, start).unwrap());
+        assert_eq!((e.in_flight(), e.requests()), (0, 1));
+    }
+}
