@@ -186,6 +186,12 @@ impl Picked {
     }
 }
 
+/// Put in a request by `Failover` when it judges the response's first chunk before the caller
+/// sees it (an error event is a failure): a body that ends with that chunk waits for the
+/// judgment before it takes its verdict.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FirstChunkJudged;
+
 /// The endpoint that served a response and the verdict on the response's head, in the
 /// response's extensions: put there once, by `Balance`, with the stack's one classifier.
 #[derive(Debug, Clone)]

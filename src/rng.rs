@@ -25,7 +25,7 @@ thread_local! {
 
 impl FastRng {
     /// A generator with a fixed seed: the same seed gives the same stream.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn seeded(seed: u64) -> Self {
         Self { state: seed }
     }

@@ -57,6 +57,9 @@ pin_project! {
         completion: Option<Arc<Completion>>,
         head: Outcome,
         verdict: Option<Outcome>,
+        // The stream ended with its first chunk, which a layer above judges: the verdict
+        // waits for it (`report_failure`) or for the next poll.
+        end_deferred: bool,
         // Boxed so that the body stays `Unpin` like the bodies it wraps; allocated only when an
         // idle timeout is set.
         idle: Option<Pin<Box<Sleep>>>,
@@ -77,6 +80,7 @@ impl<B: Body> ResponseBody<B> {
             completion: None,
             head,
             verdict: None,
+            end_deferred: false,
             idle: None,
         };
         if body.inner.is_end_stream() {
@@ -137,6 +141,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        if *this.end_deferred {
+            // The layer above found nothing wrong with the first chunk.
+            *this.end_deferred = false;
+            finish(
+                this.guard,
+                this.verdict,
+                this.idle,
+                this.completion,
+                *this.head,
+            );
+            return Poll::Ready(None);
+        }
         let result = match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(result) => result,
             Poll::Pending => {
@@ -170,14 +186,24 @@ where
                     .map_or(Outcome::Failure, |c| c.classify.classify_error(&**e)),
             ),
             Some(Ok(frame)) => {
+                let mut defer = false;
                 if frame.is_data() {
                     if let Some(g) = this.guard.as_mut() {
                         g.first_byte();
+                        defer = std::mem::take(&mut g.defer_first_end);
                     }
                 }
                 match (frame.trailers_ref(), this.completion.as_ref()) {
                     (Some(trailers), Some(c)) => {
                         Some(c.classify.classify_trailers(*this.head, trailers))
+                    }
+                    // The first chunk is judged above before the caller sees it: wait.
+                    _ if defer && this.inner.is_end_stream() => {
+                        *this.end_deferred = true;
+                        if let Some(g) = this.guard.as_mut() {
+                            g.complete_on_drop = true;
+                        }
+                        None
                     }
                     // A consumer may never poll again after the last frame: judge now.
                     _ if this.inner.is_end_stream() => Some(*this.head),
@@ -205,7 +231,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // A deferred end is polled once more, so that its verdict is taken.
+        !self.end_deferred && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -219,6 +246,7 @@ impl<B> Judged for ResponseBody<B> {
     }
 
     fn report_failure(&mut self) {
+        self.end_deferred = false;
         finish(
             &mut self.guard,
             &mut self.verdict,

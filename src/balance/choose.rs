@@ -10,7 +10,7 @@ use crate::{
     capability::Unsatisfiable,
     endpoint::Endpoint,
     error::{BoxError, NoEndpoints, Overloaded},
-    hints::{Affinity, Cost, Exclude, Hinted, Picked, Require},
+    hints::{Affinity, Cost, Exclude, FirstChunkJudged, Hinted, Picked, Require},
     load::LoadGuard,
     pick::{affine, Filter},
     pool::{Pool, Snapshot},
@@ -108,9 +108,13 @@ impl<S: Clone> Chooser<S> {
         }
     }
 
-    /// Tells a `Picked` cell where the request goes.
+    /// Tells a `Picked` cell where the request goes, and the guard whether a layer above
+    /// judges the first chunk.
     #[inline]
-    fn picked(&self, hints: &http::Extensions, picked: (S, LoadGuard)) -> (S, LoadGuard) {
+    fn picked(&self, hints: &http::Extensions, mut picked: (S, LoadGuard)) -> (S, LoadGuard) {
+        if hints.get::<FirstChunkJudged>().is_some() {
+            picked.1.defer_first_end = true;
+        }
         let endpoint = picked.1.endpoint();
         tracing::debug!(
             endpoint = %endpoint.key(),

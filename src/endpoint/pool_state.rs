@@ -35,7 +35,7 @@ impl PoolState {
     }
 
     /// How many are ejected.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn ejected(&self) -> usize {
         self.ejected.load(SeqCst)
     }

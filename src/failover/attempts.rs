@@ -22,7 +22,7 @@ use crate::{
     clock::later,
     endpoint::Endpoint,
     error::{Attempt, AttemptsFailed, BoxError, GaveUp, NoEndpoints, NotReplayable},
-    hints::{Exclude, Judged, Picked, Served},
+    hints::{Exclude, FirstChunkJudged, Judged, Picked, Served},
 };
 
 /// Why a request makes no more attempts.
@@ -280,7 +280,7 @@ where
 async fn call<S, B, RB>(
     settings: &Settings,
     service: S,
-    request: Request<B>,
+    mut request: Request<B>,
     picked: Option<&Picked>,
 ) -> Step<RB>
 where
@@ -289,14 +289,14 @@ where
     RB: Body + Judged + Unpin,
     RB::Error: Into<BoxError>,
 {
-    match (
-        judge(oneshot(service, request).await, picked),
-        settings.first_chunk,
-    ) {
-        (Step::Done(response), Some(timeout)) => {
-            first_chunk::wait(settings, response, timeout).await
-        }
-        (step, _) => step,
+    let Some(timeout) = settings.first_chunk else {
+        return judge(oneshot(service, request).await, picked);
+    };
+    // The first chunk is judged here before the caller sees it: the body waits for that.
+    request.extensions_mut().insert(FirstChunkJudged);
+    match judge(oneshot(service, request).await, picked) {
+        Step::Done(response) => first_chunk::wait(settings, response, timeout).await,
+        step => step,
     }
 }
 

@@ -22,6 +22,12 @@ pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
     failed: bool,
     /// Holds one of the endpoint's half-open trial permits.
     trial: bool,
+    /// A layer above judges the response's first chunk before the caller sees it, so a body
+    /// that ends with that chunk waits for the judgment before it completes (set by `Balance`).
+    pub(crate) defer_first_end: bool,
+    /// Completes the request when dropped: its body ended, and the verdict waited for a
+    /// layer above that may never give it.
+    pub(crate) complete_on_drop: bool,
 }
 
 impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
@@ -56,6 +62,8 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
             first_byte: false,
             failed: false,
             trial,
+            defer_first_end: false,
+            complete_on_drop: false,
         }
     }
 }
@@ -106,6 +114,11 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
     /// As [`complete`](Self::complete), at `at`. The first byte is recorded too if none was;
     /// the elapsed time and the estimates' time stamp are worked out once for both.
     pub fn complete_at(mut self, at: Instant) {
+        self.record_completion(at);
+    }
+
+    fn record_completion(&mut self, at: Instant) {
+        self.complete_on_drop = false;
         let elapsed = nanos(at.saturating_duration_since(self.start));
         let stamp = self.endpoint.borrow().nanos_at(at);
         if !self.first_byte && !self.failed {
@@ -120,6 +133,9 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 
 impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
     fn drop(&mut self) {
+        if self.complete_on_drop {
+            self.record_completion(Instant::now());
+        }
         let endpoint = self.endpoint.borrow();
         endpoint.release(self.cost);
         if self.trial {
