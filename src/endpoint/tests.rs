@@ -2,7 +2,7 @@
 //! the pool's ejected count.
 
 #[cfg(loom)]
-mod models {
+mod loom_tests {
     //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`
 
     use std::sync::Arc;
