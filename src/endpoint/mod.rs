@@ -1,15 +1,15 @@
 //! One endpoint: its key and metadata, and its live state.
 //!
 //! The live state is a handful of atomics that the pick reads and the load guard writes:
-//! requests in flight and outstanding work ([`slots`]), the health cell with its trial permits
-//! and slow-start ramp ([`health`]), peak-EWMA estimates of time to first byte and of duration
-//! ([`ewma`]), and counters of what finished ([`counters`]). An [`Arc<Endpoint>`] is the cheap
-//! handle that layers pass around (in `Served` and in errors).
+//! requests in flight and outstanding work (`slots.rs`), the health cell with its trial
+//! permits and slow-start ramp (`health.rs`), peak-EWMA estimates of time to first byte and of
+//! duration (`ewma.rs`), and counters of what finished (`counters.rs`). An [`Arc<Endpoint>`]
+//! is the cheap handle that layers pass around (in `Served` and in errors).
 //!
 //! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`): the
 //! endpoint knows nothing of picking, of layers, or of errors that name endpoints. What the
 //! endpoints of one pool share (the queue of waiting requests, the member and ejected counts)
-//! is [`PoolState`], defined here too.
+//! is defined here too (`pool_state.rs`).
 
 mod capabilities;
 mod config;

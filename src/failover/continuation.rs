@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 /// Builds the request that carries a broken stream on, on another endpoint, from what was
-/// already streamed. Opt-in ([`FailoverLayer::continuation`](super::FailoverLayer::continuation)):
+/// already streamed. Opt-in ([`FailoverBuilder::continuation`](super::FailoverBuilder::continuation)):
 /// unsafe for tool calls and anything else a model must not say twice.
 pub trait Continuation: Send + Sync + 'static {
     /// The body of the continuation request, from the original request's body and the bytes
