@@ -75,11 +75,35 @@ fn picks() {
     }
 }
 
+fn slots() {
+    let pool: Pool<()> = Pool::new();
+    pool.extend((0..1000).map(|i| (EndpointConfig::new(format!("e{i}")), ())))
+        .unwrap();
+    let endpoints = pool.endpoints();
+    let mut exclude = Exclude::new();
+    exclude.insert(&endpoints[0]);
+    exclude.insert(&endpoints[500]);
+    endpoints[1].set_health(Health::Ejected {
+        until: tokio::time::Instant::now() + Duration::from_secs(3600),
+    });
+    let t0 = tokio::time::Instant::now();
+    for _ in 0..1_000_000 {
+        let filter = Filter::new().exclude(&exclude);
+        let i = pick::p2c(&endpoints, &filter, &mut ThreadRng).unwrap();
+        black_box(tower_ai_balance::load::LoadGuard::acquire_at(
+            &&*endpoints[i],
+            1,
+            t0,
+        ));
+    }
+}
+
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("stack") => stack(true),
         Some("balance") => stack(false),
         Some("pick") => picks(),
+        Some("slot") => slots(),
         _ => {
             stack(true);
             stack(false);

@@ -60,12 +60,17 @@ fn thread_u64() -> u64 {
     STATE.with(|s| {
         let mut state = s.get();
         if state == 0 {
-            state = rand::random::<u64>() | 1;
+            state = seed();
         }
         let out = wyrand(&mut state);
         s.set(state);
         out
     })
+}
+
+#[cold]
+fn seed() -> u64 {
+    rand::random::<u64>() | 1
 }
 
 impl RngCore for ThreadRng {

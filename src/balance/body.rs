@@ -112,6 +112,7 @@ impl<B: Body> ResponseBody<B> {
 }
 
 /// Ends the body's hold: the guard completes with `verdict`, which the body keeps.
+#[inline]
 fn finish(
     guard: &mut Option<LoadGuard>,
     kept: &mut Option<Outcome>,

@@ -325,6 +325,7 @@ impl Endpoint {
 
     // --- health ---
 
+    #[inline(always)]
     fn health_cell(&self) -> HealthCell<'_> {
         HealthCell {
             word: &self.admission.health,

@@ -117,6 +117,13 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         self.record_completion(at);
     }
 
+    /// Completes a request whose body ended while its verdict waited (see `complete_on_drop`).
+    #[cold]
+    #[inline(never)]
+    fn complete_late(&mut self) {
+        self.record_completion(Instant::now());
+    }
+
     fn record_completion(&mut self, at: Instant) {
         self.complete_on_drop = false;
         let elapsed = nanos(at.saturating_duration_since(self.start));
@@ -134,7 +141,7 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
     fn drop(&mut self) {
         if self.complete_on_drop {
-            self.record_completion(Instant::now());
+            self.complete_late();
         }
         let endpoint = self.endpoint.borrow();
         endpoint.release(self.cost);

@@ -145,7 +145,7 @@ impl<'a> Filter<'a> {
     /// Whether the endpoint's bit in the check mask is clear: then it is wanted without a
     /// look at the exclusion or the requirements, which [`admits`](Self::admits) takes.
     #[inline(always)]
-    fn unmasked(&self, e: &Endpoint) -> bool {
+    pub(crate) fn unmasked(&self, e: &Endpoint) -> bool {
         (self.check_mask >> (e.id() % 64)) & 1 == 0
     }
 

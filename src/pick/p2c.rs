@@ -13,19 +13,30 @@ use crate::endpoint::Endpoint;
 /// Power of two choices: samples two eligible endpoints and takes the less loaded, a coin
 /// deciding ties. Constant time; when the filter leaves few endpoints, falls back to
 /// [`least_loaded`].
-#[inline]
+#[inline(always)]
 pub fn p2c<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     endpoints: &[E],
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<usize> {
-    if endpoints.len() < 2 {
-        return least_loaded(endpoints, filter, rng);
+    if endpoints.len() >= 2 {
+        if let Some(pair) = sample_pair(endpoints, filter, rng) {
+            return Some(pair.choose(by_load(pair.a.1, pair.b.1)));
+        }
     }
-    match sample_pair(endpoints, filter, rng) {
-        Some(pair) => Some(pair.choose(by_load(pair.a.1, pair.b.1))),
-        None => least_loaded(endpoints, filter, rng),
-    }
+    scan(endpoints, filter, rng)
+}
+
+/// The full scan when sampling finds no pair: out of line, so that the two-choice path stays
+/// small enough to inline into its caller.
+#[cold]
+#[inline(never)]
+fn scan<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+) -> Option<usize> {
+    least_loaded(endpoints, filter, rng)
 }
 
 /// The least-loaded eligible endpoint by full scan; ties broken uniformly at random.

@@ -37,28 +37,57 @@ impl Pair {
 /// [`Filter::sample_by_weight`]). The common case, unweighted, takes one RNG word for both
 /// and the coin. A selective filter (one endpoint in 6 eligible, say) costs a dozen draws
 /// rather than a scan; after [`MAX_DRAWS`] it gives up (`None`) and the caller scans.
-#[inline]
+#[inline(always)]
 pub(crate) fn sample_pair<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     endpoints: &[E],
     filter: &Filter<'_>,
     rng: &mut R,
 ) -> Option<Pair> {
-    if filter.max_weight.is_none() {
-        let word = rng.next_u64();
-        let (a, b) = pair(word, endpoints.len());
-        if let (Some(va), Some(vb)) = (
-            filter.view(endpoints[a].as_ref()),
-            filter.view(endpoints[b].as_ref()),
-        ) {
+    if filter.max_weight.is_some() {
+        return sample_pair_slowly(endpoints, filter, rng);
+    }
+    let word = rng.next_u64();
+    let (a, b) = pair(word, endpoints.len());
+    let (ea, eb) = (endpoints[a].as_ref(), endpoints[b].as_ref());
+    // The common case: both open with room and unmasked, known from two loads and two bit
+    // tests with nothing called, so nothing spills.
+    if let (Some(fa), Some(fb)) = (ea.open_slot(), eb.open_slot()) {
+        if filter.unmasked(ea) && filter.unmasked(eb) {
+            let view = |in_flight, e: &Endpoint| View {
+                in_flight,
+                weight: e.weight(),
+            };
             return Some(Pair {
-                a: (a, va),
-                b: (b, vb),
+                a: (a, view(fa, ea)),
+                b: (b, view(fb, eb)),
                 coin: coin(word),
             });
         }
     }
-    // Otherwise draw afresh until two are found: still uniform over eligible pairs, since
-    // the first draw is kept only when it is such a pair.
+    first_pair_closely(endpoints, filter, rng, (a, b, coin(word)))
+}
+
+/// The first draw's pair when one of the two needs a closer look (gated, or maybe excluded):
+/// kept if both are eligible, else drawn afresh, which keeps the pairs uniform, since the
+/// first draw is kept only when it is an eligible pair.
+#[cold]
+#[inline(never)]
+fn first_pair_closely<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    rng: &mut R,
+    (a, b, coin): (usize, usize, bool),
+) -> Option<Pair> {
+    if let (Some(va), Some(vb)) = (
+        filter.view(endpoints[a].as_ref()),
+        filter.view(endpoints[b].as_ref()),
+    ) {
+        return Some(Pair {
+            a: (a, va),
+            b: (b, vb),
+            coin,
+        });
+    }
     sample_pair_slowly(endpoints, filter, rng)
 }
 
