@@ -335,3 +335,38 @@ async fn an_sse_stream_stays_on_its_endpoint_and_a_reconnect_returns_to_it() {
     assert_eq!(served(&again).key(), home.key());
     drop(again);
 }
+
+#[tokio::test]
+async fn the_remembering_table_keeps_small_integer_keys_up_to_its_capacity() {
+    // A key function may return user ids as they are: 0, 1, 2, ...
+    let layer = StreamAffinityLayer::new(|r: &Request<Full<Bytes>>| {
+        r.headers()
+            .get("x-user-id")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    })
+    .remember(10_000, Duration::from_secs(600));
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(BalanceLayer::new())
+        .service(echo_pool(&TEN));
+    let user = |id: u64| {
+        Request::builder()
+            .header("x-user-id", id)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut home = Vec::new();
+    for id in 0..2_000 {
+        home.push(served(&svc.clone().oneshot(user(id)).await.unwrap()));
+    }
+    assert_eq!(
+        layer.remembered(),
+        2_000,
+        "of a capacity of {}",
+        layer.capacity()
+    );
+    for (id, home) in home.iter().enumerate() {
+        let again = served(&svc.clone().oneshot(user(id as u64)).await.unwrap());
+        assert_eq!(again.key(), home.key(), "user {id}");
+    }
+}
