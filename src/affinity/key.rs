@@ -51,7 +51,7 @@ where
     fn extract(&self, request: &http::Request<B>) -> Option<u64> {
         let body = crate::peek::peek(request.body(), PEEK_LIMIT)?;
         let start = find(&body, b"\"messages\"").unwrap_or(0);
-        let prefix = &body[start..body.len().min(start + self.0)];
+        let prefix = &body[start..body.len().min(start.saturating_add(self.0))];
         (!prefix.is_empty()).then(|| stable_hash(prefix))
     }
 }

@@ -370,3 +370,28 @@ async fn the_remembering_table_keeps_small_integer_keys_up_to_its_capacity() {
         assert_eq!(again.key(), home.key(), "user {id}");
     }
 }
+
+#[tokio::test]
+async fn a_prompt_prefix_of_any_length_never_panics() {
+    let pool = echo_pool(&TEN);
+    // "messages" is not the first key: the prefix starts part-way into the body.
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+    let request = || {
+        Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    for n in [usize::MAX, usize::MAX - 1, usize::MAX / 2, 1 << 40, 0] {
+        let svc = ServiceBuilder::new()
+            .layer(StreamAffinityLayer::new(PromptPrefix(n)))
+            .layer(BalanceLayer::new())
+            .service(pool.clone());
+        svc.oneshot(request()).await.unwrap();
+    }
+    // A prefix longer than the body keys the whole of it from "messages" on, whatever its length.
+    let key = |n| tower_ai_balance::affinity::ExtractKey::extract(&PromptPrefix(n), &request());
+    let from_messages = stable_hash(&body.as_bytes()[body.find("\"messages\"").unwrap()..]);
+    assert_eq!(key(usize::MAX), Some(from_messages));
+    assert_eq!(key(1 << 40), Some(from_messages));
+    assert_eq!(key(0), None, "an empty prefix is no key");
+}
