@@ -76,6 +76,7 @@ pub mod failover;
 pub mod hash;
 pub mod health;
 pub mod hints;
+mod json;
 pub mod load;
 pub mod metrics;
 mod outlier;

@@ -1,3 +1,5 @@
+//! Content-based routing rules: model aliases, request classes, the context a request needs.
+
 use std::sync::Arc;
 
 use super::Routing;
@@ -77,6 +79,7 @@ impl Rules {
         Routing {
             require: Some(require),
             cost: Some(u64::from(tokens.max(1))),
+            refuse: None,
         }
     }
 
