@@ -145,7 +145,8 @@ impl<S, D> Layer<S> for RouteLayer<D> {
     }
 }
 
-/// Sets the `Require` and `Cost` hints of each request. See the [module docs](crate::route).
+/// Sets the `Require` and `Cost` hints of each request, or refuses it with [`BadRequest`]
+/// when its routing says so. See the [module docs](crate::route).
 #[derive(Debug)]
 pub struct Route<S, D> {
     inner: S,

@@ -49,7 +49,8 @@ impl OpenAiRequest {
         }
     }
 
-    /// Reads a JSON request body. `Ok(None)` when it is empty (or only whitespace).
+    /// Reads a JSON request body (after a UTF-8 byte-order mark, if there is one). `Ok(None)`
+    /// when it is empty (or only whitespace).
     ///
     /// Accepted as model servers' JSON readers accept them: a lone surrogate escape, bytes that
     /// are not UTF-8 in a string, numbers beyond `f64` and `NaN`, repeated keys in what routing
@@ -59,6 +60,8 @@ impl OpenAiRequest {
     /// the wrong type (`model` not a string, `messages` not an array, `prompt` neither a string
     /// nor an array, a maximum that is not a whole number of tokens). `null` is as absent.
     pub fn parse(bytes: &[u8]) -> Result<Option<RequestInfo>, BadRequest> {
+        // A byte-order mark, which Python's reader (vLLM's, SGLang's) skips.
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
         let mut scanner = Scanner::new(bytes);
         if scanner.at_end() {
             return Ok(None);
@@ -272,7 +275,9 @@ fn whole(s: &mut Scanner<'_>, wrong: &'static str) -> Result<Option<u64>, ScanEr
 }
 
 /// [`Rules`] over what [`OpenAiRequest`] reads. A body it cannot read is refused with
-/// [`BadRequest`], never routed as if it required nothing. An empty body (a `GET`) and a
+/// [`BadRequest`], never routed as if it required nothing; so is a compressed body
+/// (`Content-Encoding` other than `identity`: decompress it before this layer, with
+/// tower-http's `RequestDecompression` for one). An empty body (a `GET`) and a
 /// `multipart/form-data` upload, which it does not read, are balanced as usual, as is a body
 /// not in memory.
 #[derive(Debug, Clone, Default)]
@@ -285,6 +290,12 @@ where
     fn decide(&self, request: &http::Request<B>) -> Routing {
         if is_multipart(request) {
             return Routing::default();
+        }
+        if is_compressed(request) {
+            return Routing::refused(BadRequest::new(
+                "the request body is compressed (its Content-Encoding is not identity): it \
+                 cannot be read for routing",
+            ));
         }
         match OpenAiRequest::read(request.body()) {
             Ok(Some(info)) => self.0.decide(&info, rand::random()),
@@ -301,6 +312,20 @@ fn is_multipart<B>(request: &http::Request<B>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("multipart/form-data"))
+}
+
+/// Whether the request has a `Content-Encoding` other than `identity`.
+fn is_compressed<B>(request: &http::Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|coding| {
+            !coding
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"identity")
+        })
 }
 
 #[cfg(all(test, not(loom)))]
@@ -345,6 +370,13 @@ mod tests {
         assert_eq!(info(r#"{"model":"m"}"#).max_tokens, 256, "the default");
         assert_eq!(info(r#"{"model":null,"max_tokens":null}"#).model, None);
         assert_eq!(OpenAiRequest::parse(b" \n").unwrap(), None, "an empty body");
+        let with_mark = b"\xef\xbb\xbf{\"model\":\"m\"}";
+        assert_eq!(
+            info(std::str::from_utf8(with_mark).unwrap())
+                .model
+                .as_deref(),
+            Some("m")
+        );
     }
 
     #[test]

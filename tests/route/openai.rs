@@ -167,6 +167,16 @@ async fn a_body_that_cannot_be_read_is_refused_before_any_endpoint_sees_it() {
             .unwrap_or_else(|| panic!("{case}: not a BadRequest: {e}"));
         assert!(bad.reason().contains(reason), "{case}: {bad}");
     }
+    let gzipped = Request::post("/v1/chat/completions")
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from_static(b"\x1f\x8b\x08\x00")))
+        .unwrap();
+    let e = svc.clone().oneshot(gzipped).await.map(|_| ()).unwrap_err();
+    assert!(e
+        .downcast_ref::<BadRequest>()
+        .unwrap()
+        .reason()
+        .contains("compressed"));
     assert_eq!(
         calls.load(Ordering::SeqCst),
         0,
