@@ -79,6 +79,7 @@ pub mod failover;
 mod hash;
 pub mod health;
 pub mod hints;
+mod json;
 pub mod load;
 pub mod metrics;
 mod peek;

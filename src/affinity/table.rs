@@ -35,8 +35,10 @@ impl Table {
         }
     }
 
+    /// The key's shard, from the top bits of the key mixed: a key function may return ids as
+    /// they are (0, 1, 2, ...), whose own top bits are all zero.
     fn shard(&self, key: u64) -> &Mutex<Shard> {
-        &self.shards[(key >> 60) as usize % SHARDS]
+        &self.shards[(spread(key) >> 60) as usize % SHARDS]
     }
 
     /// The endpoint that last served `key`, if it did within the TTL.
@@ -85,6 +87,15 @@ impl Table {
     }
 }
 
+/// SplitMix64's finaliser: every bit of the key moves every bit of the result, about half of
+/// them on average, so neighbouring keys land in unrelated shards.
+fn spread(key: u64) -> u64 {
+    let mut z = key;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -105,6 +116,33 @@ mod tests {
         assert!(len >= table.capacity() / 2, "only {len} kept");
         // The capacity asked for, rounded down to whole shards.
         assert!((10_000 - 32..=10_000).contains(&table.capacity()));
+    }
+
+    #[test]
+    fn small_integer_keys_spread_over_every_shard() {
+        // A key function may return user ids as they are, with their top bits all zero.
+        let table = Table::new(10_000, Duration::from_secs(60));
+        let now = Instant::now();
+        for k in 0..2_000u64 {
+            table.insert(k, k % 7, now);
+        }
+        assert_eq!(table.len(), 2_000, "all kept");
+        assert!((0..2_000u64).all(|k| table.get(k, now) == Some(k % 7)));
+        // Consecutive keys, in any range, never hold more than the capacity.
+        for start in [0, 1 << 32, u64::MAX - 100_000] {
+            let table = Table::new(10_000, Duration::from_secs(60));
+            for k in start..start + 100_000 {
+                table.insert(k, 1, now);
+                if k % 1000 == 0 {
+                    assert!(table.len() <= table.capacity());
+                }
+            }
+            let len = table.len();
+            assert!(
+                len <= table.capacity() && len >= table.capacity() / 2,
+                "{len}"
+            );
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl Replay for Full<Bytes> {
     }
 
     fn bytes(&self) -> Option<Bytes> {
-        crate::peek::peek(self, usize::MAX).map(Bytes::from)
+        crate::peek::peek(self, usize::MAX)
     }
 
     fn from_bytes(bytes: Bytes) -> Option<Self> {

@@ -9,6 +9,10 @@
 //! With the `openai` feature, `OpenAiRules` reads OpenAI-style JSON bodies (without
 //! consuming them).
 //!
+//! A request whose routing cannot be decided (with `OpenAiRules`, a body it cannot read) is
+//! never sent on as if it required nothing: its [`Routing`] says [`refused`](Routing::refused),
+//! and `Route` fails it with [`BadRequest`] without calling the inner service.
+//!
 //! # Example
 //!
 //! ```
@@ -33,7 +37,7 @@
 //! // Route by a header naming the model.
 //! let route = RouteLayer::new(|req: &Request<Full<Bytes>>| Routing {
 //!     require: req.headers().get("x-model").and_then(|v| v.to_str().ok()).map(Require::model),
-//!     cost: None,
+//!     ..Routing::default()
 //! });
 //! let svc = ServiceBuilder::new().layer(route).layer(BalanceLayer::new()).service(pool);
 //! let request = Request::builder().header("x-model", "llama-70b").body(Full::new(Bytes::new()))?;
@@ -43,6 +47,8 @@
 //! # }
 //! ```
 
+mod bad_request;
+mod future;
 #[cfg(feature = "openai")]
 mod openai;
 mod rules;
@@ -57,9 +63,14 @@ use tower_service::Service;
 
 #[cfg(feature = "openai")]
 pub use self::openai::{OpenAiRequest, OpenAiRules};
-pub use self::rules::{Class, RequestInfo, Rules};
+pub use self::{
+    bad_request::BadRequest,
+    future::ResponseFuture,
+    rules::{Class, RequestInfo, Rules},
+};
 use crate::{
     capability::Require,
+    error::BoxError,
     hints::{Cost, Hinted},
 };
 
@@ -70,6 +81,19 @@ pub struct Routing {
     pub require: Option<Require>,
     /// The request's work, in tokens (prompt plus maximum output, or an estimate).
     pub cost: Option<u64>,
+    /// Refuse the request with this error instead of sending it on: its routing cannot be
+    /// decided from what it says.
+    pub refuse: Option<BadRequest>,
+}
+
+impl Routing {
+    /// Refuses the request with `error`.
+    pub fn refused(error: BadRequest) -> Self {
+        Self {
+            refuse: Some(error),
+            ..Self::default()
+        }
+    }
 }
 
 /// Decides a request's [`Routing`]. Any `Fn(&Req) -> Routing` is one.
@@ -139,7 +163,8 @@ impl<S, D> Layer<S> for RouteLayer<D> {
     }
 }
 
-/// Sets the `Require` and `Cost` hints of each request. See the [module docs](crate::route).
+/// Sets the `Require` and `Cost` hints of each request, or refuses it with [`BadRequest`]
+/// when its routing says so. See the [module docs](crate::route).
 #[derive(Debug)]
 pub struct Route<S, D> {
     inner: S,
@@ -158,25 +183,29 @@ impl<S: Clone, D> Clone for Route<S, D> {
 impl<S, D, Req> Service<Req> for Route<S, D>
 where
     S: Service<Req>,
+    S::Error: Into<BoxError>,
     D: Decide<Req>,
     Req: Hinted,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
         let routing = self.decide.decide(&request);
+        if let Some(error) = routing.refuse {
+            return ResponseFuture::refused(error);
+        }
         if let Some(require) = routing.require {
             request.extensions_mut().insert(require);
         }
         if let Some(cost) = routing.cost {
             request.extensions_mut().insert(Cost(cost));
         }
-        self.inner.call(request)
+        ResponseFuture::called(self.inner.call(request))
     }
 }

@@ -80,6 +80,7 @@ impl Rules {
         Routing {
             require: Some(require),
             cost: Some(u64::from(tokens.max(1))),
+            refuse: None,
         }
     }
 

@@ -337,3 +337,67 @@ async fn an_sse_stream_stays_on_its_endpoint_and_a_reconnect_returns_to_it() {
     assert_eq!(served(&again).key(), home.key());
     drop(again);
 }
+
+#[tokio::test]
+async fn the_remembering_table_keeps_small_integer_keys_up_to_its_capacity() {
+    // A key function may return user ids as they are: 0, 1, 2, ...
+    let layer = StreamAffinityLayer::builder(|r: &Request<Full<Bytes>>| {
+        r.headers()
+            .get("x-user-id")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    })
+    .remember(10_000, Duration::from_secs(600))
+    .build()
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(BalanceLayer::new())
+        .service(echo_pool(&TEN));
+    let user = |id: u64| {
+        Request::builder()
+            .header("x-user-id", id)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut home = Vec::new();
+    for id in 0..2_000 {
+        home.push(served(&svc.clone().oneshot(user(id)).await.unwrap()));
+    }
+    assert_eq!(
+        layer.remembered(),
+        2_000,
+        "of a capacity of {}",
+        layer.capacity()
+    );
+    for (id, home) in home.iter().enumerate() {
+        let again = served(&svc.clone().oneshot(user(id as u64)).await.unwrap());
+        assert_eq!(again.key(), home.key(), "user {id}");
+    }
+}
+
+#[tokio::test]
+async fn a_prompt_prefix_of_any_length_never_panics() {
+    let pool = echo_pool(&TEN);
+    // "messages" is not the first key: the prefix starts part-way into the body.
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+    let request = || {
+        Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    for n in [usize::MAX, usize::MAX - 1, usize::MAX / 2, 1 << 40, 0] {
+        let svc = ServiceBuilder::new()
+            .layer(StreamAffinityLayer::new(PromptPrefix(n)))
+            .layer(BalanceLayer::new())
+            .service(pool.clone());
+        svc.oneshot(request()).await.unwrap();
+    }
+    // A prefix longer than the body keys the whole of it from "messages" on, whatever its length.
+    let key = |n| tower_ai_balance::affinity::ExtractKey::extract(&PromptPrefix(n), &request());
+    let from_messages = tower_ai_balance::affinity::hash_key(
+        &body.as_bytes()[body.find("\"messages\"").unwrap()..],
+    );
+    assert_eq!(key(usize::MAX), Some(from_messages));
+    assert_eq!(key(1 << 40), Some(from_messages));
+    assert_eq!(key(0), None, "an empty prefix is no key");
+}

@@ -11,6 +11,10 @@
 //! - a removed endpoint announces its drain once its last guard is gone;
 //! - in the limit, picks follow the weights.
 
+mod openai;
+#[path = "../support/openai_reference.rs"]
+mod reference;
+
 use std::{sync::Arc, time::Duration};
 
 use proptest::prelude::*;
@@ -322,7 +326,16 @@ fn parse_everything(data: &[u8]) {
         let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let _ = tower_ai_balance::classify::parse_retry_after(&value, now);
     }
-    let _ = tower_ai_balance::route::OpenAiRequest::parse(data);
+    // On what serde_json reads, the request reader reads the same.
+    let read = tower_ai_balance::route::OpenAiRequest::parse(data);
+    if let Some(expected) = reference::reference(data) {
+        assert_eq!(
+            read.map_err(drop),
+            expected.map(Some),
+            "{}",
+            String::from_utf8_lossy(data)
+        );
+    }
     let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
     let (original, streamed) = (&data[..split], data.get(split + 1..).unwrap_or_default());
     let _ = OpenAiChat.continue_body(original, streamed);

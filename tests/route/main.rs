@@ -6,6 +6,8 @@ mod model_server;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod openai;
+
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -241,14 +243,19 @@ fn least_outstanding_work_keeps_work_more_even_than_least_connections() {
 async fn the_json_extractor_reads_the_request_and_leaves_the_body_intact() {
     let request = chat("llama-70b", 4_000, 300);
     let before = request.body().clone().collect().await.unwrap().to_bytes();
-    let info = OpenAiRequest::read(request.body()).unwrap();
+    let info = OpenAiRequest::read(request.body()).unwrap().unwrap();
     assert_eq!(info.model.as_deref(), Some("llama-70b"));
     assert_eq!((info.prompt_tokens, info.max_tokens), (1_000, 300));
     let after = request.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(before, after);
-    assert!(OpenAiRequest::parse(b"not json").is_none());
-    assert!(
-        OpenAiRequest::parse(br#"{"model":"x"}"#).is_none(),
-        "neither messages nor prompt"
+    assert!(OpenAiRequest::parse(b"not json").is_err());
+    assert_eq!(OpenAiRequest::parse(b"").unwrap(), None, "nothing to read");
+    let info = OpenAiRequest::parse(br#"{"model":"x","input":"an embedding"}"#)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        info.model.as_deref(),
+        Some("x"),
+        "neither messages nor prompt: the model still counts"
     );
 }
