@@ -67,15 +67,21 @@
 #![forbid(unsafe_code)]
 
 pub mod affinity;
+#[cfg(feature = "anthropic")]
+pub mod anthropic;
 pub mod balance;
+pub mod buffered;
 pub mod capability;
 pub mod classify;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod failover;
 pub mod hash;
 pub mod health;
 pub mod hints;
+pub mod http_error;
 pub mod load;
 pub mod metrics;
 mod outlier;
