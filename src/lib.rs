@@ -50,7 +50,13 @@
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
 //! - [`error`]: the typed errors.
+//! - [`http_error`]: those errors as the HTTP answers an OpenAI client expects.
+//! - [`buffered`]: request bodies (axum's, hyper's) read into replayable ones, within a limit.
 //! - [`metrics`]: a snapshot of every endpoint, and its Prometheus text.
+//! - `client` (feature `client`): HTTP(S) upstreams as endpoint services, and a pool from a
+//!   list of URLs.
+//! - `anthropic` (feature `anthropic`): OpenAI chat completions served by Anthropic Messages
+//!   endpoints.
 //!
 //! # Feature flags
 //!
@@ -59,6 +65,14 @@
 //!   [`route::OpenAiRules`]. Adds `serde_json`.
 //! - `metrics` (off by default): [`metrics::Snapshot::publish`] writes the pool's state through
 //!   the `metrics` crate. Adds `metrics`.
+//! - `client` (off by default): `client::Upstream`, an endpoint service for an HTTP(S)
+//!   upstream (hyper-util's pooled client, rustls with ring, webpki roots or a custom CA,
+//!   HTTP/1.1 and HTTP/2 by ALPN), which sends the upstream's credentials and never the
+//!   client's; `client::Upstreams` builds a pool from a list of them. Adds hyper,
+//!   hyper-util, hyper-rustls, rustls and webpki-roots, and tokio's `net`.
+//! - `anthropic` (off by default): the OpenAI ↔ Anthropic Messages adapter (requests,
+//!   answers, event streams, errors), usable on its own; with `client`, an upstream's
+//!   `Format::Anthropic`. Adds `serde_json`.
 //!
 //! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
 //! `time`), http, http-body, http-body-util, bytes, httpdate, arc-swap, parking_lot, rand,

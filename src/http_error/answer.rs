@@ -10,8 +10,8 @@ use http_body_util::Full;
 /// status, the headers a client acts on (`retry-after`, rate-limit headers, `content-type`,
 /// request ids) and its body.
 ///
-/// [`openai_response`] passes a 429 answer through where it is the error, is in the error's
-/// chain, or is the failure of the only attempt an [`AttemptsFailed`] lists.
+/// [`openai_response`](super::openai_response) passes a 429 answer through where it is the error, is in the error's
+/// chain, or is the failure of the only attempt an [`AttemptsFailed`](crate::error::AttemptsFailed) lists.
 #[derive(Debug, Clone)]
 pub struct UpstreamAnswer {
     pub(super) status: StatusCode,
