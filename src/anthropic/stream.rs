@@ -19,7 +19,8 @@ use super::{
 ///
 /// | Anthropic event | OpenAI output |
 /// |---|---|
-/// | `message_start` | a chunk with `delta: {"role": "assistant", "content": ""}` |
+/// | `message_start` | remembered: id, model, input tokens |
+/// | first text (or `message_stop`) | first, a chunk with `delta: {"role": "assistant", "content": ""}` |
 /// | `content_block_start` (text) | its text, if any, as a content chunk |
 /// | `content_block_delta` (`text_delta`) | a content chunk |
 /// | `message_delta` | remembered: `stop_reason`, output tokens |
@@ -124,7 +125,8 @@ impl StreamTranslator {
                 }
                 self.model = message.get("model").cloned().unwrap_or(Value::Null);
                 self.read_usage(message.get("usage"));
-                self.start(out);
+                // The role chunk waits for the first text: an error before it is then the
+                // stream's first event, which Failover's first-chunk check recognises.
             }
             "content_block_start" => {
                 let block = data.get("content_block").unwrap_or(&Value::Null);
@@ -221,8 +223,8 @@ impl StreamTranslator {
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<u8>) {
-        self.start(out);
         if !text.is_empty() {
+            self.start(out);
             self.chunk(json!({"content": text}), Value::Null, out);
         }
     }
@@ -338,7 +340,9 @@ mod tests {
             }
         );
         let events = data_lines(&out);
-        let error: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        // Nothing before it: the error is the stream's first event.
+        assert_eq!(events.len(), 1, "{events:?}");
+        let error: Value = serde_json::from_str(&events[0]).unwrap();
         assert_eq!(error["error"]["message"], "Overloaded");
         assert_eq!(error["error"]["code"], "overloaded");
         // Nothing more comes out after the failure.

@@ -16,10 +16,12 @@
 use http::{header, HeaderMap, HeaderName};
 
 /// The request headers forwarded to every upstream, besides those an upstream's configuration
-/// adds: the content's type and what the client accepts, the client's software, and request
-/// ids and trace context.
-pub static FORWARDED: [HeaderName; 9] = [
+/// adds: the content's type and encoding, what the client accepts, the client's software, and
+/// request ids and trace context. Not `accept-encoding`: answers come back uncompressed, so
+/// that the layers that read a stream (first-chunk checks, continuation, translation) can.
+pub static FORWARDED: [HeaderName; 10] = [
     header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
     header::ACCEPT,
     header::ACCEPT_LANGUAGE,
     header::USER_AGENT,

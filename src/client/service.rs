@@ -260,6 +260,7 @@ impl Inner {
             }
         };
         let mut headers = parts.headers;
+        headers.remove(header::CONTENT_ENCODING);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -214,3 +214,34 @@ async fn an_overloaded_anthropic_tier_is_a_typed_error_and_a_503_with_retry_afte
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn an_anthropic_stream_that_opens_with_an_error_fails_over_before_its_first_chunk() {
+    let spec = |name: &str| Spec::new(name, Duration::from_millis(1), Duration::from_millis(1));
+    let claude = ModelServer::spawn(spec("claude")).await;
+    let vllm = ModelServer::spawn(spec("vllm")).await;
+    claude.set_mode(Mode::ErrorEvent);
+    let pool = Upstreams::new()
+        .add(
+            UpstreamConfig::new(&format!("http://{}", claude.addr))
+                .unwrap()
+                .anthropic("k")
+                .model("gpt-4o"),
+        )
+        .add(
+            UpstreamConfig::new(&format!("http://{}/v1", vllm.addr))
+                .unwrap()
+                .model("gpt-4o")
+                .tier(1),
+        )
+        .build_pool()
+        .unwrap();
+    let addr = serve(pool).await;
+    let (head, body) = call(chat(addr, true)).await;
+    assert_eq!(head.status(), StatusCode::OK);
+    let chunks = openai_stream(&body);
+    assert_eq!(stream_text(&chunks), "t0 t1 t2 t3 ");
+    assert_eq!(chunks[0]["id"], "chatcmpl-vllm");
+    assert_eq!(claude.stats.received.load(SeqCst), 1);
+    assert_eq!(vllm.stats.received.load(SeqCst), 1);
+}
