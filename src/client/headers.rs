@@ -45,6 +45,15 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// A client's credentials: never forwarded, even when an upstream's configuration names them.
+static CREDENTIALS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
 /// Response headers that stay with the gateway: its cookies and its account's ids.
 static PRIVATE_RESPONSE: [HeaderName; 4] = [
     header::SET_COOKIE,
@@ -66,11 +75,11 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// The headers of `from` that an upstream may see: the allow-listed ones (`FORWARDED` and
 /// `extra`), less any that `connection` names.
-pub(crate) fn forward(from: &HeaderMap, extra: &[HeaderName], skip: &[HeaderName]) -> HeaderMap {
+pub(crate) fn forward(from: &HeaderMap, extra: &[HeaderName]) -> HeaderMap {
     let hop = named_by_connection(from);
     let mut out = HeaderMap::with_capacity(FORWARDED.len() + extra.len());
     for name in FORWARDED.iter().chain(extra) {
-        if hop.contains(name) || skip.contains(name) || HOP_BY_HOP.contains(name) {
+        if hop.contains(name) || HOP_BY_HOP.contains(name) || CREDENTIALS.contains(name) {
             continue;
         }
         for value in from.get_all(name) {
@@ -121,7 +130,9 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), v.parse().unwrap());
         }
-        let out = forward(&h, &[HeaderName::from_static("x-session-id")], &[]);
+        let asked = ["x-session-id", "authorization", "cookie", "x-api-key", "te"]
+            .map(HeaderName::from_static);
+        let out = forward(&h, &asked);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         // user-agent and x-request-id are named by `connection`: hop-by-hop here.

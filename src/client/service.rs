@@ -177,7 +177,7 @@ impl Inner {
         body: RequestBody,
         length: Option<u64>,
     ) -> Result<Request<RequestBody>, BoxError> {
-        let mut headers = forward(client_headers, &self.forward, &[]);
+        let mut headers = forward(client_headers, &self.forward);
         for (name, value) in &self.inject {
             headers.insert(name.clone(), value.clone());
         }
