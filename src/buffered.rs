@@ -305,3 +305,111 @@ where
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{
+            atomic::{AtomicUsize, Ordering::SeqCst},
+            Arc,
+        },
+    };
+
+    use http::Response;
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+
+    type Echo =
+        tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+
+    /// A service that counts its calls and echoes what it got, its call count, and `limit`.
+    fn echo(limit: usize) -> (Echo, Arc<AtomicUsize>, usize) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let inner = service_fn(move |request: Request<Full<Bytes>>| {
+            counted.fetch_add(1, SeqCst);
+            async move {
+                let length = request.headers()[header::CONTENT_LENGTH].clone();
+                assert!(!request.headers().contains_key(header::TRANSFER_ENCODING));
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(length, body.len().to_string().as_str());
+                Ok::<_, Infallible>(Response::new(Full::new(body)))
+            }
+        });
+        (Echo::new(inner), calls, limit)
+    }
+
+    fn chunks(
+        parts: Vec<Result<&'static str, &'static str>>,
+    ) -> StreamBody<impl futures_core::Stream<Item = Result<Frame<Bytes>, BoxError>>> {
+        StreamBody::new(futures_util::stream::iter(parts.into_iter().map(|p| {
+            p.map(|s| Frame::data(Bytes::from(s)))
+                .map_err(BoxError::from)
+        })))
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_within_the_limit_is_sent_whole_with_its_length() {
+        let (inner, calls, limit) = echo(6);
+        let svc = BufferBody::new(inner, limit);
+        let mut request = Request::new(chunks(vec![Ok("abc"), Ok("def")]));
+        request.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let response = svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "abcdef"
+        );
+        let over = svc
+            .oneshot(Request::new(chunks(vec![Ok("abc"), Ok("defg")])))
+            .await;
+        assert_eq!(
+            over.unwrap_err()
+                .downcast_ref::<BodyTooLarge>()
+                .unwrap()
+                .limit(),
+            6
+        );
+        assert_eq!(calls.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_before_reading() {
+        let (inner, calls, limit) = echo(10);
+        let never = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >());
+        let mut request = Request::new(never);
+        request
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        let error = BufferBody::new(inner, limit)
+            .oneshot(request)
+            .await
+            .unwrap_err();
+        assert!(error.is::<BodyTooLarge>());
+        assert_eq!(calls.load(SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_is_a_request_body_error() {
+        let (inner, calls, limit) = echo(100);
+        let request = Request::new(chunks(vec![Ok("ab"), Err("client went away")]));
+        let error = BufferBody::new(inner, limit)
+            .oneshot(request)
+            .await
+            .unwrap_err();
+        assert!(error.is::<RequestBodyError>());
+        assert_eq!(
+            crate::http_error::openai_response(&error).status(),
+            http::StatusCode::BAD_REQUEST
+        );
+        assert_eq!(calls.load(SeqCst), 0);
+    }
+}
