@@ -2,9 +2,13 @@
 //! OpenAI-format error with the status an OpenAI client expects.
 
 use http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::error::ResponseError;
+use super::{
+    error::ResponseError,
+    stream::{json_string, write_usage},
+};
+use crate::http_error::openai_error_body;
 
 /// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
 pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
@@ -27,15 +31,6 @@ pub(crate) fn usage(usage: &Value) -> (Option<u64>, Option<u64>) {
     (input.map(|i| i + cached), field("output_tokens"))
 }
 
-/// An OpenAI `usage` object.
-pub(crate) fn openai_usage(prompt: u64, completion: u64) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt.saturating_add(completion),
-    })
-}
-
 /// Translates an Anthropic Messages response body (a `message`) into an OpenAI
 /// `chat.completion` body. Text blocks are joined; other blocks (thinking, tool use, which the
 /// request translation never asks for) are left out. `created` is the Unix time to report.
@@ -54,20 +49,20 @@ pub fn to_chat_completion(message: &[u8], created: u64) -> Result<Vec<u8>, Respo
         .collect();
     let (prompt, completion) = usage(message.get("usage").unwrap_or(&Value::Null));
     let id = message.get("id").and_then(Value::as_str).unwrap_or("");
-    let body = json!({
-        "id": format!("chatcmpl-{id}"),
-        "object": "chat.completion",
-        "created": created,
-        "model": message.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": null,
-            "finish_reason": finish_reason(message.get("stop_reason").and_then(Value::as_str)),
-        }],
-        "usage": openai_usage(prompt.unwrap_or(0), completion.unwrap_or(0)),
-    });
-    serde_json::to_vec(&body).map_err(|_| ResponseError::Malformed)
+    let model = message.get("model").unwrap_or(&Value::Null);
+    let finish = finish_reason(message.get("stop_reason").and_then(Value::as_str));
+    // Written in OpenAI's field order.
+    let mut out = format!(
+        "{{\"id\":{},\"object\":\"chat.completion\",\"created\":{created},\"model\":{model},\
+         \"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}}},\
+         \"logprobs\":null,\"finish_reason\":\"{finish}\"}}],\"usage\":",
+        json_string(&format!("chatcmpl-{id}")),
+        json_string(&text),
+    )
+    .into_bytes();
+    write_usage(prompt.unwrap_or(0), completion.unwrap_or(0), &mut out);
+    out.push(b'}');
+    Ok(out)
 }
 
 /// An OpenAI-format error answer for an Anthropic error answer: the status an OpenAI client
@@ -137,17 +132,13 @@ pub fn to_openai_error(status: StatusCode, body: &[u8]) -> (StatusCode, Vec<u8>)
             message.unwrap_or_else(|| format!("the upstream answered {}", status.as_u16())),
         ),
     };
-    (status, error_body(&message, kind, code))
-}
-
-/// `{"error":{"message","type","param":null,"code"}}`.
-pub(crate) fn error_body(message: &str, kind: &str, code: Option<&str>) -> Vec<u8> {
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-    serde_json::to_vec(&body).unwrap_or_default()
+    (status, openai_error_body(&message, kind, code).to_vec())
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

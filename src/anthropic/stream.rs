@@ -6,13 +6,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{
     error::ResponseError,
-    response::{finish_reason, openai_usage, usage},
+    response::{finish_reason, usage},
     sse::{Event, SseParser},
 };
+use crate::http_error::openai_error_body;
 
 /// Translates one stream. Feed it with [`push`](Self::push) and end it with
 /// [`finish`](Self::finish); each appends OpenAI SSE bytes to `out`.
@@ -157,11 +158,12 @@ impl StreamTranslator {
             "message_stop" => {
                 self.start(out);
                 let finish = finish_reason(self.stop_reason.as_deref());
-                self.chunk(json!({}), Value::from(finish), out);
+                self.chunk(Delta::None, Some(finish), out);
                 if self.include_usage {
-                    let mut chunk = self.chunk_value(None);
-                    chunk["usage"] = openai_usage(self.prompt_tokens, self.completion_tokens);
-                    write_data(&chunk, out);
+                    self.head(out);
+                    out.extend_from_slice(b",\"choices\":[],\"usage\":");
+                    write_usage(self.prompt_tokens, self.completion_tokens, out);
+                    out.extend_from_slice(b"}\n\n");
                 }
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
@@ -184,8 +186,9 @@ impl StreamTranslator {
                     "invalid_request_error" => ("invalid_request_error", None),
                     _ => ("server_error", None),
                 };
-                let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-                write_data(&body, out);
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&openai_error_body(&message, kind, code));
+                out.extend_from_slice(b"\n\n");
                 self.failed = true;
                 return Err(ResponseError::Upstream {
                     kind: upstream_kind,
@@ -214,46 +217,74 @@ impl StreamTranslator {
     fn start(&mut self, out: &mut Vec<u8>) {
         if !self.started {
             self.started = true;
-            self.chunk(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-                out,
-            );
+            self.chunk(Delta::Role, None, out);
         }
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<u8>) {
         if !text.is_empty() {
             self.start(out);
-            self.chunk(json!({"content": text}), Value::Null, out);
+            self.chunk(Delta::Content(text), None, out);
         }
     }
 
-    fn chunk_value(&self, choice: Option<Value>) -> Value {
-        json!({
-            "id": format!("chatcmpl-{}", self.id),
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choice.map_or_else(Vec::new, |c| vec![c]),
-        })
+    /// `data: {"id":...,"object":"chat.completion.chunk","created":...,"model":...`: a chunk's
+    /// fields in OpenAI's order, up to its choices.
+    fn head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: {\"id\":");
+        out.extend_from_slice(json_string(&format!("chatcmpl-{}", self.id)).as_bytes());
+        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        out.extend_from_slice(self.created.to_string().as_bytes());
+        out.extend_from_slice(b",\"model\":");
+        out.extend_from_slice(self.model.to_string().as_bytes());
     }
 
-    fn chunk(&self, delta: Value, finish: Value, out: &mut Vec<u8>) {
-        let choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish});
-        write_data(&self.chunk_value(Some(choice)), out);
+    fn chunk(&self, delta: Delta<'_>, finish: Option<&str>, out: &mut Vec<u8>) {
+        self.head(out);
+        out.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
+        match delta {
+            Delta::Role => out.extend_from_slice(b"{\"role\":\"assistant\",\"content\":\"\"}"),
+            Delta::Content(text) => {
+                out.extend_from_slice(b"{\"content\":");
+                out.extend_from_slice(json_string(text).as_bytes());
+                out.push(b'}');
+            }
+            Delta::None => out.extend_from_slice(b"{}"),
+        }
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(finish) => out.extend_from_slice(json_string(finish).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
     }
 }
 
-fn write_data(value: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    // Writing a `Value` to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
-    out.extend_from_slice(b"\n\n");
+/// What a chunk's `delta` holds.
+enum Delta<'a> {
+    Role,
+    Content(&'a str),
+    None,
+}
+
+/// A JSON string literal.
+pub(crate) fn json_string(text: &str) -> String {
+    Value::from(text).to_string()
+}
+
+/// `{"prompt_tokens":...,"completion_tokens":...,"total_tokens":...}`.
+pub(crate) fn write_usage(prompt: u64, completion: u64, out: &mut Vec<u8>) {
+    let total = prompt.saturating_add(completion);
+    let usage = format!(
+        "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{total}}}"
+    );
+    out.extend_from_slice(usage.as_bytes());
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     const STREAM: &str = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-x\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\r\n\r\nevent: content_block_start\r\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\r\n\r\nevent: ping\r\ndata: {\"type\": \"ping\"}\r\n\r\nevent: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\r\n\r\nevent: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\", w\\u00f6rld\"}}\r\n\r\nevent: content_block_stop\r\ndata: {\"type\":\"content_block_stop\",\"index\":0}\r\n\r\nevent: message_delta\r\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\r\n\r\nevent: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
