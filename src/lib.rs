@@ -52,7 +52,13 @@
 //!   set on [`BalanceLayer`], serves the whole stack.
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
 //! - [`error`]: the typed errors.
+//! - [`http_error`]: those errors as the HTTP answers an OpenAI client expects.
+//! - [`buffered`]: request bodies (axum's, hyper's) read into replayable ones, within a limit.
 //! - [`metrics`]: every endpoint's state at one moment, and its Prometheus text.
+//! - `client` (feature `client`): HTTP(S) upstreams as endpoint services, and a pool from a
+//!   list of URLs.
+//! - `anthropic` (feature `anthropic`): OpenAI chat completions served by Anthropic Messages
+//!   endpoints.
 //!
 //! # Feature flags
 //!
@@ -61,6 +67,14 @@
 //!   [`route::OpenAiRules`]. Adds `serde_json`.
 //! - `metrics` (off by default): [`metrics::PoolMetrics::publish`] writes the pool's state through
 //!   the `metrics` crate. Adds `metrics`.
+//! - `client` (off by default): `client::Upstream`, an endpoint service for an HTTP(S)
+//!   upstream (hyper-util's pooled client, rustls with ring, webpki roots or a custom CA,
+//!   HTTP/1.1 and HTTP/2 by ALPN), which sends the upstream's credentials and never the
+//!   client's; `client::Upstreams` builds a pool from a list of them. Adds hyper,
+//!   hyper-util, hyper-rustls, rustls and webpki-roots, and tokio's `net`.
+//! - `anthropic` (off by default): the OpenAI ↔ Anthropic Messages adapter (requests,
+//!   answers, event streams, errors), usable on its own; with `client`, an upstream's
+//!   `Format::Anthropic`. Adds `serde_json`.
 //!
 //! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
 //! `time`), http, http-body, http-body-util, bytes, httpdate, arc-swap, parking_lot, rand,
@@ -69,9 +83,14 @@
 #![forbid(unsafe_code)]
 
 pub mod affinity;
+#[cfg(feature = "anthropic")]
+pub mod anthropic;
 pub mod balance;
+pub mod buffered;
 pub mod capability;
 pub mod classify;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 pub mod endpoint;
 pub mod error;
@@ -79,6 +98,7 @@ pub mod failover;
 mod hash;
 pub mod health;
 pub mod hints;
+pub mod http_error;
 mod json;
 pub mod load;
 pub mod metrics;

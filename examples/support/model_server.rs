@@ -7,7 +7,8 @@
 //! `data: [DONE]`. On command it fails (500), rate-limits (429 + Retry-After), hangs, resets
 //! the connection mid-stream or sends garbage; it can crash (its port then refuses
 //! connections) and restart on the same port. It counts its own requests in flight, so tests can check the
-//! balancer against the server's truth.
+//! balancer against the server's truth. `POST /v1/messages` speaks Anthropic's Messages API
+//! (see the section at the end), with Anthropic's own 429 and 529.
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
@@ -55,6 +56,8 @@ pub enum Mode {
     /// Close the connection without an answer; a new connection gets bytes that are not
     /// HTTP.
     Garbage,
+    /// Overloaded: Anthropic's 529 (OpenAI's 503), with `Retry-After` (seconds) unless 0.
+    Overloaded(u8),
 }
 
 impl Mode {
@@ -70,6 +73,7 @@ impl Mode {
             Mode::StallAfterFirst => 7,
             Mode::Garbage => 8,
             Mode::RateLimit(s) => 128 | s.min(127),
+            Mode::Overloaded(s) => 64 | s.min(63),
         }
     }
 
@@ -84,7 +88,9 @@ impl Mode {
             6 => Mode::ErrorEvent,
             7 => Mode::StallAfterFirst,
             8 => Mode::Garbage,
-            b => Mode::RateLimit(b & 127),
+            b if b & 128 != 0 => Mode::RateLimit(b & 127),
+            b if b & 64 != 0 => Mode::Overloaded(b & 63),
+            _ => Mode::Normal,
         }
     }
 }
@@ -143,6 +149,8 @@ pub struct Stats {
     pub cache_misses: AtomicU64,
     /// The body of the last chat request.
     pub last_body: parking_lot::Mutex<Bytes>,
+    /// The headers of the last request (credentials included: what the server received).
+    pub last_headers: parking_lot::Mutex<http::HeaderMap>,
     /// The sessions whose context this server holds (its KV / prefix cache).
     sessions: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
@@ -321,6 +329,10 @@ async fn handle(
 ) -> Result<Response<Body>, std::io::Error> {
     if req.uri().path() != "/health" {
         stats.received.fetch_add(1, SeqCst);
+        *stats.last_headers.lock() = req.headers().clone();
+    }
+    if req.uri().path() == "/v1/messages" {
+        return handle_messages(req, stats, mode, spec).await;
     }
     if req.uri().path() == "/health" {
         // The probe path: healthy unless told to fail or hang.
@@ -348,6 +360,14 @@ async fn handle(
     match mode {
         Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
         Mode::Unavailable => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
+        Mode::Overloaded(s) => {
+            let mut r = full(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+            if s > 0 {
+                r.headers_mut()
+                    .insert("retry-after", s.to_string().parse().unwrap());
+            }
+            return Ok(r);
+        }
         Mode::RateLimit(s) => {
             let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
             r.headers_mut()
@@ -525,4 +545,279 @@ pub fn chat_request(tokens: u64, stream: bool) -> Request<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap()
+}
+
+// ---- Anthropic Messages: `POST /v1/messages` ----
+//
+// The wire format of Anthropic's API reference: `x-api-key` and `anthropic-version` required;
+// `model`, `max_tokens` and `messages` required; the answer is a `message`, or with
+// `"stream": true` the events `message_start`, `content_block_start`, `ping`,
+// `content_block_delta`, `content_block_stop`, `message_delta`, `message_stop` (an `error`
+// event on `Mode::ErrorEvent`). Errors are `{"type":"error","error":{"type","message"}}`:
+// 401 without a key, 400 for a bad request, 429 `rate_limit_error` with `retry-after` on
+// `Mode::RateLimit`, 529 `overloaded_error` on `Mode::Overloaded` (and without `retry-after`
+// on `Mode::Unavailable`), 500 `api_error` on `Mode::Fail`.
+//
+// The simulated model answers `t0 t1 ...` up to ANSWER_TOKENS tokens (`end_turn`), fewer
+// when `max_tokens` stops it (`max_tokens`) or a token equals a stop sequence
+// (`stop_sequence`, the sequence not included).
+
+/// How many tokens the simulated model's whole answer has.
+pub const ANSWER_TOKENS: u64 = 8;
+
+fn anthropic_error(status: u16, kind: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "error", "error": {"type": kind, "message": message}, "request_id": "req_sim",
+    });
+    let mut r = full(StatusCode::from_u16(status).unwrap(), body.to_string());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+fn sse_event(name: &str, data: serde_json::Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+async fn handle_messages(
+    req: Request<Incoming>,
+    stats: Arc<Stats>,
+    mode: Mode,
+    spec: Spec,
+) -> Result<Response<Body>, std::io::Error> {
+    if req.method() != http::Method::POST {
+        return Ok(anthropic_error(404, "not_found_error", "Not found"));
+    }
+    if !req.headers().contains_key("x-api-key") {
+        return Ok(anthropic_error(
+            401,
+            "authentication_error",
+            "x-api-key header is required",
+        ));
+    }
+    if !req.headers().contains_key("anthropic-version") {
+        return Ok(anthropic_error(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        ));
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    *stats.last_body.lock() = body.clone();
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return Ok(anthropic_error(
+            400,
+            "invalid_request_error",
+            "invalid JSON",
+        ));
+    };
+    let model = json["model"].as_str().map(str::to_owned);
+    let max_tokens = json["max_tokens"].as_u64().filter(|&n| n > 0);
+    let messages = json["messages"].as_array().filter(|m| !m.is_empty());
+    let (Some(model), Some(max_tokens), Some(messages)) = (model, max_tokens, messages) else {
+        return Ok(anthropic_error(
+            400,
+            "invalid_request_error",
+            "model, max_tokens and messages are required",
+        ));
+    };
+    if messages
+        .iter()
+        .any(|m| !matches!(m["role"].as_str(), Some("user" | "assistant")))
+    {
+        return Ok(anthropic_error(
+            400,
+            "invalid_request_error",
+            "messages: roles must be user or assistant",
+        ));
+    }
+    match mode {
+        Mode::Fail => return Ok(anthropic_error(500, "api_error", "Internal server error")),
+        Mode::RateLimit(s) => {
+            let mut r = anthropic_error(
+                429,
+                "rate_limit_error",
+                "Number of requests has exceeded your rate limit",
+            );
+            r.headers_mut()
+                .insert("retry-after", s.to_string().parse().unwrap());
+            r.headers_mut().insert(
+                "anthropic-ratelimit-requests-remaining",
+                "0".parse().unwrap(),
+            );
+            return Ok(r);
+        }
+        Mode::Overloaded(s) => {
+            let mut r = anthropic_error(529, "overloaded_error", "Overloaded");
+            if s > 0 {
+                r.headers_mut()
+                    .insert("retry-after", s.to_string().parse().unwrap());
+            }
+            return Ok(r);
+        }
+        Mode::Unavailable => return Ok(anthropic_error(529, "overloaded_error", "Overloaded")),
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Garbage => return Err(std::io::Error::other("closing unanswered")),
+        _ => {}
+    }
+    let streaming = json["stream"].as_bool().unwrap_or(false);
+    let stops: Vec<String> = json["stop_sequences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    // The answer: its tokens, and why it ends.
+    let mut tokens = Vec::new();
+    let mut stop = ("end_turn", serde_json::Value::Null);
+    for i in 0..ANSWER_TOKENS {
+        let token = format!("t{i}");
+        if stops.contains(&token) {
+            stop = ("stop_sequence", serde_json::Value::String(token));
+            break;
+        }
+        if tokens.len() as u64 == max_tokens {
+            stop = ("max_tokens", serde_json::Value::Null);
+            break;
+        }
+        tokens.push(format!("{token} "));
+    }
+    let words = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .map(|s| s.split_whitespace().count() as u64)
+            .sum(),
+        _ => 0,
+    };
+    let input_tokens: u64 =
+        words(&json["system"]) + messages.iter().map(|m| words(&m["content"])).sum::<u64>();
+    let id = format!("msg_sim_{}", spec.name);
+    let guard = InFlight::new(&stats);
+    if !streaming {
+        tokio::time::sleep(spec.ttft).await;
+        for _ in 1..tokens.len() {
+            tokio::time::sleep(spec.token_time(stats.in_flight.load(SeqCst))).await;
+        }
+        let body = serde_json::json!({
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": tokens.concat()}],
+            "stop_reason": stop.0, "stop_sequence": stop.1,
+            "usage": {"input_tokens": input_tokens, "output_tokens": tokens.len()},
+        });
+        guard.done();
+        let mut r = full(StatusCode::OK, body.to_string());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return Ok(r);
+    }
+    // Frames as a server sends them: several events in the first, one event split across
+    // two frames for every odd token, the end in one.
+    let start = [
+        sse_event(
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "content": [], "model": model,
+                "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+        ),
+        sse_event(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+        ),
+        sse_event("ping", serde_json::json!({"type": "ping"})),
+    ]
+    .concat();
+    let mut frames: Vec<String> = vec![start];
+    if mode == Mode::ErrorEvent {
+        frames.push(sse_event(
+            "error",
+            serde_json::json!({"type": "error",
+                "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ));
+    } else {
+        for (i, token) in tokens.iter().enumerate() {
+            let event = sse_event(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": token}}),
+            );
+            if i % 2 == 1 {
+                let (a, b) = event.split_at(event.len() / 2);
+                frames.push(a.to_owned());
+                frames.push(b.to_owned());
+            } else {
+                frames.push(event);
+            }
+        }
+        frames.push(
+            [
+                sse_event(
+                    "content_block_stop",
+                    serde_json::json!({"type": "content_block_stop", "index": 0}),
+                ),
+                sse_event(
+                    "message_delta",
+                    serde_json::json!({"type": "message_delta",
+                        "delta": {"stop_reason": stop.0, "stop_sequence": stop.1},
+                        "usage": {"output_tokens": tokens.len()}}),
+                ),
+                sse_event("message_stop", serde_json::json!({"type": "message_stop"})),
+            ]
+            .concat(),
+        );
+    }
+    // The stream's misbehaviour: the frame at which it resets, or stalls.
+    let (reset_at, stall_at) = match mode {
+        Mode::ResetMidStream => (Some(2), None),
+        Mode::ResetBeforeFirstChunk => (Some(0), None),
+        Mode::StallAfterFirst => (None, Some(1)),
+        _ => (None, None),
+    };
+    let count = frames.len();
+    let frames = stream::unfold(
+        (0usize, frames.into_iter(), Some(guard)),
+        move |(i, mut frames, guard)| {
+            let spec = spec.clone();
+            let stats = Arc::clone(&stats);
+            async move {
+                let guard = guard?;
+                let wait = if i == 0 {
+                    spec.ttft
+                } else {
+                    spec.token_time(stats.in_flight.load(SeqCst))
+                };
+                tokio::time::sleep(wait).await;
+                if reset_at == Some(i) {
+                    drop(guard);
+                    let reset = std::io::Error::other("simulated reset");
+                    return Some((Err(reset), (i + 1, frames, None)));
+                }
+                if stall_at == Some(i) {
+                    std::future::pending::<()>().await;
+                }
+                let frame = frames.next()?;
+                let guard = if i + 1 == count {
+                    guard.done();
+                    None
+                } else {
+                    Some(guard)
+                };
+                Some((Ok(Frame::data(Bytes::from(frame))), (i + 1, frames, guard)))
+            }
+        },
+    );
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())));
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    Ok(r)
 }

@@ -12,6 +12,12 @@ use crate::hints::{Exclude, Picked};
 /// Buffered bodies can; a streamed upload cannot (wrap it in [`NoReplay`]), and a retry of such
 /// a request fails with [`NotReplayable`](crate::error::NotReplayable) instead of being sent
 /// empty.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is a streamed request body, which `Failover` cannot send again",
+    label = "not a replayable body",
+    note = "buffer request bodies first: put `tower_ai_balance::buffered::BufferBodyLayer::new(limit)` above `Failover` (axum's and hyper's bodies are streams)",
+    note = "or wrap the body in `tower_ai_balance::failover::NoReplay` to fail a retry with `NotReplayable`"
+)]
 pub trait Replay: Sized {
     /// A fresh copy to send, or `None` if the body cannot be sent again.
     fn replay(&self) -> Option<Self>;

@@ -1,0 +1,62 @@
+//! HTTP(S) upstreams as endpoint services (feature `client`).
+//!
+//! An [`Upstream`] sends each request to one provider or model server: hyper-util's pooled
+//! client over rustls (ring; the Mozilla roots, or a custom CA), HTTP/1.1 or HTTP/2 by ALPN,
+//! with connect timeouts and keep-alive. It joins the base URL's path with the request's,
+//! sets the upstream's `Host`, sends the upstream's own credentials and never the client's
+//! (request headers are forwarded by an allow-list, [`FORWARDED`]), and keeps
+//! `content-length` true. One type serves every [`Format`], so one pool can mix
+//! OpenAI-compatible upstreams with Anthropic ones (feature `anthropic`).
+//!
+//! [`Upstreams`] builds a whole [`Pool`](crate::Pool) from a list of [`UpstreamConfig`]s, and
+//! [`http_error::openai_response`](crate::http_error::openai_response) turns the stack's
+//! errors into the answers an OpenAI client expects.
+//!
+//! Credentials never show: `Debug` names headers without their values, and URLs (in keys,
+//! `Debug`, errors) are shown without their userinfo and query.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_ai_balance::{
+//!     buffered::BufferBodyLayer, client::{UpstreamConfig, Upstreams}, failover::FailoverLayer,
+//!     BalanceLayer, HealthFilterLayer,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = std::env::var("OPENAI_API_KEY")?;
+//! let pool = Upstreams::new()
+//!     .add(UpstreamConfig::new("http://10.0.0.5:8000/v1")?.model("gpt-4o").max_concurrency(32))
+//!     .add(UpstreamConfig::new("https://api.openai.com/v1")?.api_key(key).model("gpt-4o").tier(1))
+//!     .build_pool()?;
+//! let stack = ServiceBuilder::new()
+//!     .layer(BufferBodyLayer::new(16 << 20))
+//!     .layer(FailoverLayer::new().first_chunk(Duration::from_secs(30)))
+//!     .layer(HealthFilterLayer::new(&pool))
+//!     .layer(BalanceLayer::new())
+//!     .service(pool);
+//! # let _ = stack;
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod config;
+mod error;
+mod headers;
+mod http_client;
+mod service;
+mod upstreams;
+mod url;
+
+pub use self::{
+    body::ResponseBody,
+    config::{Format, UpstreamConfig},
+    error::{ClientError, ResponseTooLarge},
+    headers::FORWARDED,
+    http_client::{Client, ClientBuilder},
+    service::{ResponseFuture, Upstream},
+    upstreams::Upstreams,
+};
