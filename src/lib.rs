@@ -51,6 +51,9 @@
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
 //! - [`error`]: the typed errors.
 //! - [`metrics`]: a snapshot of every endpoint, and its Prometheus text.
+//! - [`report`]: what an engine says about its own load.
+//! - [`engines`]: where load reports come from: Prometheus scrapes of vLLM and SGLang, ORCA
+//!   response headers.
 //!
 //! # Feature flags
 //!
@@ -71,6 +74,7 @@ pub mod balance;
 pub mod capability;
 pub mod classify;
 pub mod endpoint;
+pub mod engines;
 pub mod error;
 pub mod failover;
 pub mod hash;
@@ -83,6 +87,7 @@ pub mod peek;
 mod per_clone;
 pub mod pick;
 pub mod pool;
+pub mod report;
 mod rng;
 pub mod route;
 mod sync;
