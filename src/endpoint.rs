@@ -76,7 +76,7 @@ impl From<http::Uri> for Key {
 /// use tower_ai_balance::EndpointConfig;
 /// let gpu = EndpointConfig::new("h100-0").weight(2.0).max_concurrency(64).tier(0).label("model", "llama-3-70b");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointConfig {
     key: Key,
     weight: f64,
@@ -165,6 +165,10 @@ impl EndpointConfig {
     /// The key.
     pub fn key(&self) -> &Key {
         &self.key
+    }
+
+    pub(crate) fn weight_value(&self) -> f64 {
+        self.weight
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {

@@ -39,6 +39,7 @@
 //!
 //! - [`pool`]: the shared endpoint set, changed at run time without blocking a pick.
 //! - [`endpoint`]: one endpoint's metadata and live state.
+//! - [`discovery`]: endpoints found by DNS or Kubernetes, with their metadata.
 //! - [`pick`]: the strategies, as plain functions usable without a runtime.
 //! - [`load`]: the guard that holds an endpoint's load until the response is finished.
 //! - [`balance`]: the `Balance` service and layer.
@@ -73,6 +74,7 @@ pub mod affinity;
 pub mod balance;
 pub mod capability;
 pub mod classify;
+pub mod discovery;
 pub mod endpoint;
 pub mod engines;
 pub mod error;
