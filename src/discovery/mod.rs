@@ -8,6 +8,7 @@
 //! in a task that does not keep the pool alive.
 //!
 //! - [`Dns`] (feature `dns`): a name's addresses, re-resolved on the records' TTL.
+//! - [`EndpointSlices`] (feature `kubernetes`): a Kubernetes Service's ready endpoints.
 //!
 //! # Announced again
 //!
@@ -40,6 +41,8 @@
 
 #[cfg(feature = "dns")]
 mod dns;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 
 use std::{future::poll_fn, pin::pin, task::Poll};
 
@@ -48,6 +51,11 @@ use tower::discover::{Change, Discover};
 
 #[cfg(feature = "dns")]
 pub use self::dns::{Dns, DnsConfig};
+#[cfg(feature = "kubernetes")]
+pub use self::kubernetes::{
+    EndpointSlices, KEY_HARDWARE, KEY_MAX_CONCURRENCY, KEY_MAX_CONTEXT, KEY_MODELS, KEY_TIER,
+    KEY_WEIGHT,
+};
 use crate::{
     endpoint::{EndpointConfig, Key},
     pool::{Pool, WeakPool},
