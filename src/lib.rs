@@ -50,6 +50,7 @@
 //! - [`health`]: the `HealthFilter` layer: ejection, cooldown, half-open trials, probes.
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors).
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
+//! - `config` (feature `serde`): endpoints, health policy and layer settings from a file.
 //! - [`error`]: the typed errors.
 //! - [`metrics`]: a snapshot of every endpoint, and its Prometheus text.
 //! - [`report`]: what an engine says about its own load.
@@ -74,6 +75,8 @@ pub mod affinity;
 pub mod balance;
 pub mod capability;
 pub mod classify;
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod discovery;
 pub mod endpoint;
 pub mod engines;
