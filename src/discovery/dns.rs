@@ -4,7 +4,7 @@ use std::{
     collections::{BTreeSet, VecDeque},
     fmt,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -12,7 +12,10 @@ use std::{
 };
 
 use futures_core::Stream;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{
+    proto::rr::{RData, RecordType},
+    TokioResolver,
+};
 use tokio::time::Sleep;
 use tower::discover::Change;
 
@@ -46,10 +49,10 @@ type Metadata = Arc<dyn Fn(EndpointConfig) -> EndpointConfig + Send + Sync>;
 
 enum Resolved {
     /// The addresses, and how long they are valid.
-    Addresses(BTreeSet<std::net::IpAddr>, Duration),
-    /// The name has no addresses (an authoritative empty answer or NXDOMAIN).
+    Addresses(BTreeSet<IpAddr>, Duration),
+    /// The name has no addresses: both families answered, with no records or NXDOMAIN.
     None(Duration),
-    /// The resolution failed (a timeout, SERVFAIL): the last answer stands.
+    /// A family's query failed (a timeout, SERVFAIL): the last answer stands.
     Failed(BoxError),
 }
 
@@ -65,10 +68,12 @@ enum State {
 /// The name is resolved at once, then again when the answer's TTL runs out, within
 /// [`DnsConfig`]'s bounds. Each resolution yields an `Insert` for every new address and a
 /// `Remove` for every address that is gone (the pool drains it); an address that stays is
-/// not announced again, so its endpoint keeps its live state. An empty answer (or NXDOMAIN)
-/// removes every endpoint; a failed resolution (a timeout, a server failure) changes nothing
-/// and is retried after [`DnsConfig::min_ttl`], with a `warn` event. The stream never ends
-/// and never fails.
+/// not announced again, so its endpoint keeps its live state. A and AAAA records are asked
+/// for apart: when both answer and neither has an address (no records, or NXDOMAIN), every
+/// endpoint is removed; when either query fails (a timeout, a server failure), nothing
+/// changes and the name is resolved again after [`DnsConfig::min_ttl`], with a `warn`
+/// event, since a flaky resolver must not empty the pool. The stream never ends and never
+/// fails.
 ///
 /// Every endpoint it creates gets the metadata [`metadata`](Self::metadata) gives it (a
 /// tier, a weight, models, a concurrency limit) and a service made by `service` from its
@@ -164,16 +169,38 @@ where
             self.config.max_ttl.max(self.config.min_ttl),
         );
         Box::pin(async move {
-            match resolver.lookup_ip(&*name).await {
-                Ok(lookup) => {
-                    let ttl = lookup
-                        .valid_until()
-                        .saturating_duration_since(std::time::Instant::now())
-                        .clamp(min, max);
-                    Resolved::Addresses(lookup.iter().collect(), ttl)
+            // A and AAAA apart, so that one family's timeout is never mistaken for the
+            // other's empty answer (a dual-stack lookup reports the empty answer).
+            let (v4, v6) = futures_util::future::join(
+                resolver.lookup(&*name, RecordType::A),
+                resolver.lookup(&*name, RecordType::AAAA),
+            )
+            .await;
+            let mut ips = BTreeSet::new();
+            let mut valid = max;
+            for answer in [v4, v6] {
+                match answer {
+                    Ok(lookup) => {
+                        let left = lookup
+                            .valid_until()
+                            .saturating_duration_since(std::time::Instant::now());
+                        valid = valid.min(left);
+                        ips.extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                            RData::A(a) => Some(IpAddr::V4(a.0)),
+                            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                            _ => None,
+                        }));
+                    }
+                    // An authoritative "no such name" or "no such records".
+                    Err(e) if e.is_no_records_found() => {}
+                    Err(e) => return Resolved::Failed(e.into()),
                 }
-                Err(e) if e.is_no_records_found() => Resolved::None(min),
-                Err(e) => Resolved::Failed(e.into()),
+            }
+            let ttl = valid.clamp(min, max);
+            if ips.is_empty() {
+                Resolved::None(ttl)
+            } else {
+                Resolved::Addresses(ips, ttl)
             }
         })
     }

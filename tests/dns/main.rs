@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     str::FromStr,
     sync::{
-        atomic::{AtomicUsize, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
         Arc,
     },
     time::Duration,
@@ -20,7 +20,7 @@ use hickory_resolver::{
 };
 use hickory_server::{
     net::runtime::{Time, TokioRuntimeProvider},
-    proto::rr::{rdata::SOA, LowerName, Name, RData, Record, RecordType, RrKey},
+    proto::rr::{rdata::SOA, LowerName, Name, RData, Record, RecordSet, RecordType, RrKey},
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     store::in_memory::InMemoryZoneHandler,
     zone_handler::{AxfrPolicy, Catalog, ZoneType},
@@ -42,18 +42,25 @@ struct Zone {
 }
 
 impl Zone {
-    /// Replaces the name's A records with `last_octets` (127.0.0.N), with a TTL of 1 s.
+    /// Replaces the name's A records with `last_octets` (127.0.0.N), with a TTL of 1 s, in
+    /// one step, so that no query sees the name half changed.
     async fn set(&self, last_octets: &[u8]) {
         let serial = self.serial.fetch_add(1, SeqCst) as u32 + 2;
         let name = Name::from_str(NAME).unwrap();
-        self.handler
-            .records_mut()
-            .await
-            .remove(&RrKey::new(LowerName::new(&name), RecordType::A));
+        let mut set = RecordSet::new(name.clone(), RecordType::A, serial);
         for &n in last_octets {
             let ip = Ipv4Addr::new(127, 0, 0, n);
-            let record = Record::from_rdata(name.clone(), 1, RData::A(ip.into()));
-            assert!(self.handler.upsert(record, serial).await);
+            assert!(set.insert(
+                Record::from_rdata(name.clone(), 1, RData::A(ip.into())),
+                serial
+            ));
+        }
+        let key = RrKey::new(LowerName::new(&name), RecordType::A);
+        let mut records = self.handler.records_mut().await;
+        if last_octets.is_empty() {
+            records.remove(&key);
+        } else {
+            records.insert(key, Arc::new(set));
         }
     }
 }
@@ -61,6 +68,8 @@ impl Zone {
 struct Counting {
     catalog: Catalog,
     queries: Arc<AtomicUsize>,
+    /// Leaves A queries unanswered (while AAAA ones are answered), as a lost packet does.
+    drop_a: Arc<AtomicBool>,
 }
 
 // The trait is declared with `async_trait`; this is the signature it expands to.
@@ -83,7 +92,15 @@ impl RequestHandler for Counting {
     }
 }
 
-async fn dns_server() -> (Server<Counting>, Arc<Zone>, Arc<AtomicUsize>, u16) {
+struct TestDns {
+    server: Server<Counting>,
+    zone: Arc<Zone>,
+    queries: Arc<AtomicUsize>,
+    drop_a: Arc<AtomicBool>,
+    port: u16,
+}
+
+async fn dns_server() -> TestDns {
     let origin = Name::from_str(ZONE).unwrap();
     let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
         origin.clone(),
@@ -110,16 +127,24 @@ async fn dns_server() -> (Server<Counting>, Arc<Zone>, Arc<AtomicUsize>, u16) {
     let queries = Arc::new(AtomicUsize::new(0));
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = socket.local_addr().unwrap().port();
+    let drop_a = Arc::new(AtomicBool::new(false));
     let mut server = Server::new(Counting {
         catalog,
         queries: Arc::clone(&queries),
+        drop_a: Arc::clone(&drop_a),
     });
     server.register_socket(socket);
     let zone = Arc::new(Zone {
         handler,
         serial: AtomicUsize::new(0),
     });
-    (server, zone, queries, port)
+    TestDns {
+        server,
+        zone,
+        queries,
+        drop_a,
+        port,
+    }
 }
 
 fn resolver(port: u16) -> TokioResolver {
@@ -153,7 +178,13 @@ fn keys(pool: &Pool<String>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_follows_the_names_addresses() {
-    let (server, zone, queries, port) = dns_server().await;
+    let TestDns {
+        server,
+        zone,
+        queries,
+        drop_a,
+        port,
+    } = dns_server().await;
     zone.set(&[1, 2]).await;
 
     let pool: Pool<String> = Pool::new();
@@ -215,13 +246,29 @@ async fn the_pool_follows_the_names_addresses() {
         still.health()
     );
 
+    // A queries go unanswered while AAAA ones say "none": not mistaken for an empty
+    // answer; the last answer stands.
+    drop_a.store(true, SeqCst);
+    let seen = queries.load(SeqCst);
+    until("two more rounds of queries", || {
+        queries.load(SeqCst) >= seen + 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the resolver's timeout
+    assert_eq!(keys(&pool), ["127.0.0.1:8000", "127.0.0.3:8000"]);
+
     // The server stops answering: the last answer stands.
     drop(server);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(keys(&pool), ["127.0.0.1:8000", "127.0.0.3:8000"]);
 
     // A name without addresses empties the pool.
-    let (server, zone, _, port2) = dns_server().await;
+    let TestDns {
+        server,
+        zone,
+        port: port2,
+        ..
+    } = dns_server().await;
     zone.set(&[]).await;
     let empty: Pool<String> = Pool::new();
     empty.insert("stale", String::new()).unwrap();
