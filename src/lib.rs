@@ -64,6 +64,10 @@
 //!   [`route::OpenAiRules`]. Adds `serde_json`.
 //! - `metrics` (off by default): [`metrics::Snapshot::publish`] writes the pool's state through
 //!   the `metrics` crate. Adds `metrics`.
+//! - `dns` (off by default): DNS discovery, `discovery::Dns`. Adds `hickory-resolver`.
+//! - `kubernetes` (off by default): Kubernetes discovery, `discovery::EndpointSlices`. Adds
+//!   `kube` and `k8s-openapi` (whose Kubernetes version feature the application enables).
+//! - `serde` (off by default): settings from files, `config`. Adds `serde`.
 //!
 //! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
 //! `time`), http, http-body, http-body-util, bytes, httpdate, arc-swap, parking_lot, rand,
