@@ -87,6 +87,12 @@ impl RequestHandler for Counting {
         Self: 'f,
     {
         self.queries.fetch_add(1, SeqCst);
+        let is_a = request
+            .request_info()
+            .is_ok_and(|info| info.query.query_type() == RecordType::A);
+        if is_a && self.drop_a.load(SeqCst) {
+            return Box::pin(std::future::pending());
+        }
         self.catalog
             .handle_request::<R, T>(request, response_handle)
     }
