@@ -71,6 +71,7 @@
 
 mod engine_metrics;
 mod orca;
+mod orca_json;
 mod orca_proto;
 mod prometheus;
 mod scraper;
