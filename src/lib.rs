@@ -42,6 +42,7 @@
 //! - [`pick`]: the strategies, as plain functions usable without a runtime (for simulations).
 //! - [`load`]: the guard that holds an endpoint's load until the response is finished (for
 //!   simulations and callers that route by themselves).
+//! - [`discovery`]: endpoints found by DNS or Kubernetes, with their metadata.
 //! - [`balance`]: the `Balance` service and layer.
 //! - [`affinity`]: the `StreamAffinity` layer: sessions and streams back to their instance.
 //! - [`failover`]: the `Failover` layer: retries elsewhere, across tiers, within a budget.
@@ -51,6 +52,7 @@
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors): one classifier,
 //!   set on [`BalanceLayer`], serves the whole stack.
 //! - [`hints`]: how layers steer the pick and learn which endpoint served.
+//! - `config` (feature `serde`): endpoints, health policy and layer settings from a file.
 //! - [`error`]: the typed errors.
 //! - [`http_error`]: those errors as the HTTP answers an OpenAI client expects.
 //! - [`buffered`]: request bodies (axum's, hyper's) read into replayable ones, within a limit.
@@ -59,6 +61,9 @@
 //!   list of URLs.
 //! - `anthropic` (feature `anthropic`): OpenAI chat completions served by Anthropic Messages
 //!   endpoints.
+//! - [`report`]: what an engine says about its own load.
+//! - [`engines`]: where load reports come from: Prometheus scrapes of vLLM and SGLang, ORCA
+//!   response headers.
 //!
 //! # Feature flags
 //!
@@ -75,6 +80,10 @@
 //! - `anthropic` (off by default): the OpenAI ↔ Anthropic Messages adapter (requests,
 //!   answers, event streams, errors), usable on its own; with `client`, an upstream's
 //!   `Format::Anthropic`. Adds `serde_json`.
+//! - `dns` (off by default): DNS discovery, `discovery::Dns`. Adds `hickory-resolver`.
+//! - `kubernetes` (off by default): Kubernetes discovery, `discovery::EndpointSlices`. Adds
+//!   `kube` and `k8s-openapi` (whose Kubernetes version feature the application enables).
+//! - `serde` (off by default): settings from files, `config`. Adds `serde`.
 //!
 //! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
 //! `time`), http, http-body, http-body-util, bytes, httpdate, arc-swap, parking_lot, rand,
@@ -92,7 +101,11 @@ pub mod classify;
 #[cfg(feature = "client")]
 pub mod client;
 mod clock;
+#[cfg(feature = "serde")]
+pub mod config;
+pub mod discovery;
 pub mod endpoint;
+pub mod engines;
 pub mod error;
 pub mod failover;
 mod hash;
@@ -106,6 +119,7 @@ mod peek;
 mod per_clone;
 pub mod pick;
 pub mod pool;
+pub mod report;
 mod rng;
 pub mod route;
 mod sync;

@@ -242,6 +242,16 @@ impl fmt::Debug for Members {
     }
 }
 
+/// A pool that is not kept alive by this handle: what background tasks hold.
+pub(crate) struct WeakPool<S>(Weak<Shared<S>>);
+
+impl<S> WeakPool<S> {
+    /// The pool, if some handle still keeps it.
+    pub(crate) fn upgrade(&self) -> Option<Pool<S>> {
+        self.0.upgrade().map(|shared| Pool { shared })
+    }
+}
+
 /// The shared endpoint set: cheap to clone, every clone the same pool.
 pub struct Pool<S> {
     shared: Arc<Shared<S>>,
@@ -348,6 +358,38 @@ impl<S: Clone> Pool<S> {
         result.expect("a config taken from a live endpoint, or the default, is valid")
     }
 
+    /// Adds the endpoint, or, if one with its key is already here, keeps that endpoint and
+    /// its live state (health, ejections, trial permits, in-flight count) and takes the new
+    /// service; a new weight is applied in place. Any other change of metadata replaces the
+    /// endpoint (the old one drains). One snapshot either way.
+    pub(crate) fn announce(
+        &self,
+        config: EndpointConfig,
+        service: S,
+    ) -> Result<Arc<Endpoint>, ConfigError> {
+        config.validate()?;
+        self.update(|entries| {
+            if let Some(i) = find(entries, config.key().as_str()) {
+                let live = &entries[i].endpoint;
+                let mut now = live.config();
+                let weight = config.weight_value();
+                now = now.weight(weight);
+                if now == config {
+                    live.set_weight(weight);
+                    entries[i].service = service;
+                    return Ok(Arc::clone(&entries[i].endpoint));
+                }
+                take(entries, config.key().as_str());
+            }
+            self.push(entries, config, service)
+        })
+    }
+
+    /// A handle that does not keep the pool alive.
+    pub(crate) fn downgrade(&self) -> WeakPool<S> {
+        WeakPool(Arc::downgrade(&self.shared))
+    }
+
     fn push(
         &self,
         entries: &mut Vec<Entry<S>>,
@@ -395,6 +437,13 @@ impl<S: Clone> Pool<S> {
         let snap = self.shared.snapshot.load();
         snap.find(key)
             .map(|i| Arc::clone(&snap.entries[i].endpoint))
+    }
+
+    /// A clone of the service of the endpoint with this key (to probe it, or to call it
+    /// outside the balancer).
+    pub fn service(&self, key: &str) -> Option<S> {
+        let snap = self.shared.snapshot.load();
+        snap.find(key).map(|i| snap.entries[i].service.clone())
     }
 
     /// Every endpoint, lowest tier first.

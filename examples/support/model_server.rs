@@ -9,6 +9,11 @@
 //! connections) and restart on the same port. It counts its own requests in flight, so tests can check the
 //! balancer against the server's truth. `POST /v1/messages` speaks Anthropic's Messages API
 //! (see the section at the end), with Anthropic's own 429 and 529.
+//!
+//! `GET /metrics` answers like an inference engine's Prometheus endpoint (vLLM's names, or
+//! SGLang's with [`Spec::metrics`]), with the server's real load: running requests (up to its
+//! batch), waiting ones (beyond it) and KV-cache usage (the prompt and generated tokens of the
+//! requests in flight over [`Spec::kv_tokens`]).
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
@@ -106,6 +111,10 @@ pub struct Spec {
     /// How many sequences run at full speed; beyond that every token slows in proportion, as
     /// on a GPU whose batch is full.
     pub batch: usize,
+    /// Which engine's metric names `/metrics` uses.
+    pub metrics: Engine,
+    /// The KV cache's size in tokens, for the usage `/metrics` reports.
+    pub kv_tokens: u64,
 }
 
 impl Spec {
@@ -115,7 +124,21 @@ impl Spec {
             ttft,
             per_token,
             batch: usize::MAX,
+            metrics: Engine::Vllm,
+            kv_tokens: 65_536,
         }
+    }
+
+    /// Answers `/metrics` with this engine's metric names.
+    pub fn metrics(mut self, engine: Engine) -> Self {
+        self.metrics = engine;
+        self
+    }
+
+    /// The KV cache's size in tokens.
+    pub fn kv_tokens(mut self, tokens: u64) -> Self {
+        self.kv_tokens = tokens.max(1);
+        self
     }
 
     pub fn batch(mut self, batch: usize) -> Self {
@@ -147,6 +170,10 @@ pub struct Stats {
     /// Requests with an `x-session-id` whose session this server had cached.
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// The tokens the requests in flight hold in the KV cache (prompt and generated).
+    pub kv_used: AtomicU64,
+    /// `/metrics` requests answered.
+    pub scrapes: AtomicU64,
     /// The body of the last chat request.
     pub last_body: parking_lot::Mutex<Bytes>,
     /// The headers of the last request (credentials included: what the server received).
@@ -175,22 +202,28 @@ impl Stats {
     }
 }
 
-struct InFlight(Arc<Stats>, bool);
+struct InFlight(Arc<Stats>, bool, u64);
 
 impl InFlight {
     fn new(stats: &Arc<Stats>) -> Self {
         stats.requests.fetch_add(1, SeqCst);
         let now = stats.in_flight.fetch_add(1, SeqCst) + 1;
         stats.peak_in_flight.fetch_max(now, SeqCst);
-        Self(Arc::clone(stats), false)
+        Self(Arc::clone(stats), false, 0)
     }
     fn done(mut self) {
         self.1 = true;
+    }
+    /// Holds `tokens` more in the KV cache until the request ends.
+    fn hold(&mut self, tokens: u64) {
+        self.2 += tokens;
+        self.0.kv_used.fetch_add(tokens, SeqCst);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.kv_used.fetch_sub(self.2, SeqCst);
         self.0.in_flight.fetch_sub(1, SeqCst);
         if self.1 {
             self.0.completed.fetch_add(1, SeqCst);
@@ -327,7 +360,7 @@ async fn handle(
     mode: Mode,
     spec: Spec,
 ) -> Result<Response<Body>, std::io::Error> {
-    if req.uri().path() != "/health" {
+    if !matches!(req.uri().path(), "/health" | "/metrics") {
         stats.received.fetch_add(1, SeqCst);
         *stats.last_headers.lock() = req.headers().clone();
     }
@@ -340,6 +373,21 @@ async fn handle(
             Mode::Fail => full(StatusCode::INTERNAL_SERVER_ERROR, "unhealthy"),
             Mode::Hang => std::future::pending().await,
             _ => full(StatusCode::OK, "ok"),
+        });
+    }
+    if req.uri().path() == "/metrics" {
+        return Ok(match mode {
+            Mode::Fail => full(StatusCode::INTERNAL_SERVER_ERROR, "unhealthy"),
+            Mode::Hang => std::future::pending().await,
+            _ => {
+                stats.scrapes.fetch_add(1, SeqCst);
+                let mut r = full(StatusCode::OK, metrics_text(&stats, &spec));
+                r.headers_mut().insert(
+                    "content-type",
+                    "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
+                );
+                r
+            }
         });
     }
     let session = req
@@ -379,7 +427,9 @@ async fn handle(
         Mode::Garbage => return Err(std::io::Error::other("closing unanswered")),
         _ => {}
     }
-    let guard = InFlight::new(&stats);
+    let mut guard = InFlight::new(&stats);
+    // The prompt's tokens (about four bytes each) take KV cache space until the end.
+    guard.hold(body.len() as u64 / 4 + 1);
     // A cached session skips most of the prefill: its first token comes four times sooner.
     let mut spec = spec;
     if session.is_some_and(|s| stats.cached(&s)) {
@@ -387,8 +437,10 @@ async fn handle(
     }
     if !streaming {
         tokio::time::sleep(spec.ttft).await;
+        guard.hold(1);
         for _ in 1..tokens {
             tokio::time::sleep(spec.token_time(stats.in_flight.load(SeqCst))).await;
+            guard.hold(1);
         }
         let text: String = (0..tokens).map(|i| format!("t{i} ")).collect();
         let body = serde_json::json!({
@@ -414,7 +466,7 @@ async fn handle(
         let spec = spec.clone();
         let stats = Arc::clone(&stats);
         async move {
-            let guard = guard?;
+            let mut guard = guard?;
             let wait = if i == 0 {
                 spec.ttft
             } else {
@@ -441,6 +493,7 @@ async fn handle(
                     (i + 1, None),
                 ));
             }
+            guard.hold(1);
             let data = Bytes::from(chunk(&spec.name, i, i + 1 == tokens));
             Some((Ok(Frame::data(data)), (i + 1, Some(guard))))
         }
@@ -820,4 +873,71 @@ async fn handle_messages(
     r.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());
     Ok(r)
+}
+
+// --- Engine metrics: what `/metrics` answers -------------------------------------------
+
+/// Whose metric names `/metrics` answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// vLLM's (V1): `vllm:num_requests_running`, `vllm:num_requests_waiting`,
+    /// `vllm:kv_cache_usage_perc`, `vllm:cache_config_info`.
+    Vllm,
+    /// SGLang's: `sglang:num_running_reqs`, `sglang:num_queue_reqs`, `sglang:token_usage`,
+    /// `sglang:max_total_num_tokens`.
+    Sglang,
+}
+
+/// The KV cache block size the vLLM format reports, in tokens.
+const BLOCK_SIZE: u64 = 16;
+
+/// The server's load now: (running, waiting, KV usage in `0..=1`). Requests beyond the batch
+/// are the waiting ones: they are the ones that slow every token down.
+pub fn engine_load(stats: &Stats, spec: &Spec) -> (usize, usize, f64) {
+    let in_flight = stats.in_flight.load(SeqCst);
+    let running = in_flight.min(spec.batch);
+    let kv = stats.kv_used.load(SeqCst) as f64 / spec.kv_tokens.max(1) as f64;
+    (running, in_flight - running, kv.min(1.0))
+}
+
+/// `/metrics` in the engine's Prometheus text format, with the server's real load.
+fn metrics_text(stats: &Stats, spec: &Spec) -> String {
+    let (running, waiting, kv) = engine_load(stats, spec);
+    let model = "sim";
+    match spec.metrics {
+        Engine::Vllm => format!(
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+             # TYPE vllm:num_requests_running gauge\n\
+             vllm:num_requests_running{{engine=\"0\",model_name=\"{model}\"}} {running}.0\n\
+             # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+             # TYPE vllm:num_requests_waiting gauge\n\
+             vllm:num_requests_waiting{{engine=\"0\",model_name=\"{model}\"}} {waiting}.0\n\
+             # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+             # TYPE vllm:kv_cache_usage_perc gauge\n\
+             vllm:kv_cache_usage_perc{{engine=\"0\",model_name=\"{model}\"}} {kv}\n\
+             # HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n\
+             # TYPE vllm:cache_config_info gauge\n\
+             vllm:cache_config_info{{block_size=\"{BLOCK_SIZE}\",cache_dtype=\"auto\",engine=\"0\",num_cpu_blocks=\"None\",num_gpu_blocks=\"{blocks}\"}} 1.0\n\
+             # HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n\
+             # TYPE vllm:prompt_tokens_total counter\n\
+             vllm:prompt_tokens_total{{engine=\"0\",model_name=\"{model}\"}} {completed}.0\n",
+            blocks = spec.kv_tokens / BLOCK_SIZE,
+            completed = stats.completed.load(SeqCst),
+        ),
+        Engine::Sglang => format!(
+            "# HELP sglang:max_total_num_tokens Maximum total number of tokens\n\
+             # TYPE sglang:max_total_num_tokens gauge\n\
+             sglang:max_total_num_tokens{{model_name=\"{model}\"}} {tokens}.0\n\
+             # HELP sglang:token_usage The token usage\n\
+             # TYPE sglang:token_usage gauge\n\
+             sglang:token_usage{{model_name=\"{model}\"}} {kv}\n\
+             # HELP sglang:num_running_reqs The number of running requests\n\
+             # TYPE sglang:num_running_reqs gauge\n\
+             sglang:num_running_reqs{{model_name=\"{model}\"}} {running}.0\n\
+             # HELP sglang:num_queue_reqs The number of requests in the waiting queue\n\
+             # TYPE sglang:num_queue_reqs gauge\n\
+             sglang:num_queue_reqs{{model_name=\"{model}\"}} {waiting}.0\n",
+            tokens = spec.kv_tokens,
+        ),
+    }
 }

@@ -11,7 +11,7 @@ use super::{Capabilities, Key};
 /// use tower_ai_balance::EndpointConfig;
 /// let gpu = EndpointConfig::new("h100-0").weight(2.0).max_concurrency(64).tier(0).label("model", "llama-3-70b");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointConfig {
     pub(super) key: Key,
     pub(super) weight: f64,
@@ -100,6 +100,10 @@ impl EndpointConfig {
     /// The key.
     pub fn key(&self) -> &Key {
         &self.key
+    }
+
+    pub(crate) fn weight_value(&self) -> f64 {
+        self.weight
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {

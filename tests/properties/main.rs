@@ -339,6 +339,8 @@ fn parse_everything(data: &[u8]) {
     let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
     let (original, streamed) = (&data[..split], data.get(split + 1..).unwrap_or_default());
     let _ = OpenAiChat.continue_body(original, streamed);
+    let _ = tower_ai_balance::engines::OrcaReport::parse(data);
+    let _ = tower_ai_balance::engines::from_prometheus(data, tokio::time::Instant::now());
 }
 
 /// The fuzz targets' seed corpus (and any reproducer saved beside it) on the stable
