@@ -1,0 +1,174 @@
+//! An endpoint's queue of prefill work as one router sees it: the prompts it sent there that
+//! have not produced a first token yet, and the engine's last report of its queue.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::{index::Record, policy::Shared};
+use crate::sync::{AtomicU64, Ordering::Relaxed};
+
+/// What an engine reports of its load (vLLM's `num_requests_waiting`, `num_requests_running`
+/// and `kv_cache_usage_perc`; SGLang's `num_queue_reqs`, `num_running_reqs`, `token_usage`),
+/// scraped from its metrics or read from a load-report header.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineLoad {
+    /// Requests waiting to be scheduled.
+    pub waiting: u32,
+    /// Requests running (prefilling or decoding).
+    pub running: u32,
+    /// The share of the KV cache in use, 0 to 1.
+    pub kv_usage: f64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    /// Prefill tokens of this router's requests there that have no first token yet.
+    tokens: AtomicU64,
+    /// How many such requests.
+    requests: AtomicU64,
+    /// The engine's last report, packed: waiting (24 bits), running (24 bits), KV usage in
+    /// thousandths (16 bits).
+    report: AtomicU64,
+    /// When it came, in nanoseconds after the index's epoch plus one (0: never).
+    reported_at: AtomicU64,
+    /// This router's own requests there when the report came, packed: without a first token
+    /// (32 bits), in flight (32 bits); the report counts them already.
+    own_at_report: AtomicU64,
+}
+
+/// What a pick reads of an endpoint's backlog.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Seen {
+    /// Prefill tokens this router placed there that have not started producing output.
+    pub(crate) tokens: u64,
+    /// Requests other routers have waiting there, by the engine's last fresh report.
+    pub(crate) others_waiting: u64,
+    /// Requests other routers have there in all, by the same report.
+    pub(crate) others_in_flight: u64,
+    /// The engine's KV usage by that report.
+    pub(crate) kv_usage: f64,
+}
+
+const MASK24: u64 = (1 << 24) - 1;
+
+impl Backlog {
+    pub(crate) fn add(&self, tokens: u64) {
+        self.tokens.fetch_add(tokens, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    fn release(&self, tokens: u64) {
+        self.tokens.fetch_sub(tokens, Relaxed);
+        self.requests.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn report(&self, load: EngineLoad, own_in_flight: usize, at: u64) {
+        let kv = (load.kv_usage.clamp(0.0, 1.0) * 1000.0).round() as u64;
+        let packed = u64::from(load.waiting).min(MASK24)
+            | u64::from(load.running).min(MASK24) << 24
+            | kv << 48;
+        let pending = self.requests.load(Relaxed).min(u64::from(u32::MAX));
+        let own = pending | (own_in_flight as u64).min(u64::from(u32::MAX)) << 32;
+        self.own_at_report.store(own, Relaxed);
+        self.report.store(packed, Relaxed);
+        self.reported_at.store(at.saturating_add(1), Relaxed);
+    }
+
+    /// The backlog as seen at `now` (nanoseconds after the epoch), with the report if it is
+    /// younger than `max_age`.
+    #[inline]
+    pub(crate) fn seen(&self, now: u64, max_age: u64) -> Seen {
+        let mut seen = Seen {
+            tokens: self.tokens.load(Relaxed),
+            ..Seen::default()
+        };
+        let at = self.reported_at.load(Relaxed);
+        if at != 0 && now.saturating_sub(at - 1) <= max_age {
+            let packed = self.report.load(Relaxed);
+            let own = self.own_at_report.load(Relaxed);
+            let (waiting, running) = (packed & MASK24, packed >> 24 & MASK24);
+            let (own_pending, own_in_flight) = (own & 0xffff_ffff, own >> 32);
+            seen.others_waiting = waiting.saturating_sub(own_pending);
+            seen.others_in_flight = (waiting + running).saturating_sub(own_in_flight);
+            seen.kv_usage = (packed >> 48) as f64 / 1000.0;
+        }
+        seen
+    }
+}
+
+/// A request's prefill placed on an endpoint: counted in the endpoint's backlog until its
+/// first token arrives ([`first_token`](Self::first_token)) or this is dropped (the request
+/// failed or was cancelled), so the backlog never keeps work that is gone.
+#[derive(Debug)]
+pub struct Placement {
+    record: Arc<Record>,
+    shared: Arc<Shared>,
+    new_tokens: u64,
+    cached_blocks: usize,
+    pending: bool,
+    first_token: Option<Instant>,
+}
+
+impl Placement {
+    pub(crate) fn new(
+        record: Arc<Record>,
+        shared: Arc<Shared>,
+        new_tokens: u64,
+        cached_blocks: usize,
+    ) -> Self {
+        record.backlog.add(new_tokens);
+        Self {
+            record,
+            shared,
+            new_tokens,
+            cached_blocks,
+            pending: true,
+            first_token: None,
+        }
+    }
+
+    /// The prompt's blocks the index expected the endpoint to hold.
+    pub fn cached_blocks(&self) -> usize {
+        self.cached_blocks
+    }
+
+    /// The prompt's tokens the index expected the endpoint to compute.
+    pub fn new_tokens(&self) -> u64 {
+        self.new_tokens
+    }
+
+    /// The first token arrived at `at`: the prefill is done and leaves the backlog.
+    pub fn first_token(&mut self, at: Instant) {
+        if std::mem::take(&mut self.pending) {
+            self.record.backlog.release(self.new_tokens);
+            self.first_token = Some(at);
+        }
+    }
+
+    /// The response ended at `at`: how long it held its slot after the first token is what
+    /// the policy expects of the next one.
+    pub fn finished(mut self, at: Instant) {
+        if let Some(first) = self.first_token {
+            self.shared
+                .observe_decode(at.saturating_duration_since(first));
+        }
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            self.record.backlog.release(self.new_tokens);
+        }
+    }
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
