@@ -93,7 +93,9 @@ pub fn read(path: &Path) -> Option<Trace> {
 /// Conversations with the trace's published statistics: 12,031 requests over about an hour
 /// (3.4 per second), every prompt opening with one shared block (a system prompt), new
 /// conversations of log-normal length (median some 7,000 tokens), and later turns that extend
-/// an earlier prompt by a few blocks, minutes later. Outputs of some 340 tokens.
+/// an earlier prompt by 2 to 13 blocks, minutes later, half the conversations ending after each
+/// turn; one unbounded cache would serve 36% of the prompt blocks, as in the trace. Outputs of
+/// some 340 tokens.
 pub fn synthetic(seed: u64) -> Trace {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let normal =
@@ -107,13 +109,12 @@ pub fn synthetic(seed: u64) -> Trace {
     let mut at = 0.0;
     while requests.len() < n {
         at += -(1.0 - rng.random::<f64>()).ln() / 3.4;
-        // About 40% of requests continue a conversation (the trace's share with a cached
-        // prefix beyond the first block).
+        // A due conversation continues with this request 35% of the time.
         let due = open.iter().position(|(_, t)| *t <= at);
         let chain = match due {
-            Some(i) if rng.random_bool(0.4) => {
+            Some(i) if rng.random_bool(0.35) => {
                 let (mut chain, _) = open.swap_remove(i);
-                let more = 1 + (rng.random::<f64>() * 4.0) as usize;
+                let more = 2 + (rng.random::<f64>() * 12.0) as usize;
                 chain.extend((0..more).map(|_| {
                     next_id += 1;
                     next_id
@@ -146,7 +147,8 @@ pub fn synthetic(seed: u64) -> Trace {
             start,
             len: chain.len() as u32,
         });
-        if open.len() < 2_000 {
+        // Half the conversations end after each turn.
+        if open.len() < 2_000 && rng.random_bool(0.5) {
             let gap = -(1.0 - rng.random::<f64>()).ln() * 120.0;
             open.push((chain, at + gap));
         }
