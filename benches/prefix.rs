@@ -61,7 +61,6 @@ fn setup(n: usize, blocks: usize) -> Setup {
         let load = EngineLoad {
             waiting: 1,
             running: 8,
-            kv_usage: 0.4,
         };
         policy.report(e, load, Instant::now());
     }

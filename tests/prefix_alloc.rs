@@ -91,7 +91,6 @@ fn picks_and_placements_allocate_nothing_once_warm() {
                 EngineLoad {
                     waiting: 1,
                     running: 4,
-                    kv_usage: 0.3,
                 },
                 now,
             );
@@ -119,7 +118,6 @@ fn picks_and_placements_allocate_nothing_once_warm() {
                     EngineLoad {
                         waiting: 2,
                         running: 8,
-                        kv_usage: 0.5,
                     },
                     now,
                 );

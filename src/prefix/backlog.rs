@@ -8,17 +8,16 @@ use tokio::time::Instant;
 use super::{index::Record, policy::Shared};
 use crate::sync::{AtomicU64, Ordering::Relaxed};
 
-/// What an engine reports of its load (vLLM's `num_requests_waiting`, `num_requests_running`
-/// and `kv_cache_usage_perc`; SGLang's `num_queue_reqs`, `num_running_reqs`, `token_usage`),
-/// scraped from its metrics or read from a load-report header.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// What an engine reports of its queue (vLLM's `num_requests_waiting` and
+/// `num_requests_running`; SGLang's `num_queue_reqs` and `num_running_reqs`), scraped from its
+/// metrics or read from a load-report header. The policy counts the requests other routers
+/// have there: the report's, less this router's own at the time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineLoad {
     /// Requests waiting to be scheduled.
     pub waiting: u32,
     /// Requests running (prefilling or decoding).
     pub running: u32,
-    /// The share of the KV cache in use, 0 to 1.
-    pub kv_usage: f64,
 }
 
 #[derive(Debug, Default)]
@@ -27,8 +26,7 @@ pub(crate) struct Backlog {
     tokens: AtomicU64,
     /// How many such requests.
     requests: AtomicU64,
-    /// The engine's last report, packed: waiting (24 bits), running (24 bits), KV usage in
-    /// thousandths (16 bits).
+    /// The engine's last report, packed: waiting (32 bits), running (32 bits).
     report: AtomicU64,
     /// When it came, in nanoseconds after the index's epoch plus one (0: never).
     reported_at: AtomicU64,
@@ -46,11 +44,9 @@ pub(crate) struct Seen {
     pub(crate) others_waiting: u64,
     /// Requests other routers have there in all, by the same report.
     pub(crate) others_in_flight: u64,
-    /// The engine's KV usage by that report.
-    pub(crate) kv_usage: f64,
 }
 
-const MASK24: u64 = (1 << 24) - 1;
+const LOW: u64 = 0xffff_ffff;
 
 impl Backlog {
     pub(crate) fn add(&self, tokens: u64) {
@@ -64,12 +60,9 @@ impl Backlog {
     }
 
     pub(crate) fn report(&self, load: EngineLoad, own_in_flight: usize, at: u64) {
-        let kv = (load.kv_usage.clamp(0.0, 1.0) * 1000.0).round() as u64;
-        let packed = u64::from(load.waiting).min(MASK24)
-            | u64::from(load.running).min(MASK24) << 24
-            | kv << 48;
-        let pending = self.requests.load(Relaxed).min(u64::from(u32::MAX));
-        let own = pending | (own_in_flight as u64).min(u64::from(u32::MAX)) << 32;
+        let packed = u64::from(load.waiting) | u64::from(load.running) << 32;
+        let pending = self.requests.load(Relaxed).min(LOW);
+        let own = pending | (own_in_flight as u64).min(LOW) << 32;
         self.own_at_report.store(own, Relaxed);
         self.report.store(packed, Relaxed);
         self.reported_at.store(at.saturating_add(1), Relaxed);
@@ -87,11 +80,10 @@ impl Backlog {
         if at != 0 && now.saturating_sub(at - 1) <= max_age {
             let packed = self.report.load(Relaxed);
             let own = self.own_at_report.load(Relaxed);
-            let (waiting, running) = (packed & MASK24, packed >> 24 & MASK24);
-            let (own_pending, own_in_flight) = (own & 0xffff_ffff, own >> 32);
+            let (waiting, running) = (packed & LOW, packed >> 32);
+            let (own_pending, own_in_flight) = (own & LOW, own >> 32);
             seen.others_waiting = waiting.saturating_sub(own_pending);
             seen.others_in_flight = (waiting + running).saturating_sub(own_in_flight);
-            seen.kv_usage = (packed >> 48) as f64 / 1000.0;
         }
         seen
     }

@@ -261,7 +261,6 @@ fn other_routers_work_is_read_from_fresh_reports_only() {
         EngineLoad {
             waiting: 5,
             running: 16,
-            kv_usage: 0.5,
         },
         t0,
     );
@@ -305,7 +304,6 @@ fn other_routers_work_is_read_from_fresh_reports_only() {
         EngineLoad {
             waiting: 3,
             running: 1,
-            kv_usage: 0.1,
         },
         t0,
     );

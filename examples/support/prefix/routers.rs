@@ -270,7 +270,6 @@ impl Router for Prefix {
             let load = EngineLoad {
                 waiting: m.waiting,
                 running: m.running,
-                kv_usage: m.kv_usage,
             };
             self.policy.report(e, load, at);
         }
