@@ -70,6 +70,12 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// Records a chain as held now (see [`PrefixIndex::stored`]).
+    pub(crate) fn store(&self, chain: &[u64]) {
+        // A record whose set was just replaced refuses the write; the new set takes it.
+        while !self.blocks.load().touch(chain) {}
+    }
+
     /// How many leading blocks of `chain` the record lists.
     #[inline]
     pub(crate) fn matched(&self, chain: &[u64]) -> usize {
@@ -131,8 +137,7 @@ impl PrefixIndex {
     /// there, or the engine reported storing them): each is added or refreshed, the least
     /// recently used making room.
     pub fn stored(&self, endpoint: &Endpoint, blocks: &[u64]) {
-        let record = self.record(endpoint);
-        while !record.blocks.load().touch(blocks) {}
+        self.record(endpoint).store(blocks);
     }
 
     /// Records that the endpoint's engine evicted these blocks.

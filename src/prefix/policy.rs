@@ -354,11 +354,13 @@ impl PrefixPolicy {
     /// Records that a request with these blocks was sent to `endpoint` as `choice` said: the
     /// index lists its blocks there, and its prefill counts in the endpoint's backlog until
     /// the returned placement hears of its first token or is dropped.
+    #[must_use = "the prefill counts in the backlog only while the placement is held"]
     pub fn placed(&self, endpoint: &Endpoint, blocks: &[u64], choice: &Choice) -> Placement {
-        self.index.stored(endpoint, blocks);
+        let record = self.index.record(endpoint);
+        record.store(blocks);
         ewma(&self.shared.new_tokens, choice.new_tokens as f64);
         Placement::new(
-            self.index.record(endpoint),
+            record,
             Arc::clone(&self.shared),
             choice.new_tokens,
             choice.cached_blocks,
