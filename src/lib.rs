@@ -47,6 +47,8 @@
 //! - [`affinity`]: the `StreamAffinity` layer: sessions and streams back to their instance.
 //! - [`failover`]: the `Failover` layer: retries elsewhere, across tiers, within a budget.
 //! - [`route`]: the `Route` layer: what each request needs and how much work it brings.
+//! - [`prefix`]: prefix-cache-aware routing: block keys, the per-endpoint prefix index, the
+//!   policy that trades cached prefix against queued work.
 //! - [`capability`]: what an endpoint can serve and what a request requires.
 //! - [`health`]: the `HealthFilter` layer: ejection, cooldown, half-open trials, probes.
 //! - [`classify`]: how an outcome is judged (HTTP status, gRPC status, errors): one classifier,
@@ -119,6 +121,7 @@ mod peek;
 mod per_clone;
 pub mod pick;
 pub mod pool;
+pub mod prefix;
 pub mod report;
 mod rng;
 pub mod route;

@@ -1,0 +1,168 @@
+//! Prefix-aware routing allocates nothing once warm: block keys, the index's look-up, the
+//! policy's pick, and recording a placement. Counted with a global allocator that counts this
+//! thread's allocations.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use rand::{rngs::SmallRng, SeedableRng};
+use tokio::time::Instant;
+use tower_ai_balance::{
+    pick::Filter,
+    prefix::{
+        with_scratch, BlockHasher, ChatMessages, EngineLoad, ExtractBlocks, PrefixIndex,
+        PrefixPolicy,
+    },
+    Endpoint, EndpointConfig,
+};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn the_counter_sees_an_allocation() {
+    assert_eq!(
+        allocations_during(|| drop(std::hint::black_box(Vec::<u8>::with_capacity(8)))),
+        1
+    );
+}
+
+fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+    (0..n)
+        .map(|i| Endpoint::new(EndpointConfig::new(format!("gpu-{i}"))).unwrap())
+        .collect()
+}
+
+#[test]
+fn picks_and_placements_allocate_nothing_once_warm() {
+    for (n, blocks) in [(8, 16), (8, 160), (64, 16), (64, 160)] {
+        let eps = endpoints(n);
+        let policy = PrefixPolicy::new(Arc::new(PrefixIndex::new(4_096)), 512)
+            .and_then(|p| p.prefill_rate(40_000.0))
+            .and_then(|p| p.slots(16))
+            .unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        // Conversations of `blocks` blocks; half of every prompt is cached somewhere.
+        let prompts: Vec<Vec<u64>> = (0..64u64)
+            .map(|c| (0..blocks as u64).map(|i| c << 32 | i).collect())
+            .collect();
+        let tokens = 512 * blocks as u64;
+        let now = Instant::now();
+        // Warm-up: every endpoint's record, the scratch buffers, every prompt stored once.
+        for (i, p) in prompts.iter().enumerate() {
+            policy.index().stored(&eps[i % n], &p[..blocks / 2]);
+        }
+        for e in &eps {
+            policy.report(
+                e,
+                EngineLoad {
+                    waiting: 1,
+                    running: 4,
+                },
+                now,
+            );
+        }
+        for p in &prompts {
+            let c = policy
+                .pick(&eps, &Filter::new().at(now), p, tokens, &mut rng)
+                .unwrap();
+            policy.placed(&eps[c.index], p, &c).first_token(now);
+        }
+        let count = allocations_during(|| {
+            for round in 0..20 {
+                for p in &prompts {
+                    let filter = Filter::new().at(now);
+                    let c = policy.pick(&eps, &filter, p, tokens, &mut rng).unwrap();
+                    assert!(policy.index().matched(&eps[c.index], p) >= c.cached_blocks);
+                    let mut placement = policy.placed(&eps[c.index], p, &c);
+                    if round % 2 == 0 {
+                        placement.first_token(now);
+                    }
+                    drop(placement);
+                }
+                policy.report(
+                    &eps[round % n],
+                    EngineLoad {
+                        waiting: 2,
+                        running: 8,
+                    },
+                    now,
+                );
+            }
+        });
+        assert_eq!(
+            count, 0,
+            "{n} endpoints, prompts of {blocks} blocks: {count} allocations"
+        );
+    }
+}
+
+#[test]
+fn block_keys_allocate_nothing_once_warm() {
+    let hasher = BlockHasher::new(16).unwrap();
+    let tokens: Vec<u32> = (0..4_096).collect();
+    let text: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let keys = ChatMessages::new(256).unwrap();
+    let body = serde_json::json!({
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "x".repeat(20_000)},
+            {"role": "user", "content": "y".repeat(40_000)},
+        ],
+    })
+    .to_string();
+    let request = http::Request::new(Full::new(Bytes::from(body)));
+    let run = || {
+        with_scratch(|out| {
+            hasher.tokens(&tokens, out);
+            hasher.bytes(&text, out);
+            let mut stream = hasher.stream();
+            for piece in text.chunks(1000) {
+                stream.push(piece, out);
+            }
+            assert!(keys.extract(&request, out).is_some());
+            out.len()
+        })
+    };
+    let expected = run();
+    let count = allocations_during(|| {
+        for _ in 0..50 {
+            assert_eq!(run(), expected);
+        }
+    });
+    assert_eq!(count, 0, "block keys allocated {count} times in 50 rounds");
+}
