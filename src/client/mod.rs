@@ -33,8 +33,8 @@
 //!     .build_pool()?;
 //! let stack = ServiceBuilder::new()
 //!     .layer(BufferBodyLayer::new(16 << 20))
-//!     .layer(FailoverLayer::new().first_chunk(Duration::from_secs(30)))
-//!     .layer(HealthFilterLayer::new(&pool))
+//!     .layer(FailoverLayer::builder().first_chunk(Duration::from_secs(30)).build()?)
+//!     .layer(HealthFilterLayer::new())
 //!     .layer(BalanceLayer::new())
 //!     .service(pool);
 //! # let _ = stack;
