@@ -23,8 +23,9 @@ pub enum Outcome {
     /// The endpoint failed: a connect error, a timeout, a 5xx, a reset mid-body, a gRPC
     /// `UNAVAILABLE` or `INTERNAL`.
     Failure,
-    /// The endpoint is rate-limiting: 429, 503 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`.
-    /// Not broken; cool it down.
+    /// The endpoint is rate-limiting or overloaded and says so: 429, Anthropic's 529
+    /// `overloaded_error`, a 503 with `Retry-After` (OpenAI's overload), gRPC
+    /// `RESOURCE_EXHAUSTED`. Not broken; cool it down.
     RateLimited {
         /// How long it asked to be left alone, if it said and the header parsed.
         retry_after: Option<Duration>,
@@ -63,7 +64,7 @@ pub trait Classify: Send + Sync + 'static {
     }
 }
 
-/// HTTP and gRPC: 429 and 503-with-`Retry-After` are rate limits, other 5xx failures, other 4xx
+/// HTTP and gRPC: 429, 529 and 503-with-`Retry-After` are rate limits, other 5xx failures, other 4xx
 /// the client's fault; a `grpc-status` (in a trailers-only head, or in the trailers) is judged
 /// by its code.
 #[derive(Debug, Clone, Copy, Default)]
@@ -77,6 +78,7 @@ impl Classify for DefaultClassifier {
                 .and_then(|v| parse_retry_after(v, SystemTime::now()))
         };
         let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
+            || status.as_u16() == 529
             || (status == StatusCode::SERVICE_UNAVAILABLE
                 && headers.contains_key(http::header::RETRY_AFTER));
         if rate_limited {
@@ -152,6 +154,17 @@ mod tests {
         assert_eq!(head(500, &[]), Outcome::Failure);
         assert_eq!(head(502, &[]), Outcome::Failure);
         assert_eq!(head(503, &[]), Outcome::Failure);
+        assert_eq!(
+            head(529, &[]),
+            Outcome::RateLimited { retry_after: None },
+            "Anthropic's overloaded_error"
+        );
+        assert_eq!(
+            head(529, &[("retry-after", "4")]),
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(4))
+            }
+        );
         assert_eq!(
             head(503, &[("retry-after", "7")]),
             Outcome::RateLimited {
