@@ -65,6 +65,37 @@ impl fmt::Display for NoEndpoints {
 
 impl std::error::Error for NoEndpoints {}
 
+/// Every endpoint that could serve the request is cooling down after a rate limit (a 429, a
+/// 529, a 503 with `Retry-After`): none is sent a request before its time, panic mode or not.
+/// Says when the first comes back.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    retry_after: Duration,
+}
+
+impl RateLimited {
+    pub(crate) fn new(retry_after: Duration) -> Self {
+        Self { retry_after }
+    }
+
+    /// How long until the first of them comes back.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate-limited: every endpoint that could serve is cooling down (the first returns in {:?})",
+            self.retry_after
+        )
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
 /// Every eligible endpoint is at its maximum concurrency, and the request could not wait
 /// (no queue, the queue was full, or the wait timed out).
 #[derive(Debug, Clone)]

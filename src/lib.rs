@@ -135,7 +135,7 @@ pub use crate::{
     affinity::{StreamAffinity, StreamAffinityLayer},
     balance::{Balance, BalanceLayer},
     endpoint::{Endpoint, EndpointConfig, Health, Key},
-    error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, Timeout},
+    error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, RateLimited, Timeout},
     failover::{Failover, FailoverLayer},
     health::{HealthFilter, HealthFilterLayer, HealthPolicy},
     pool::Pool,

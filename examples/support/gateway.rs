@@ -17,12 +17,11 @@ use http_body_util::Full;
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 use tower_ai_balance::{
     affinity::StreamAffinityLayer,
-    capability::Unsatisfiable,
-    error::AttemptsFailed,
     failover::FailoverLayer,
     health::HealthFilterLayer,
+    http_error::openai_response,
     route::{OpenAiRules, RouteLayer, Rules},
-    BalanceLayer, BoxError, EndpointConfig, NoEndpoints, Overloaded, Pool,
+    BalanceLayer, BoxError, EndpointConfig, Pool,
 };
 
 use super::model_server::Upstream;
@@ -152,28 +151,10 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
+/// The stack's error as an OpenAI client expects it: a status by what failed (429 with
+/// `Retry-After` when every upstream is rate-limited), a message that names no upstream.
 fn error_for(e: &BoxError) -> Response {
-    if let Some(u) = e.downcast_ref::<Unsatisfiable>() {
-        return error(StatusCode::NOT_FOUND, &u.to_string(), None);
-    }
-    if e.is::<Overloaded>() {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            &e.to_string(),
-            Some(Duration::from_secs(1)),
-        );
-    }
-    if let Some(n) = e.downcast_ref::<NoEndpoints>() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &n.to_string(),
-            n.retry_after(),
-        );
-    }
-    if let Some(a) = e.downcast_ref::<AttemptsFailed>() {
-        return error(StatusCode::BAD_GATEWAY, &a.to_string(), a.retry_after());
-    }
-    error(StatusCode::BAD_GATEWAY, &e.to_string(), None)
+    openai_response(e).map(Body::new)
 }
 
 /// An error in the OpenAI format, with `Retry-After` when it is known.

@@ -416,12 +416,7 @@ async fn handle(
             }
             return Ok(r);
         }
-        Mode::RateLimit(s) => {
-            let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-            r.headers_mut()
-                .insert("retry-after", s.to_string().parse().unwrap());
-            return Ok(r);
-        }
+        Mode::RateLimit(s) => return Ok(rate_limited(s)),
         Mode::Hang => std::future::pending::<()>().await,
         // An error from the service makes hyper close the connection unanswered.
         Mode::Garbage => return Err(std::io::Error::other("closing unanswered")),
@@ -502,6 +497,22 @@ async fn handle(
     r.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());
     Ok(r)
+}
+
+/// OpenAI's 429: its error body, `Retry-After` (seconds) and rate-limit headers.
+fn rate_limited(retry_after: u8) -> Response<Body> {
+    let body = "{\"error\":{\"message\":\"Rate limit reached for requests\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}";
+    let mut r = full(StatusCode::TOO_MANY_REQUESTS, body);
+    let headers = r.headers_mut();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    headers.insert("retry-after", retry_after.to_string().parse().unwrap());
+    headers.insert("x-ratelimit-limit-requests", "60".parse().unwrap());
+    headers.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+    headers.insert(
+        "x-ratelimit-reset-requests",
+        format!("{retry_after}s").parse().unwrap(),
+    );
+    r
 }
 
 /// An endpoint's service: a shared hyper client that sends each request to one upstream.

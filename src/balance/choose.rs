@@ -9,7 +9,7 @@ use super::config::Config;
 use crate::{
     capability::Unsatisfiable,
     endpoint::Endpoint,
-    error::{BoxError, NoEndpoints, Overloaded},
+    error::{BoxError, NoEndpoints, Overloaded, RateLimited},
     hints::{Affinity, Cost, Exclude, FirstChunkJudged, Hinted, Picked, Require},
     load::LoadGuard,
     pick::{affine, Filter},
@@ -24,7 +24,8 @@ const ACQUIRE_TRIES: usize = 3;
 pub(crate) enum NoSlot {
     /// Some endpoint could serve, but all such are at their concurrency limit.
     AllFull,
-    /// No endpoint can serve this request ([`NoEndpoints`] or [`Unsatisfiable`]).
+    /// No endpoint can serve this request ([`NoEndpoints`], [`RateLimited`] or
+    /// [`Unsatisfiable`]).
     Unavailable(BoxError),
 }
 
@@ -95,8 +96,9 @@ impl<S: Clone> Chooser<S> {
             return Err(NoSlot::Unavailable(unmet.into()));
         }
         match why_no_slot(snapshot, &filter) {
-            NoSlot::Unavailable(_) if self.config.panic_mode => {
-                // Health leaves nothing: route to every endpoint rather than fail everything.
+            // Health leaves nothing: route to every endpoint rather than fail everything, but
+            // for those cooling down, whose back-off is the provider's word.
+            NoSlot::Unavailable(e) if self.config.panic_mode && !e.is::<RateLimited>() => {
                 let filter = filter.ignore_health();
                 let picked = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_any_at);
                 self.pool.note_panic(picked.is_some());
@@ -165,9 +167,17 @@ impl<S: Clone> Chooser<S> {
     }
 }
 
-/// The cold path after a failed pick: is it capacity, or availability?
+/// The cold path after a failed pick: is it capacity, or availability? When every endpoint
+/// that could serve this request is cooling down after a rate limit, a [`RateLimited`] that
+/// says when the first comes back; otherwise [`NoEndpoints`], with when the first cooling or
+/// ejected endpoint does.
 fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoSlot {
+    let now = filter.now();
     let mut back: Option<Instant> = None;
+    // The first end of a cooldown among the endpoints this request wants, and whether every
+    // such endpoint is cooling down.
+    let mut cooled: Option<Instant> = None;
+    let mut all_cooling = true;
     for entry in snapshot.entries() {
         let e = entry.endpoint();
         if filter.serves(e) {
@@ -177,9 +187,17 @@ fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoSlot {
             if let Some(at) = e.available_at() {
                 back = Some(back.map_or(at, |b| b.min(at)));
             }
+            if filter.wants(e) {
+                match e.cooling_until(now) {
+                    Some(at) => cooled = Some(cooled.map_or(at, |c| c.min(at))),
+                    None => all_cooling = false,
+                }
+            }
         }
     }
-    let now = filter.now();
+    if let Some(at) = cooled.filter(|_| all_cooling) {
+        return NoSlot::Unavailable(RateLimited::new(at.saturating_duration_since(now)).into());
+    }
     NoSlot::Unavailable(
         NoEndpoints::unavailable(back.map(|at| at.saturating_duration_since(now))).into(),
     )

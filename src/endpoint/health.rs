@@ -194,6 +194,22 @@ impl HealthCell<'_> {
         }
     }
 
+    /// Whether panic mode may send a request now: whatever the health, unless a cooldown is
+    /// in force. Panic mode overrides outlier ejection, a guess about health; a provider's
+    /// explicit back-off is honoured, panic or not.
+    #[inline]
+    pub(crate) fn allows_in_panic(self, now: &LazyNow) -> bool {
+        let raw = self.word.0.load(SeqCst);
+        raw & 3 != COOLING || self.until(raw) <= now.get()
+    }
+
+    /// Whether a cooldown is in force at `now`; when it ends if so.
+    pub(crate) fn cooling_until(self, now: Instant) -> Option<Instant> {
+        let raw = self.word.0.load(SeqCst);
+        let until = self.until(raw);
+        (raw & 3 == COOLING && until > now).then_some(until)
+    }
+
     /// `weight` as the pick sees it: reduced while slow-starting.
     #[inline]
     pub(crate) fn effective_weight(self, weight: f64, now: &LazyNow) -> f64 {

@@ -442,6 +442,22 @@ impl Endpoint {
         self.health_cell().allows(now, include_held)
     }
 
+    /// Whether the health lets a request through now; in panic mode (`ignore_health`) only a
+    /// cooldown in force keeps it out.
+    #[inline]
+    fn health_lets_through(&self, now: &LazyNow, ignore_health: bool, include_held: bool) -> bool {
+        if ignore_health {
+            self.health_cell().allows_in_panic(now)
+        } else {
+            self.health_allows(now, include_held)
+        }
+    }
+
+    /// When the cooldown in force at `now` ends, if one is.
+    pub(crate) fn cooling_until(&self, now: Instant) -> Option<Instant> {
+        self.health_cell().cooling_until(now)
+    }
+
     /// The weight as the pick sees it: reduced while slow-starting.
     #[inline]
     pub(crate) fn effective_weight(&self, now: &LazyNow) -> f64 {
@@ -471,7 +487,7 @@ impl Endpoint {
     ) -> bool {
         self.admission.weight.load(SeqCst) != 0
             && !self.admission.slots.is_removed()
-            && (ignore_health || self.health_allows(now, include_held))
+            && self.health_lets_through(now, ignore_health, include_held)
     }
 
     /// The pick's first question, from one load and one comparison: the in-flight count if
@@ -505,7 +521,7 @@ impl Endpoint {
             // The gate is about to open.
             return Some((in_flight, weight));
         }
-        (ignore_health || self.health_allows(now, include_held))
+        self.health_lets_through(now, ignore_health, include_held)
             .then(|| (in_flight, self.effective_weight(now)))
     }
 

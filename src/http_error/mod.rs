@@ -13,6 +13,7 @@
 //! | [`BadRequest`](crate::route::BadRequest): a body routing cannot read | 400 (`invalid_request_body`) |
 //! | [`Unsatisfiable`]: no endpoint serves the model | 404 (`model_not_found`) |
 //! | [`Unsatisfiable`]: the context window, or other requirements | 400 |
+//! | [`RateLimited`]: every upstream that could serve is cooling down | 429 + `Retry-After` |
 //! | [`NoEndpoints`] | 503, with `Retry-After` when the first endpoint returns |
 //! | [`Overloaded`] | 503, `Retry-After: 1` |
 //! | [`AttemptsFailed`], [`NotReplayable`]: every attempt rate-limited (429) | 429 + `Retry-After` |
@@ -25,7 +26,9 @@
 //!
 //! Where the error carries the upstream's own answer ([`UpstreamAnswer`]: a 429 with the
 //! provider's body and rate-limit headers) and exactly one attempt was made, that answer is
-//! passed through instead.
+//! passed through instead. ([`Failover`](crate::failover::Failover) itself hands the caller
+//! the only attempt's own 429 (or 529, or 503 with `Retry-After`) as a response, unchanged,
+//! when no other endpoint can be tried; it never reaches this function.)
 //!
 //! [`OpenAiErrorsLayer`] puts it on a stack: errors become answers, and the service's error
 //! type is `Infallible`, as axum's `Router::route_service` requires.
@@ -57,7 +60,7 @@ use crate::{
     capability::{Unmet, Unsatisfiable},
     error::{
         Attempt, AttemptFailure, AttemptsFailed, BoxError, ConfigError, EndpointError, GaveUp,
-        NoEndpoints, NotReplayable, Overloaded, Stalled, Timeout,
+        NoEndpoints, NotReplayable, Overloaded, RateLimited, Stalled, Timeout,
     },
     json::write::openai_error_body,
 };
@@ -152,6 +155,14 @@ impl ErrorReply {
                 )
                 .code("unsatisfiable"),
             };
+        }
+        if let Some(e) = error.downcast_ref::<RateLimited>() {
+            return Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "every upstream that could serve this request is rate-limited",
+            )
+            .retry_after(Some(e.retry_after()))
+            .code("rate_limit_exceeded");
         }
         if let Some(e) = error.downcast_ref::<NoEndpoints>() {
             return Self::new(StatusCode::SERVICE_UNAVAILABLE, "no upstream is available")
@@ -438,6 +449,10 @@ mod tests {
         let cooling = NoEndpoints::unavailable(Some(Duration::from_millis(1200)));
         let (s, retry, _) = reply(Box::new(cooling)).await;
         assert_eq!((s.as_u16(), retry.as_deref()), (503, Some("2")));
+        let (s, retry, body) =
+            reply(Box::new(RateLimited::new(Duration::from_millis(59_100)))).await;
+        assert_eq!((s.as_u16(), retry.as_deref()), (429, Some("60")));
+        assert_eq!(body["error"]["type"], "rate_limit_error");
         let (s, retry, _) = reply(Box::new(Overloaded::new(None))).await;
         assert_eq!((s.as_u16(), retry.as_deref()), (503, Some("1")));
 

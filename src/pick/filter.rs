@@ -95,7 +95,9 @@ impl<'a> Filter<'a> {
         self
     }
 
-    /// Passes over health: panic mode, when health would leave no endpoint at all.
+    /// Passes over outlier health (ejections, soft ejections): panic mode, when health would
+    /// leave no endpoint at all. An endpoint cooling down after a rate limit stays out until
+    /// its time: a provider's explicit back-off is not a guess about health.
     pub fn ignore_health(mut self) -> Self {
         self.ignore_health = true;
         self.include_held = true;
@@ -138,7 +140,7 @@ impl<'a> Filter<'a> {
 
     /// The request's own conditions: not excluded, requirements met.
     #[inline(always)]
-    fn wants(&self, e: &Endpoint) -> bool {
+    pub(crate) fn wants(&self, e: &Endpoint) -> bool {
         self.unmasked(e) || self.admits(e)
     }
 
