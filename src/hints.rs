@@ -83,6 +83,8 @@ pub struct Exclude {
     /// One bit per id modulo 64: a clear bit rules an endpoint out of the list at once, so the
     /// pick checks the list only for one endpoint in 64 or so.
     mask: u64,
+    /// Every endpoint in a tier below this one is excluded too (0: none is).
+    tier_floor: u32,
 }
 
 impl Exclude {
@@ -99,28 +101,44 @@ impl Exclude {
         }
     }
 
+    /// Also excludes every endpoint in a tier below `tier` (lower tiers are preferred, so
+    /// this sends the request on to `tier` or beyond). A second call keeps the higher floor.
+    pub fn tiers_below(&mut self, tier: u32) {
+        self.tier_floor = self.tier_floor.max(tier);
+    }
+
+    /// The tier below which every endpoint is excluded (0: no tier is).
+    pub fn tier_floor(&self) -> u32 {
+        self.tier_floor
+    }
+
     /// Whether the endpoint is excluded.
     #[inline]
     pub fn contains(&self, endpoint: &Endpoint) -> bool {
         let id = endpoint.id();
-        self.mask & (1 << (id % 64)) != 0 && self.ids.contains(&id)
+        (self.mask & (1 << (id % 64)) != 0 && self.ids.contains(&id))
+            || endpoint.tier() < self.tier_floor
     }
 
     /// One bit per excluded id modulo 64, for a caller to keep in a register: a clear bit says
-    /// an endpoint is not excluded.
+    /// an endpoint is not excluded. Every bit is set while whole tiers are excluded.
     #[inline]
     pub(crate) fn mask(&self) -> u64 {
-        self.mask
+        if self.tier_floor > 0 {
+            !0
+        } else {
+            self.mask
+        }
     }
 
-    /// How many endpoints are excluded.
+    /// How many endpoints are excluded by name (whole tiers aside).
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
-    /// Whether no endpoint is excluded.
+    /// Whether nothing is excluded: no endpoint, no tier.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.ids.is_empty() && self.tier_floor == 0
     }
 }
 

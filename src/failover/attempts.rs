@@ -15,13 +15,15 @@ use super::{
     first_chunk, hedge,
     replay::Head,
     settings::Settings,
-    step::{judge, Step},
+    step::{judge, Failed, Step},
     Replay, ResponseBody,
 };
 use crate::{
     clock::later,
-    endpoint::Endpoint,
-    error::{Attempt, AttemptsFailed, BoxError, GaveUp, NoEndpoints, NotReplayable},
+    error::{
+        Attempt, AttemptsFailed, BoxError, GaveUp, NoEndpoints, NotReplayable, Overloaded,
+        RateLimited,
+    },
     hints::{Exclude, FirstChunkJudged, Judged, Picked, Served},
 };
 
@@ -54,8 +56,38 @@ impl Stop {
     }
 }
 
+impl Stop {
+    /// Whether the request stops without sending another attempt anywhere: no attempt, budget
+    /// or replayable body left, or nowhere left to send one (every endpoint excluded, cooling
+    /// down or full).
+    fn sent_nothing_more(&self) -> bool {
+        match self {
+            Stop::Attempts | Stop::Budget | Stop::NotReplayable => true,
+            Stop::Deadline => false,
+            Stop::Error(e) => {
+                e.is::<NoEndpoints>() || e.is::<RateLimited>() || e.is::<Overloaded>()
+            }
+        }
+    }
+}
+
+/// What a request that gives up comes to: the error, with what it stopped for and every
+/// failed attempt; or, where exactly one attempt was made, it was rate-limited and nothing
+/// else could be tried, the upstream's own answer (`answer`), as the caller would have had it
+/// without `Failover`: the provider's status, body and rate-limit headers.
+pub(crate) fn give_up<RB: Body>(
+    failed: Vec<Attempt>,
+    answer: Option<Response<ResponseBody<RB>>>,
+    stop: Stop,
+) -> Result<Response<ResponseBody<RB>>, BoxError> {
+    match answer {
+        Some(answer) if failed.len() == 1 && stop.sent_nothing_more() => Ok(answer),
+        _ => Err(gave_up(failed, stop)),
+    }
+}
+
 /// The error a request that gives up returns: what it stopped for, with every failed attempt.
-pub(crate) fn give_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
+fn gave_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
     let gave_up = match stop {
         Stop::Attempts => GaveUp::Attempts,
         Stop::Budget => GaveUp::Budget,
@@ -64,10 +96,13 @@ pub(crate) fn give_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
         Stop::Error(error) if failed.is_empty() => return error,
         Stop::Error(error) => {
             // Every endpoint left was tried, or none can serve: say when one comes back.
-            let Some(no_endpoints) = error.downcast_ref::<NoEndpoints>() else {
+            let back = if let Some(no_endpoints) = error.downcast_ref::<NoEndpoints>() {
+                no_endpoints.retry_after()
+            } else if let Some(limited) = error.downcast_ref::<RateLimited>() {
+                Some(limited.retry_after())
+            } else {
                 return error;
             };
-            let back = no_endpoints.retry_after();
             return AttemptsFailed::new(failed, GaveUp::NoEndpoints, back).into();
         }
     };
@@ -75,7 +110,7 @@ pub(crate) fn give_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
 }
 
 /// A request's attempts after (or from) the first: what each needs, and what failed so far.
-pub(crate) struct Attempts<S, B> {
+pub(crate) struct Attempts<S, B, RB: Body> {
     settings: Arc<Settings>,
     /// The inner service, cloned for each attempt.
     service: S,
@@ -84,12 +119,19 @@ pub(crate) struct Attempts<S, B> {
     template: Option<B>,
     exclude: Exclude,
     failed: Vec<Attempt>,
+    /// The highest tier of an endpoint that failed an attempt.
+    tier_tried: Option<u32>,
+    /// Attempts made and failed: a hedged attempt whose two calls both failed counts once.
+    made: usize,
+    /// The only failed attempt's own answer to a rate limit, while it is the only one.
+    answer: Option<Response<ResponseBody<RB>>>,
     deadline: Option<Instant>,
 }
 
-impl<S, B> Attempts<S, B>
+impl<S, B, RB> Attempts<S, B, RB>
 where
     B: Replay,
+    RB: Body,
 {
     /// Before the first attempt, which the caller sends: the deadline starts now.
     pub(crate) fn new(
@@ -99,36 +141,56 @@ where
         template: Option<B>,
     ) -> Self {
         let deadline = settings.deadline.map(|d| later(Instant::now(), d));
+        let exclude = head.exclude();
         Self {
             settings,
             service,
             head,
             template,
-            exclude: Exclude::new(),
+            exclude,
             failed: Vec::new(),
+            made: 0,
+            tier_tried: None,
+            answer: None,
             deadline,
         }
     }
 
-    /// Records a failed attempt: its endpoint is excluded from the next.
-    pub(crate) fn failed(&mut self, failure: Attempt, endpoint: Option<Arc<Endpoint>>) {
-        if let Some(endpoint) = endpoint {
-            self.exclude.insert(&endpoint);
+    /// Records failed attempts: their endpoints are excluded from the next.
+    pub(crate) fn failed(&mut self, failed: Vec<Failed<RB>>) {
+        self.made += 1;
+        for Failed {
+            attempt,
+            endpoint,
+            answer,
+        } in failed
+        {
+            if let Some(endpoint) = endpoint {
+                self.exclude.insert(&endpoint);
+                self.tier_tried = self.tier_tried.max(Some(endpoint.tier()));
+            }
+            tracing::debug!(attempt = self.failed.len() + 1, endpoint = ?attempt.endpoint, "attempt failed; failing over");
+            self.failed.push(attempt);
+            self.answer = answer.filter(|_| self.failed.len() == 1);
         }
-        tracing::debug!(attempt = self.failed.len() + 1, endpoint = ?failure.endpoint, "attempt failed; failing over");
-        self.failed.push(failure);
+    }
+
+    /// Gives up for `stop`: see [`give_up`].
+    fn give_up(self, stop: Stop) -> Result<Response<ResponseBody<RB>>, BoxError> {
+        give_up(self.failed, self.answer, stop)
     }
 }
 
-impl<S, B> Attempts<S, B>
+impl<S, B, RB> Attempts<S, B, RB>
 where
     S: Service<Request<B>> + Clone + Send + 'static,
     B: Replay + Send + 'static,
+    RB: Body,
 {
     /// The service and body for the next attempt, or why there is none.
     fn next(&self) -> Result<(S, B), Stop> {
         let template = self.template.as_ref();
-        let body = Stop::before_retry(self.settings.attempts, self.failed.len(), || {
+        let body = Stop::before_retry(self.settings.attempts, self.made, || {
             template.and_then(Replay::replay)
         })?;
         if !self.settings.budget.withdraw() {
@@ -139,7 +201,7 @@ where
 
     /// Runs the attempts, from `first` (the first attempt's service and body) or from the next
     /// retry, until one succeeds or the request gives up.
-    pub(crate) async fn run<RB>(
+    pub(crate) async fn run(
         mut self,
         mut first: Option<(S, B)>,
     ) -> Result<Response<ResponseBody<RB>>, BoxError>
@@ -155,33 +217,30 @@ where
             let next = first.take().map_or_else(|| self.next(), Ok);
             let (service, body) = match next {
                 Ok(next) => next,
-                Err(stop) => return Err(give_up(self.failed, stop)),
+                Err(stop) => return self.give_up(stop),
             };
-            // A hedge needs a second service and a second copy of the body, made before waiting.
-            let hedge_copy = self
-                .settings
-                .hedge
-                .and_then(|_| self.template.as_ref().and_then(Replay::replay))
-                .map(|copy| (self.service.clone(), copy));
-            let span = tracing::debug_span!(
-                "attempt",
-                n = self.failed.len() + 1,
-                excluded = self.exclude.len()
-            );
-            let attempt = attempt(
-                &self.settings,
-                (service, body),
-                hedge_copy,
-                &self.head,
-                &self.exclude,
-            )
-            .instrument(span);
-            let step = match self.deadline {
-                None => attempt.await,
-                Some(at) => match tokio::time::timeout_at(at, attempt).await {
-                    Ok(step) => step,
-                    Err(_) => return Err(give_up(self.failed, Stop::Deadline)),
-                },
+            // The last attempt allowed goes past the tiers tried, when a tier beyond serves.
+            let past = self.past_tiers_tried();
+            let exclude = past.as_ref().unwrap_or(&self.exclude);
+            let hedge_copy = self.hedge_copy();
+            let sent = send(self.sending(), (service, body), hedge_copy, exclude).await;
+            let step = match sent {
+                // No tier beyond serves: the attempt stays in the tiers tried.
+                Ok(Step::Fail(e)) if past.is_some() && e.is::<NoEndpoints>() => {
+                    match self.template.as_ref().and_then(Replay::replay) {
+                        None => Ok(Step::Fail(e)),
+                        Some(body) => {
+                            let first = (self.service.clone(), body);
+                            let hedge_copy = self.hedge_copy();
+                            send(self.sending(), first, hedge_copy, &self.exclude).await
+                        }
+                    }
+                }
+                sent => sent,
+            };
+            let step = match step {
+                Ok(step) => step,
+                Err(stop) => return self.give_up(stop),
             };
             match step {
                 Step::Done(mut response) => {
@@ -190,15 +249,46 @@ where
                     }
                     return Ok(response);
                 }
-                Step::Retry(failure, endpoint) => self.failed(failure, endpoint),
-                Step::Fail(error) => return Err(give_up(self.failed, Stop::Error(error))),
+                Step::Retry(failed) => self.failed(failed),
+                Step::Fail(error) => return self.give_up(Stop::Error(error)),
             }
         }
     }
 
+    /// The exclusion for the last attempt allowed, after one or more failed: the endpoints
+    /// tried and every tier up to the highest they were in. Without it a dead tier takes every
+    /// attempt (three endpoints refusing connections, three attempts) while the tier beyond
+    /// could have served; with it, a retry before the last still stays in the tier, where one
+    /// bad endpoint among good ones is retried on a good one.
+    fn past_tiers_tried(&self) -> Option<Exclude> {
+        let last = self.made >= 1 && self.made + 1 == self.settings.attempts;
+        let tier = self.tier_tried.filter(|_| last)?;
+        let mut past = self.exclude.clone();
+        past.tiers_below(tier.checked_add(1)?);
+        Some(past)
+    }
+
+    /// What every attempt is sent with.
+    fn sending(&self) -> Sending<'_> {
+        Sending {
+            settings: &self.settings,
+            head: &self.head,
+            deadline: self.deadline,
+            n: self.made + 1,
+        }
+    }
+
+    /// The second service and copy of the body a hedge needs, made before waiting.
+    fn hedge_copy(&self) -> Option<(S, B)> {
+        self.settings
+            .hedge
+            .and_then(|_| self.template.as_ref().and_then(Replay::replay))
+            .map(|copy| (self.service.clone(), copy))
+    }
+
     /// What the body needs to continue a broken stream elsewhere, if a policy is set and the
     /// request's body gives its bytes.
-    fn resumable<RB>(&self, response: &Response<ResponseBody<RB>>) -> Option<Resume<RB>>
+    fn resumable(&self, response: &Response<ResponseBody<RB>>) -> Option<Resume<RB>>
     where
         S: Service<Request<B>, Response = Response<RB>>,
         S::Error: Into<BoxError>,
@@ -231,6 +321,46 @@ where
             left: self.settings.attempts.saturating_sub(1),
             pending: None,
         })
+    }
+}
+
+/// What every attempt of a request is sent with (borrowed apart from the rest of
+/// [`Attempts`], which need not be `Sync`).
+struct Sending<'a> {
+    settings: &'a Settings,
+    head: &'a Head,
+    deadline: Option<Instant>,
+    /// The attempt's number, from 1.
+    n: usize,
+}
+
+/// Sends one attempt (hedged if so configured) with `exclude`; `Err` when the overall
+/// deadline passes first.
+async fn send<S, B, RB>(
+    sending: Sending<'_>,
+    first: (S, B),
+    hedge_copy: Option<(S, B)>,
+    exclude: &Exclude,
+) -> Result<Step<RB>, Stop>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body + Judged + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let span = tracing::debug_span!(
+        "attempt",
+        n = sending.n,
+        excluded = exclude.len(),
+        tier_floor = exclude.tier_floor()
+    );
+    let attempt =
+        attempt(sending.settings, first, hedge_copy, sending.head, exclude).instrument(span);
+    match sending.deadline {
+        None => Ok(attempt.await),
+        Some(at) => tokio::time::timeout_at(at, attempt)
+            .await
+            .map_err(|_| Stop::Deadline),
     }
 }
 

@@ -7,7 +7,11 @@ use bytes::Buf;
 use http::Response;
 use http_body::{Body, Frame};
 
-use super::{settings::Settings, step::Step, ResponseBody};
+use super::{
+    settings::Settings,
+    step::{Failed, Step},
+    ResponseBody,
+};
 use crate::{
     error::{Attempt, AttemptFailure, BoxError, Timeout},
     hints::{Judged, Served},
@@ -39,13 +43,13 @@ where
         .extensions()
         .get::<Served>()
         .map(|s| Arc::clone(s.endpoint()));
-    Step::Retry(
+    Step::retry(Failed::new(
         Attempt {
             endpoint: endpoint.as_ref().map(|e| e.key().clone()),
             failure: AttemptFailure::FirstChunk(failure),
         },
         endpoint,
-    )
+    ))
 }
 
 /// The first frame that is not empty data, unless the stream ends, fails or opens with an

@@ -16,7 +16,7 @@ use super::{
     attempts::{give_up, Attempts, Stop},
     context::Context as Shared,
     replay::Head,
-    step::{judge, Step},
+    step::{judge, Failed, Step},
     Replay, ResponseBody,
 };
 use crate::{error::BoxError, hints::Judged};
@@ -133,22 +133,28 @@ where
                     retry,
                     shared,
                 } => {
-                    let (failure, endpoint) = match judge(ready!(call.poll(cx)), None) {
+                    let mut failed = match judge(ready!(call.poll(cx)), None) {
                         Step::Done(response) => return Poll::Ready(Ok(response)),
                         Step::Fail(error) => {
-                            return Poll::Ready(Err(give_up(Vec::new(), Stop::Error(error))))
+                            return Poll::Ready(give_up(Vec::new(), None, Stop::Error(error)))
                         }
-                        Step::Retry(failure, endpoint) => (failure, endpoint),
+                        Step::Retry(failed) => failed,
                     };
                     let retry = retry.take().expect("polled after completion");
                     let Retry { head, template } = match retry {
                         Ok(retry) => retry,
-                        Err(stop) => return Poll::Ready(Err(give_up(vec![failure], stop))),
+                        Err(stop) => {
+                            // The in-place attempt is never hedged: one failure.
+                            let Failed {
+                                attempt, answer, ..
+                            } = failed.swap_remove(0);
+                            return Poll::Ready(give_up(vec![attempt], answer, stop));
+                        }
                     };
                     let settings = Arc::clone(&shared.settings);
                     let service = shared.service.clone();
                     let mut attempts = Attempts::new(settings, service, head, Some(template));
-                    attempts.failed(failure, endpoint);
+                    attempts.failed(failed);
                     this.state.set(State::Boxed {
                         future: Box::pin(attempts.run(None)),
                     });

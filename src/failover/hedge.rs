@@ -140,14 +140,22 @@ where
 }
 
 /// The first of two racing attempts to finish: kept if it succeeded, else the other is
-/// awaited.
+/// awaited. When both fail and both may be retried, both failures are kept: each endpoint is
+/// excluded from the next attempt and named in the error's list.
 async fn first_success<RB: Body>(
     step: Step<RB>,
     other: impl Future<Output = Step<RB>>,
 ) -> Step<RB> {
     match step {
         Step::Done(response) => Step::Done(response),
-        _ => other.await,
+        Step::Retry(mut lost) => match other.await {
+            Step::Retry(also) => {
+                lost.extend(also);
+                Step::Retry(lost)
+            }
+            step => step,
+        },
+        Step::Fail(_) => other.await,
     }
 }
 

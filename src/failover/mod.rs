@@ -6,7 +6,24 @@
 //! the request again with every endpoint already tried in an
 //! [`Exclude`](crate::hints::Exclude) hint, so `Balance` picks elsewhere; endpoints carry tiers
 //! (0 self-hosted, 1 a provider, 2 another), and since `Balance` takes the lowest tier with an
-//! available endpoint, excluding a tier's endpoints walks down the tiers.
+//! available endpoint, excluding a tier's endpoints walks down the tiers. A caller's own
+//! `Exclude` hint holds for every attempt.
+//!
+//! - **Tiers**: a retry stays in the tier while it has endpoints left to try (one bad endpoint
+//!   among good ones is retried on a good one), but the last attempt allowed goes past every
+//!   tier tried so far ([`Exclude::tiers_below`](crate::hints::Exclude::tiers_below)) when a
+//!   tier beyond has an endpoint that can serve, and stays where it is otherwise. Three dead
+//!   tier-0 endpoints and a healthy tier 1: the first request's third attempt is served by
+//!   tier 1 (Envoy's priority levels spill over in the same direction).
+//! - **Rate limits**: an endpoint that answered 429, 529 or 503 with `Retry-After` is cooling
+//!   down and gets no request before its time, panic mode or not. When every endpoint that
+//!   could serve is cooling down the request fails at once with
+//!   [`RateLimited`](crate::error::RateLimited), which says when the first comes back. When
+//!   exactly one attempt was made, it was rate-limited and nothing else could be tried,
+//!   `Failover` returns that upstream's own answer unchanged (status, body, `Retry-After`
+//!   and rate-limit headers), as the caller would have had it without `Failover`.
+//! - **Hedges**: when both sides of a hedge race fail, both endpoints are excluded from the
+//!   next attempt and both are named in the error; the pair counts as one attempt.
 //!
 //! - **Limits**: at most 3 attempts by default, each with `Balance`'s per-attempt timeout, all
 //!   within an optional overall deadline.

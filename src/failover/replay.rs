@@ -158,6 +158,15 @@ impl Head {
         }
     }
 
+    /// The endpoints the caller itself excluded (its own [`Exclude`] hint): every attempt
+    /// keeps them out, beside those already tried.
+    pub(crate) fn exclude(&self) -> Exclude {
+        self.extensions
+            .get::<Exclude>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The request for one attempt: the original head, a copy of its body, and the hints (a
     /// `Picked` cell only when something will read it: inserting one allocates).
     pub(crate) fn request<B>(

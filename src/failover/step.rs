@@ -17,9 +17,39 @@ use crate::{
 /// What one attempt came to.
 pub(crate) enum Step<RB: Body> {
     Done(Response<ResponseBody<RB>>),
-    /// A retriable failure, and the endpoint to exclude next time.
-    Retry(Attempt, Option<Arc<Endpoint>>),
+    /// Retriable failures: one, or two when both sides of a hedge failed.
+    Retry(Vec<Failed<RB>>),
     Fail(BoxError),
+}
+
+/// One failed call another endpoint might not have failed.
+pub(crate) struct Failed<RB: Body> {
+    /// What it came to, for the error's list of attempts.
+    pub(crate) attempt: Attempt,
+    /// The endpoint to exclude next time.
+    pub(crate) endpoint: Option<Arc<Endpoint>>,
+    /// The upstream's own answer to a rate limit (429, 529, 503 with `Retry-After`): kept, in
+    /// case no other attempt can be made, to reach the caller as it is, with the provider's
+    /// body and rate-limit headers.
+    pub(crate) answer: Option<Response<ResponseBody<RB>>>,
+}
+
+impl<RB: Body> Failed<RB> {
+    /// A failure with nothing to keep.
+    pub(crate) fn new(attempt: Attempt, endpoint: Option<Arc<Endpoint>>) -> Self {
+        Self {
+            attempt,
+            endpoint,
+            answer: None,
+        }
+    }
+}
+
+impl<RB: Body> Step<RB> {
+    /// A single retriable failure.
+    pub(crate) fn retry(failed: Failed<RB>) -> Self {
+        Step::Retry(vec![failed])
+    }
 }
 
 /// Judges a call's result by the verdict on its head (in [`Served`]) or on its error (in
@@ -38,37 +68,40 @@ where
                 .filter(|e| e.verdict().is_retriable())
                 .map(|e| Arc::clone(e.endpoint()));
             return match retriable {
-                Some(endpoint) => Step::Retry(
+                Some(endpoint) => Step::retry(Failed::new(
                     Attempt {
                         endpoint: Some(endpoint.key().clone()),
                         failure: AttemptFailure::Error(error),
                     },
                     Some(endpoint),
-                ),
+                )),
                 None => Step::Fail(error),
             };
         }
     };
     let served = response.extensions().get::<Served>();
-    let retry_after = match served.map_or(Outcome::Success, Served::verdict) {
-        Outcome::Failure => None,
-        Outcome::RateLimited { retry_after } => retry_after,
+    let (retry_after, rate_limited) = match served.map_or(Outcome::Success, Served::verdict) {
+        Outcome::Failure => (None, false),
+        Outcome::RateLimited { retry_after } => (retry_after, true),
         _ => return Step::Done(response.map(|body| ResponseBody::new(None, body))),
     };
     let endpoint = served
         .map(|s| Arc::clone(s.endpoint()))
         .or_else(|| picked.and_then(|p| p.get().cloned()));
     // The failure is known below, but a dropped body would pass for a cancellation: it ends
-    // as the failure it is, counted once, and dropping it releases the endpoint's slot.
+    // as the failure it is, counted once, and that releases the endpoint's slot.
     response.body_mut().report_failure();
-    Step::Retry(
-        Attempt {
-            endpoint: endpoint.as_ref().map(|e| e.key().clone()),
-            failure: AttemptFailure::Status {
-                status: response.status(),
-                retry_after,
-            },
+    let attempt = Attempt {
+        endpoint: endpoint.as_ref().map(|e| e.key().clone()),
+        failure: AttemptFailure::Status {
+            status: response.status(),
+            retry_after,
         },
+    };
+    let answer = rate_limited.then(|| response.map(|body| ResponseBody::new(None, body)));
+    Step::retry(Failed {
+        attempt,
         endpoint,
-    )
+        answer,
+    })
 }

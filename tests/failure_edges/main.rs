@@ -4,9 +4,13 @@
 //! in what a client sees, and settings at their extremes.
 #![allow(unreachable_pub)]
 
+#[path = "../../examples/support/gateway.rs"]
+mod gateway;
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod failover_promises;
 mod keys;
+mod rate_limits;
