@@ -66,7 +66,7 @@ impl RetryBudget {
     /// Records a request.
     pub fn deposit(&self) {
         let _ = self.tokens.fetch_update(SeqCst, SeqCst, |t| {
-            (t < self.cap).then(|| (t + self.deposit).min(self.cap))
+            (t < self.cap).then(|| t.saturating_add(self.deposit).min(self.cap))
         });
     }
 

@@ -11,6 +11,7 @@ mod model_server;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod extremes;
 mod failover_promises;
 mod keys;
 mod rate_limits;
