@@ -51,6 +51,7 @@ mod bad_request;
 mod future;
 #[cfg(feature = "openai")]
 mod openai;
+mod rewrite;
 mod rules;
 
 use std::{
@@ -63,9 +64,12 @@ use tower_service::Service;
 
 #[cfg(feature = "openai")]
 pub use self::openai::{OpenAiRequest, OpenAiRules};
+#[cfg(feature = "client")]
+pub(crate) use self::rewrite::rewrite;
 pub use self::{
     bad_request::BadRequest,
     future::ResponseFuture,
+    rewrite::{RewriteModel, RewriteModelLayer},
     rules::{Class, RequestInfo, Rules},
 };
 use crate::{
