@@ -303,3 +303,84 @@ async fn slow_start_ramps_the_returning_endpoints_share() {
         "m0's share rose from {first:.2} to {last:.2}"
     );
 }
+
+/// One probe that panics (when called, or while it runs) or hangs fails that endpoint's
+/// probe and nothing else: probing goes on, and an ejected endpoint whose probes succeed
+/// comes back.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_or_hangs_fails_its_endpoint_and_probing_goes_on() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use tower_ai_balance::Endpoint;
+
+    let pool: Pool<()> = Pool::new();
+    for key in [
+        "back",
+        "panics",
+        "panics-at-call",
+        "hangs",
+        "fine-0",
+        "fine-1",
+        "fine-2",
+    ] {
+        pool.insert(key, ()).unwrap();
+    }
+    let back = pool.get("back").unwrap();
+    back.set_health(Health::Ejected {
+        until: Instant::now() + Duration::from_secs(3600),
+    });
+    let mut p = policy();
+    p.max_ejected_fraction = 1.0;
+    let layer = HealthFilterLayer::builder().policy(p).build().unwrap();
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let probe = {
+        let rounds = Arc::clone(&rounds);
+        move |e: Arc<Endpoint>| {
+            let key = e.key().to_string();
+            if key == "panics-at-call" {
+                panic!("a probe with a bug");
+            }
+            if key == "fine-0" {
+                rounds.fetch_add(1, SeqCst);
+            }
+            async move {
+                match key.as_str() {
+                    "panics" => panic!("a probe with a bug"),
+                    "hangs" => std::future::pending().await,
+                    _ => true,
+                }
+            }
+        }
+    };
+    let mut config = ProbeConfig::default();
+    config.interval = ms(100);
+    config.timeout = ms(50);
+    let task = layer.spawn_probes(&pool, probe, config);
+
+    let start = Instant::now();
+    while matches!(back.health(), Health::Ejected { .. })
+        || !["panics", "panics-at-call", "hangs"]
+            .iter()
+            .all(|k| matches!(pool.get(k).unwrap().health(), Health::Ejected { .. }))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "probing stopped: after {} rounds, back is {:?}",
+            rounds.load(SeqCst),
+            back.health()
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+    let now = rounds.load(SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rounds.load(SeqCst) > now, "probing goes on");
+    for key in ["fine-0", "fine-1", "fine-2"] {
+        assert_eq!(pool.get(key).unwrap().health(), Health::Healthy);
+    }
+    assert!(!task.is_finished());
+    drop(pool);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the probe task ends with the pool")
+        .unwrap();
+}
