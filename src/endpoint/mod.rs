@@ -354,6 +354,15 @@ impl Endpoint {
         self.health_changed();
     }
 
+    /// Ends a cooldown that is over: the endpoint is back in the hold or the slow-start ramp
+    /// the cooldown interrupted, if that is not over too, else healthy. Returns whether it is
+    /// healthy now.
+    pub(crate) fn end_cooldown(&self, now: Instant) -> bool {
+        let healthy = self.health_cell().end_cooldown(now);
+        self.health_changed();
+        healthy
+    }
+
     /// Ejects until `until`, then lets `trials` requests through at a time until the health
     /// layer decides, if the pool's ejected share allows it: at most `max_fraction` of its
     /// endpoints, but always one. An ejected endpoint may always be ejected again. Returns

@@ -144,6 +144,29 @@ mod plain {
         );
     }
 
+    /// A slow start set by hand ramps from the moment it is set: never held back at the floor
+    /// for a moment first, however the times fall within their milliseconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_set_by_hand_is_never_a_hold() {
+        let e = Endpoint::new(EndpointConfig::new("a")).unwrap();
+        for offset_us in [1, 250, 500, 999, 1_001] {
+            tokio::time::advance(Duration::from_micros(offset_us)).await;
+            let now = Instant::now();
+            let until = now + Duration::from_millis(10_000) + Duration::from_micros(offset_us);
+            e.set_health(Health::SlowStart { until });
+            let at = crate::clock::LazyNow::at(now);
+            assert!(
+                e.health_allows(&at, false),
+                "held back {offset_us} µs into a millisecond"
+            );
+            let weight = e.effective_weight(&at);
+            assert!(weight <= 0.05 + 1e-9, "starts at the floor: {weight}");
+            let halfway = crate::clock::LazyNow::at(now + (until - now) / 2);
+            let weight = e.effective_weight(&halfway);
+            assert!((weight - 0.5).abs() < 0.01, "half way: {weight}");
+        }
+    }
+
     /// Two writers racing health against weight leave the gate true to the final state.
     #[test]
     fn racing_writers_leave_the_gate_true_to_the_last_state() {
