@@ -12,3 +12,4 @@ mod drain;
 mod limits;
 mod streams;
 mod swap;
+mod writers;
