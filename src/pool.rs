@@ -436,7 +436,19 @@ impl<S: Clone> Pool<S> {
         let after = Arc::new(Snapshot::new(entries));
         self.shared.snapshot.store(Arc::clone(&after));
         self.keep_removed(&before, &after);
-        self.shared.state.waiters.wake();
+        // New endpoints have room: offer it to the requests that wait.
+        let waiters = &self.shared.state.waiters;
+        if waiters.is_waiting() {
+            let old: std::collections::HashSet<u64> =
+                before.entries.iter().map(|e| e.endpoint.id()).collect();
+            for e in after
+                .entries
+                .iter()
+                .filter(|e| !old.contains(&e.endpoint.id()))
+            {
+                waiters.offer(&e.endpoint);
+            }
+        }
         Ok(result)
     }
 

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::config::Config;
 use crate::{
     capability::Unsatisfiable,
-    endpoint::Endpoint,
+    endpoint::{Endpoint, Place},
     error::{BoxError, NoEndpoints, Overloaded},
     hints::{Affinity, Cost, Exclude, FirstChunkJudged, Hinted, Picked, Require},
     load::LoadGuard,
@@ -58,8 +58,27 @@ impl<S> Clone for Chooser<S> {
 type Acquire = fn(&Arc<Endpoint>, u64, Instant) -> Option<LoadGuard>;
 
 impl<S: Clone> Chooser<S> {
-    /// The hot path: pick in the lowest tier that has room, and take a slot.
-    pub(crate) fn try_pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), NoSlot> {
+    /// The hot path: pick in the lowest tier that has room, and take a slot, unless a request
+    /// waiting ahead of this one (of `place`, for a request in the queue) could use it: first
+    /// come, first served. Then the slot goes to that request, and this one must wait.
+    #[inline]
+    pub(crate) fn try_pick<R: Hinted>(
+        &self,
+        request: &R,
+        place: Option<&Place>,
+    ) -> Result<(S, LoadGuard), NoSlot> {
+        let picked = self.choose(request)?;
+        let queue = self.pool.waiters();
+        if queue.is_waiting() && queue.wanted_ahead(picked.1.endpoint(), place) {
+            // Dropping the slot offers it to the queue, whose oldest waiter that can use it
+            // takes it.
+            return Err(NoSlot::AllFull);
+        }
+        Ok(self.picked(request.extensions(), picked))
+    }
+
+    /// Picks in the lowest tier that has room, and takes a slot.
+    fn choose<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), NoSlot> {
         let all = self.pool.load();
         if all.is_empty() {
             return Err(NoSlot::Unavailable(NoEndpoints::empty().into()));
@@ -84,12 +103,12 @@ impl<S: Clone> Chooser<S> {
         };
         if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
             self.pool.note_panic(false);
-            return Ok(self.picked(hints, picked));
+            return Ok(picked);
         }
         // Endpoints held back by a soft ejection serve only when nothing else can.
         let filter = filter.include_held();
         if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
-            return Ok(self.picked(hints, picked));
+            return Ok(picked);
         }
         if let Some(unmet) = require.and_then(|r| unsatisfiable(&all, r)) {
             return Err(NoSlot::Unavailable(unmet.into()));
@@ -100,9 +119,7 @@ impl<S: Clone> Chooser<S> {
                 let filter = filter.ignore_health();
                 let picked = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_any_at);
                 self.pool.note_panic(picked.is_some());
-                picked
-                    .map(|p| self.picked(hints, p))
-                    .ok_or_else(|| why_no_slot(snapshot, &filter))
+                picked.ok_or_else(|| why_no_slot(snapshot, &filter))
             }
             why => Err(why),
         }
@@ -111,7 +128,11 @@ impl<S: Clone> Chooser<S> {
     /// Tells a `Picked` cell where the request goes, and the guard whether a layer above
     /// judges the first chunk.
     #[inline]
-    fn picked(&self, hints: &http::Extensions, mut picked: (S, LoadGuard)) -> (S, LoadGuard) {
+    pub(super) fn picked(
+        &self,
+        hints: &http::Extensions,
+        mut picked: (S, LoadGuard),
+    ) -> (S, LoadGuard) {
         if hints.get::<FirstChunkJudged>().is_some() {
             picked.1.defer_first_end = true;
         }

@@ -72,7 +72,9 @@ impl<S: Clone> Balance<S> {
     /// [`NoEndpoints`](crate::error::NoEndpoints) or [`Overloaded`](crate::error::Overloaded);
     /// never waits.
     pub fn pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), BoxError> {
-        self.chooser.try_pick(request).map_err(NoSlot::into_error)
+        self.chooser
+            .try_pick(request, None)
+            .map_err(NoSlot::into_error)
     }
 }
 
@@ -93,7 +95,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.chooser.try_pick(&request) {
+        match self.chooser.try_pick(&request, None) {
             Ok((service, guard)) => {
                 let completion = Arc::clone(self.completion.for_request(Completion::clone));
                 let timeout = self.chooser.config.timeout;
