@@ -476,7 +476,7 @@ async fn fairness_and_wake_up_latency_under_saturation() {
     assert_eq!(total_in_flight(&pool), 0);
     let log = std::mem::take(&mut *log.lock());
     assert_eq!(log.len(), 4000, "every request was served");
-    let arrived = arrived.lock();
+    let arrived = std::mem::take(&mut *arrived.lock());
     let order: Vec<usize> = log.iter().map(|(a, _)| *a).collect();
     let mut waits: Vec<Duration> = log
         .iter()
