@@ -172,11 +172,11 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Queued { waiting } => {
-                    let (service, guard, request) = ready!(waiting.as_mut().poll_slot(cx))?;
+                    let (choice, request) = ready!(waiting.as_mut().poll_slot(cx))?;
                     state.set(State::AwaitingService {
-                        service,
+                        service: choice.service,
                         request: Some(Box::new(request)),
-                        guard: Some(guard),
+                        guard: Some(choice.guard),
                     });
                 }
                 StateProj::AwaitingService {

@@ -59,6 +59,7 @@ mod config;
 mod future;
 mod layer;
 mod service;
+mod variants;
 mod waiting;
 
 pub use self::{

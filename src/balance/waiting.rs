@@ -10,7 +10,7 @@ use std::{
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::choose::{Chooser, NoSlot};
+use super::choose::{Choice, Chooser, NoSlot};
 use crate::{
     endpoint::{Endpoint, Grant, Place, Turn, Wants},
     error::{BoxError, Overloaded},
@@ -66,19 +66,21 @@ impl<S: Clone, Req: Hinted> Waiting<S, Req> {
         }
     }
 
-    /// Waits for a slot: the endpoint's service, the slot, and the request to send.
+    /// Waits for a slot: what was chosen, and the request to send (told the model to send it
+    /// as, for an alias).
     pub(super) fn poll_slot(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(S, LoadGuard, Req), BoxError>> {
+    ) -> Poll<Result<(Choice<S>, Req), BoxError>> {
         let this = self.project();
         loop {
             let request = this.request.as_ref().expect("polled after completion");
             match this.place.poll_turn(cx) {
                 Turn::Granted(grant) => match this.chooser.claim(grant, request) {
-                    Some((service, guard)) => {
-                        let request = this.request.take().expect("polled after completion");
-                        return Poll::Ready(Ok((service, guard, request)));
+                    Some(mut choice) => {
+                        let mut request = this.request.take().expect("polled after completion");
+                        choice.tell(&mut request);
+                        return Poll::Ready(Ok((choice, request)));
                     }
                     None => continue, // its endpoint left the pool meanwhile
                 },
@@ -91,9 +93,10 @@ impl<S: Clone, Req: Hinted> Waiting<S, Req> {
             if !*this.looked {
                 *this.looked = true;
                 match this.chooser.try_pick(request, Some(this.place)) {
-                    Ok((service, guard)) => {
-                        let request = this.request.take().expect("polled after completion");
-                        return Poll::Ready(Ok((service, guard, request)));
+                    Ok(mut choice) => {
+                        let mut request = this.request.take().expect("polled after completion");
+                        choice.tell(&mut request);
+                        return Poll::Ready(Ok((choice, request)));
                     }
                     Err(NoSlot::Unavailable(e)) => return Poll::Ready(Err(e)),
                     Err(NoSlot::AllFull) => {}
@@ -111,7 +114,7 @@ impl<S: Clone, Req: Hinted> Waiting<S, Req> {
 impl<S: Clone> Chooser<S> {
     /// The service of the endpoint a slot was taken on, and the slot as a load guard; `None`
     /// if the endpoint has left the pool (the slot is released).
-    fn claim<R: Hinted>(&self, grant: Grant, request: &R) -> Option<(S, LoadGuard)> {
+    fn claim<R: Hinted>(&self, grant: Grant, request: &R) -> Option<Choice<S>> {
         let snapshot = self.pool.load();
         let entry = snapshot
             .entries()
@@ -120,7 +123,13 @@ impl<S: Clone> Chooser<S> {
         let service = entry.service().clone();
         let (endpoint, cost, trial) = grant.claim();
         let guard = LoadGuard::granted(endpoint, cost, Instant::now(), trial);
-        Some(self.picked(request.extensions(), (service, guard)))
+        let hints = request.extensions();
+        let mut choice = self.picked(hints, (service, guard));
+        if let Some(require) = hints.get::<Require>() {
+            // An alias is sent as the model the granted endpoint serves.
+            choice.serve_as = require.serve_as(choice.guard.endpoint()).cloned();
+        }
+        Some(choice)
     }
 
     /// The queue's timer went off: offers the endpoints whose ejection or cooldown has ended,
