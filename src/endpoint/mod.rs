@@ -3,10 +3,12 @@
 //! The live state is a handful of atomics that the pick reads and the load guard writes:
 //! requests in flight and outstanding work (`slots.rs`), the health cell with its trial
 //! permits and slow-start ramp (`health.rs`), peak-EWMA estimates of time to first byte and of
-//! duration (`ewma.rs`), and counters of what finished (`counters.rs`). An [`Arc<Endpoint>`]
-//! is the cheap handle that layers pass around (in `Served` and in errors).
+//! duration (`ewma.rs`), counters of what finished (`counters.rs`), and the engine's latest
+//! load report (`report.rs`). An [`Arc<Endpoint>`] is the cheap handle that layers pass
+//! around (in `Served` and in errors).
 //!
-//! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`): the
+//! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`,
+//! `report`): the
 //! endpoint knows nothing of picking, of layers, or of errors that name endpoints. What the
 //! endpoints of one pool share (the queue of waiting requests, the member and ejected counts)
 //! is defined here too (`pool_state.rs`).
@@ -18,6 +20,7 @@ mod ewma;
 mod health;
 mod key;
 mod pool_state;
+mod report;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -42,10 +45,12 @@ use self::{
     counters::Counters,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
+    report::{ReportWord, Reported},
     slots::{Acquired, Slots, NO_LIMIT},
 };
 use crate::{
     clock::{nanos, LazyNow},
+    report::LoadReport,
     sync::{AtomicBool, AtomicU64, Ordering::SeqCst},
 };
 
@@ -68,6 +73,8 @@ pub struct Endpoint {
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
     drained: Notify,
+    /// The engine's latest load report, whole; the pick reads its word in `admission`.
+    reported: Reported,
 }
 
 /// What decides whether a request is admitted, and what a slot's release needs: alone in one
@@ -83,6 +90,8 @@ struct Admission {
     id: u64,
     /// The pool's queue of requests waiting for a slot, woken on release.
     waiters: Arc<WaitQueue>,
+    /// What the pick reads of the engine's latest load report.
+    report: ReportWord,
 }
 
 /// What every completion writes, together in one cache line and apart from what is only read:
@@ -150,6 +159,7 @@ impl Endpoint {
                     .map_or(NO_LIMIT, |max| max.min(NO_LIMIT)),
                 id: next_id(),
                 waiters: Arc::clone(&pool.waiters),
+                report: ReportWord::default(),
             },
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
             tier: config.tier,
@@ -166,6 +176,7 @@ impl Endpoint {
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),
+            reported: Reported::default(),
         }))
     }
 
@@ -409,12 +420,16 @@ impl Endpoint {
         }
     }
 
-    /// Whether health and weight let every pick through: `Healthy`, weight above 0.
+    /// Whether health, weight and reports let every pick through from the in-flight word
+    /// alone: `Healthy`, weight above 0, no load report to read.
     fn plainly_open(&self) -> bool {
-        self.is_healthy() && self.admission.weight.load(SeqCst) != 0
+        self.is_healthy()
+            && self.admission.weight.load(SeqCst) != 0
+            && !self.admission.report.present()
     }
 
-    /// Makes the gate say what health and weight say; called after every write to either.
+    /// Makes the gate say what health, weight and reports say; called after every write to
+    /// any of them.
     /// Writers race, so each rereads after writing the gate and tries again if the state moved
     /// meanwhile: the last gate write of all then follows the last health and weight writes,
     /// and the gate is never left open on a closed endpoint, nor closed on an open one.
@@ -482,8 +497,9 @@ impl Endpoint {
         self.admission.slots.open(self.admission.max_concurrency)
     }
 
-    /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((in_flight, weight as
-    /// picks see it))` if the endpoint has a free slot and takes traffic now.
+    /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((load, weight as
+    /// picks see it))` if the endpoint has a free slot, is not saturated, and takes traffic
+    /// now. The load is the requests in flight plus, with a fresh report, the other routers'.
     #[cold]
     #[inline(never)]
     pub(crate) fn gated_view(
@@ -501,12 +517,74 @@ impl Endpoint {
             // Drained by weight 0.
             return None;
         }
+        let load = in_flight + self.others(now)?;
         if self.is_healthy() {
-            // The gate is about to open.
-            return Some((in_flight, weight));
+            // Open but for its report, or the gate is about to open.
+            return Some((load, weight));
         }
         (ignore_health || self.health_allows(now, include_held))
-            .then(|| (in_flight, self.effective_weight(now)))
+            .then(|| (load, self.effective_weight(now)))
+    }
+
+    /// The other routers' requests by the latest fresh report (0 without one), or `None` if
+    /// it shows the engine saturated: the clock is read only if there is a report.
+    #[inline]
+    fn others(&self, now: &LazyNow) -> Option<usize> {
+        let word = self.admission.report.load();
+        if word == 0 {
+            return Some(0);
+        }
+        report::others(word, report::ticks(now.get(), self.born))
+    }
+
+    // --- load reports ---
+
+    /// Takes the engine's load report: from now until it is older than its pool's
+    /// [`ReportPolicy`](crate::report::ReportPolicy) allows, picks count this endpoint's load
+    /// as the other routers' requests by the report ([`LoadReport::others`]) plus this
+    /// router's own in flight now, and treat it as full if the report shows it saturated.
+    /// A report older than the latest taken is ignored.
+    pub fn report(&self, report: &LoadReport) {
+        let policy = self.pool.report_policy();
+        let max_age = self.pool.max_report_age(&policy);
+        let saturated = policy.saturated(report);
+        if self.reported.take(
+            &self.admission.report,
+            report,
+            self.born,
+            max_age,
+            saturated,
+        ) {
+            self.refresh_gate();
+            if !saturated {
+                // It may have room now: the same wake-up as a release.
+                self.admission.waiters.wake();
+            }
+        }
+    }
+
+    /// Forgets the load report: picks count this router's requests alone again.
+    pub fn clear_report(&self) {
+        self.reported.clear(&self.admission.report);
+        self.refresh_gate();
+        self.admission.waiters.wake();
+    }
+
+    /// The latest load report taken, however old.
+    pub fn latest_report(&self) -> Option<LoadReport> {
+        self.reported.latest()
+    }
+
+    /// The load picks compare at `now`: the requests in flight from this router, plus the
+    /// other routers' by the latest report if it is fresh; `None` if that report shows the
+    /// engine saturated.
+    pub fn load(&self, now: Instant) -> Option<usize> {
+        Some(self.in_flight() + self.others(&LazyNow::at(now))?)
+    }
+
+    /// The KV-cache usage in percent by the latest report, if fresh and it gave one.
+    pub fn kv_usage_percent(&self, now: Instant) -> Option<u8> {
+        report::kv_percent(self.admission.report.load(), report::ticks(now, self.born))
     }
 
     /// Takes a slot, and a half-open trial permit if the endpoint is on trial. `None` if the
