@@ -8,7 +8,7 @@
 //! around (in `Served` and in errors).
 //!
 //! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`,
-//! `report`): the
+//! `report`, a plain value the endpoint stores): the
 //! endpoint knows nothing of picking, of layers, or of errors that name endpoints. What the
 //! endpoints of one pool share (the queue of waiting requests, the member and ejected counts)
 //! is defined here too (`pool_state.rs`).
