@@ -67,7 +67,7 @@
 //!   close to fresh-information performance).
 //! - Staleness: a report older than a set age (default three scrape intervals) is ignored:
 //!   `others(e) = 0`, and the endpoint is scored by its local count alone, as without reports.
-//! - Saturation (optional, [`ReportPolicy`](crate::report::ReportPolicy)): an endpoint whose
+//! - Saturation (optional, [`ReportPolicy`]): an endpoint whose
 //!   fresh report shows `waiting > max_waiting` or `kv_usage > max_kv_usage` is treated as
 //!   full, as at its concurrency limit; when every endpoint is, requests wait in `Balance`'s
 //!   queue or fail with `Overloaded`, as `Balance` is configured. A report that frees an

@@ -1,44 +1,5 @@
 //! [`OrcaFeedLayer`]: feeds the ORCA load report a backend attaches to a response to the
 //! endpoint that served it, so the pick reads it without a scraper.
-//!
-//! Put it directly above [`Balance`](crate::balance::Balance): it reads the
-//! [`Served`] that `Balance` puts in each response's extensions to learn the endpoint, and the
-//! `endpoint-load-metrics` (or `endpoint-load-metrics-bin`) header for the report
-//! ([`OrcaReport::from_headers`]). A report is taken as measured when the head arrived, with
-//! this router's requests in flight at the endpoint at that instant (this one included) as
-//! the ones the engine counted. A response without a header, a header that gives none of
-//! waiting, running or KV usage, or a malformed one (a `debug` event) changes nothing, and
-//! leaves the endpoint's pick as fast as without reports.
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use bytes::Bytes;
-//! use http::{Request, Response};
-//! use http_body_util::Full;
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_ai_balance::{balance::BalanceLayer, engines::OrcaFeedLayer, Pool};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tower_ai_balance::BoxError> {
-//! let engine = service_fn(|_req: Request<Full<Bytes>>| async {
-//!     let response = Response::builder()
-//!         .header("endpoint-load-metrics", "TEXT named_metrics.num_requests_waiting=12")
-//!         .body(Full::new(Bytes::from("ok")))
-//!         .unwrap();
-//!     Ok::<_, Infallible>(response)
-//! });
-//! let pool = Pool::new();
-//! pool.insert("gpu-0", engine)?;
-//! let svc = ServiceBuilder::new()
-//!     .layer(OrcaFeedLayer::new())
-//!     .layer(BalanceLayer::new())
-//!     .service(pool.clone());
-//! let _response = svc.oneshot(Request::new(Full::new(Bytes::new()))).await?;
-//! let report = pool.get("gpu-0").unwrap().latest_report().unwrap();
-//! assert_eq!(report.waiting, Some(12));
-//! # Ok(())
-//! # }
-//! ```
 
 use std::{
     future::Future,
@@ -54,8 +15,46 @@ use tower_service::Service;
 use super::OrcaReport;
 use crate::hints::Served;
 
-/// Feeds each response's ORCA load report to the endpoint that served it. See the
-/// [module docs](self).
+/// Feeds each response's ORCA load report to the endpoint that served it.
+///
+/// Put it directly above [`Balance`](crate::balance::Balance): it reads the
+/// [`Served`] that `Balance` puts in each response's extensions to learn the endpoint, and the
+/// `endpoint-load-metrics` (or `endpoint-load-metrics-bin`) header for the report
+/// ([`OrcaReport::from_headers`]). A report is taken as measured when the head arrived, with
+/// this router's requests in flight at the endpoint at that instant (this one included) as
+/// the ones the engine counted. A response without a header, a header that gives none of
+/// waiting, running or KV usage, or a malformed one (a `debug` event) changes nothing, and
+/// leaves the endpoint's pick as fast as without reports.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_ai_balance::{balance::BalanceLayer, engines::OrcaFeedLayer, Pool};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_ai_balance::BoxError> {
+/// let engine = service_fn(|_req: Request<Full<Bytes>>| async {
+///     let response = Response::builder()
+///         .header("endpoint-load-metrics", "TEXT named_metrics.num_requests_waiting=12")
+///         .body(Full::new(Bytes::from("ok")))
+///         .unwrap();
+///     Ok::<_, Infallible>(response)
+/// });
+/// let pool = Pool::new();
+/// pool.insert("gpu-0", engine)?;
+/// let svc = ServiceBuilder::new()
+///     .layer(OrcaFeedLayer::new())
+///     .layer(BalanceLayer::new())
+///     .service(pool.clone());
+/// let _response = svc.oneshot(Request::new(Full::new(Bytes::new()))).await?;
+/// let report = pool.get("gpu-0").unwrap().latest_report().unwrap();
+/// assert_eq!(report.waiting, Some(12));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OrcaFeedLayer(());
 

@@ -207,7 +207,7 @@ where
     }
 
     /// Scrapes every endpoint of `pool` each round, until the pool is dropped (the task holds
-    /// it weakly, as the health probes do), and hands the reports to `sink`: [`ToEndpoints`]
+    /// it weakly, as the health probes do), and hands the reports to `sink`: [`ToEndpoints`](super::ToEndpoints)
     /// for the pool's pick to read them. The pool's reports are then fresh for three of this
     /// scraper's intervals unless its [`ReportPolicy`](crate::report::ReportPolicy) sets an
     /// age. A failed scrape is
