@@ -29,6 +29,9 @@ pub struct EndpointMetrics {
     pub latency: Option<Duration>,
     /// Its health.
     pub health: Health,
+    /// Whether a soft ejection holds its weight at the floor (a `SlowStart` whose ramp back
+    /// has not begun): shown as the state `held`.
+    pub held: bool,
     /// Requests finished here, and how many of them failed.
     pub requests: u64,
     /// Requests failed here.
@@ -47,6 +50,7 @@ impl EndpointMetrics {
             ttfb: endpoint.ttfb_estimate(now),
             latency: endpoint.latency_estimate(now),
             health: endpoint.health(),
+            held: endpoint.is_held(now),
             requests: endpoint.requests(),
             failures: endpoint.failures(),
         }
@@ -69,12 +73,19 @@ impl PoolMetrics {
     }
 }
 
-fn health_name(h: &Health) -> &'static str {
-    match h {
-        Health::Healthy => "healthy",
-        Health::Ejected { .. } => "ejected",
-        Health::CoolingDown { .. } => "cooling_down",
-        Health::SlowStart { .. } => "slow_start",
+/// The states of the `ai_balance_health` gauge, one series each.
+pub const HEALTH_STATES: [&str; 5] = ["healthy", "ejected", "cooling_down", "slow_start", "held"];
+
+impl EndpointMetrics {
+    /// Its state as the `ai_balance_health` gauge names it: one of [`HEALTH_STATES`].
+    pub fn state(&self) -> &'static str {
+        match self.health {
+            Health::Healthy => "healthy",
+            Health::Ejected { .. } => "ejected",
+            Health::CoolingDown { .. } => "cooling_down",
+            Health::SlowStart { .. } if self.held => "held",
+            Health::SlowStart { .. } => "slow_start",
+        }
     }
 }
 
@@ -92,7 +103,7 @@ impl PoolMetrics {
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         type Value = fn(&EndpointMetrics) -> Option<f64>;
-        let families: [(&str, &str, &str, Value); 8] = [
+        let families: [(&str, &str, &str, Value); 7] = [
             (
                 "in_flight",
                 "gauge",
@@ -132,12 +143,6 @@ impl PoolMetrics {
                 "Requests failed at the endpoint.",
                 |m| Some(m.failures as f64),
             ),
-            (
-                "healthy",
-                "gauge",
-                "1 if the endpoint takes traffic at full weight.",
-                |m| Some(f64::from(u8::from(m.health == Health::Healthy))),
-            ),
         ];
         for (name, kind, help, value) in families {
             let _ = writeln!(out, "# HELP ai_balance_{name} {help}");
@@ -146,12 +151,28 @@ impl PoolMetrics {
                 if let Some(v) = value(m) {
                     let _ = writeln!(
                         out,
-                        "ai_balance_{name}{{endpoint=\"{}\",tier=\"{}\",health=\"{}\"}} {v}",
+                        "ai_balance_{name}{{endpoint=\"{}\",tier=\"{}\"}} {v}",
                         escape(&m.key),
                         m.tier,
-                        health_name(&m.health)
                     );
                 }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ai_balance_health 1 for the endpoint's current health state, 0 for the others."
+        );
+        let _ = writeln!(out, "# TYPE ai_balance_health gauge");
+        for m in &self.endpoints {
+            let current = m.state();
+            for state in HEALTH_STATES {
+                let _ = writeln!(
+                    out,
+                    "ai_balance_health{{endpoint=\"{}\",tier=\"{}\",state=\"{state}\"}} {}",
+                    escape(&m.key),
+                    m.tier,
+                    u8::from(state == current)
+                );
             }
         }
         out
@@ -162,7 +183,8 @@ impl PoolMetrics {
 impl PoolMetrics {
     /// Publishes every endpoint's state through the `metrics` crate's installed recorder:
     /// gauges `ai_balance_in_flight`, `ai_balance_outstanding_work`, `ai_balance_weight`,
-    /// `ai_balance_ttfb_seconds`, `ai_balance_latency_seconds`, `ai_balance_healthy`, and
+    /// `ai_balance_ttfb_seconds`, `ai_balance_latency_seconds`, `ai_balance_health` (one
+    /// series per state of [`HEALTH_STATES`], 1 for the current one), and
     /// counters `ai_balance_requests_total`, `ai_balance_failures_total`, each labelled with
     /// the endpoint and its tier. Call it at the scrape interval.
     pub fn publish(&self) {
@@ -177,8 +199,16 @@ impl PoolMetrics {
             if let Some(d) = m.latency {
                 metrics::gauge!("ai_balance_latency_seconds", &labels).set(d.as_secs_f64());
             }
-            let healthy = f64::from(u8::from(m.health == Health::Healthy));
-            metrics::gauge!("ai_balance_healthy", &labels).set(healthy);
+            let current = m.state();
+            for state in HEALTH_STATES {
+                let labels = [
+                    ("endpoint", m.key.clone()),
+                    ("tier", m.tier.to_string()),
+                    ("state", state.to_owned()),
+                ];
+                let value = f64::from(u8::from(state == current));
+                metrics::gauge!("ai_balance_health", &labels).set(value);
+            }
             metrics::counter!("ai_balance_requests_total", &labels).absolute(m.requests);
             metrics::counter!("ai_balance_failures_total", &labels).absolute(m.failures);
         }
@@ -205,13 +235,19 @@ mod publish_tests {
         fn increment(&self, _: f64) {}
         fn decrement(&self, _: f64) {}
         fn set(&self, value: f64) {
-            let endpoint = self
-                .1
-                .labels()
-                .find(|l| l.key() == "endpoint")
-                .unwrap()
-                .value()
-                .to_owned();
+            // The endpoint, and the state or bound when the series has one.
+            let label = |name: &str| {
+                self.1
+                    .labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+            };
+            let mut endpoint = label("endpoint").unwrap();
+            for extra in ["state", "le", "outcome", "cause"] {
+                if let Some(v) = label(extra) {
+                    endpoint = format!("{endpoint}/{v}");
+                }
+            }
             self.0
                  .0
                 .lock()
@@ -257,7 +293,13 @@ mod publish_tests {
         };
         assert_eq!(value("ai_balance_in_flight"), Some(1.0));
         assert_eq!(value("ai_balance_outstanding_work"), Some(7.0));
-        assert_eq!(value("ai_balance_healthy"), Some(1.0));
+        let health = |state: &str| {
+            seen.iter()
+                .find(|(n, e, _)| n == "ai_balance_health" && e == &format!("gpu-0/{state}"))
+                .map(|(_, _, v)| *v)
+        };
+        assert_eq!(health("healthy"), Some(1.0));
+        assert_eq!(health("ejected"), Some(0.0));
         assert_eq!(value("ai_balance_requests_total"), Some(0.0));
         drop(guard);
     }
@@ -278,11 +320,7 @@ mod tests {
         let text = pool.metrics().prometheus();
         let ttfb = text
             .lines()
-            .find_map(|l| {
-                l.strip_prefix(
-                    "ai_balance_ttfb_seconds{endpoint=\"b\",tier=\"0\",health=\"healthy\"} ",
-                )
-            })
+            .find_map(|l| l.strip_prefix("ai_balance_ttfb_seconds{endpoint=\"b\",tier=\"0\"} "))
             .expect("b's time to first byte");
         assert!(
             (ttfb.parse::<f64>().unwrap() - 0.04).abs() < 0.001,
@@ -293,5 +331,73 @@ mod tests {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<f64>().unwrap();
         }
+    }
+
+    /// Each series' name and labels, without its value.
+    fn series(text: &str) -> Vec<String> {
+        let mut series: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+            .collect();
+        series.sort();
+        series
+    }
+
+    #[test]
+    fn an_ejection_changes_no_series_and_the_health_gauge_names_one_state() {
+        let pool = Pool::new();
+        let e = pool.insert("gpu-0", ()).unwrap();
+        e.observe_ttfb(Duration::from_millis(40), Instant::now());
+        e.observe_completion(Duration::from_millis(90), false, Instant::now());
+        let healthy = pool.metrics().prometheus();
+        let now = Instant::now();
+        for (health, state) in [
+            (
+                Health::Ejected {
+                    until: now + Duration::from_secs(30),
+                },
+                "ejected",
+            ),
+            (
+                Health::CoolingDown {
+                    until: now + Duration::from_secs(30),
+                },
+                "cooling_down",
+            ),
+            (
+                Health::SlowStart {
+                    until: now + Duration::from_secs(30),
+                },
+                "slow_start",
+            ),
+        ] {
+            e.set_health(health);
+            // A second on: a slow start set just now may be rounded into its hold's last
+            // millisecond.
+            let endpoints = pool.endpoints();
+            let at = now + Duration::from_secs(1);
+            let text = PoolMetrics::of(endpoints.iter().map(|e| &**e), at).prometheus();
+            assert_eq!(series(&healthy), series(&text), "{text}");
+            for s in HEALTH_STATES {
+                let line = format!(
+                    "ai_balance_health{{endpoint=\"gpu-0\",tier=\"0\",state=\"{s}\"}} {}",
+                    u8::from(s == state)
+                );
+                assert!(text.lines().any(|l| l == line), "{line} in {text}");
+            }
+            assert!(!text.contains("health=\""), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_soft_ejection_shows_as_held_until_its_ramp_begins() {
+        let pool = Pool::new();
+        let e = pool.insert("gpu-0", ()).unwrap();
+        let now = Instant::now();
+        e.hold_back(Duration::from_secs(60), Duration::from_secs(10), now);
+        assert_eq!(EndpointMetrics::of(&e, now).state(), "held");
+        let ramping = now + Duration::from_secs(61);
+        assert_eq!(EndpointMetrics::of(&e, ramping).state(), "slow_start");
     }
 }

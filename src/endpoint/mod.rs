@@ -436,6 +436,13 @@ impl Endpoint {
         }
     }
 
+    /// Whether a soft ejection holds the weight at its floor now (a `SlowStart` whose ramp
+    /// has not begun).
+    pub(crate) fn is_held(&self, now: Instant) -> bool {
+        matches!(self.health(), Health::SlowStart { .. })
+            && !self.health_cell().allows(&LazyNow::at(now), false)
+    }
+
     /// Whether the health lets a request through now; see [`HealthCell::allows`].
     #[inline]
     pub(crate) fn health_allows(&self, now: &LazyNow, include_held: bool) -> bool {
