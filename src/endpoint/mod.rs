@@ -3,7 +3,8 @@
 //! The live state is a handful of atomics that the pick reads and the load guard writes:
 //! requests in flight and outstanding work (`slots.rs`), the health cell with its trial
 //! permits and slow-start ramp (`health.rs`), peak-EWMA estimates of time to first byte and of
-//! duration (`ewma.rs`), and counters of what finished (`counters.rs`). An [`Arc<Endpoint>`]
+//! duration (`ewma.rs`), counters of what finished (`counters.rs`), and histograms of time to
+//! first byte and of duration (`timings.rs`). An [`Arc<Endpoint>`]
 //! is the cheap handle that layers pass around (in `Served` and in errors).
 //!
 //! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`): the
@@ -21,6 +22,7 @@ mod pool_state;
 mod slots;
 #[cfg(test)]
 mod tests;
+mod timings;
 mod wait_queue;
 
 use std::{any::Any, fmt, sync::Arc, time::Duration};
@@ -32,6 +34,7 @@ pub use self::{
     config::{ConfigError, EndpointConfig},
     health::Health,
     key::{Key, Redacted},
+    timings::{HistogramSnapshot, BUCKETS},
 };
 pub(crate) use self::{
     config::check_weight,
@@ -43,6 +46,7 @@ use self::{
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
     slots::{Acquired, Slots, NO_LIMIT},
+    timings::Timings,
 };
 use crate::{
     clock::{nanos, LazyNow},
@@ -61,6 +65,8 @@ pub struct Endpoint {
     capabilities: Capabilities,
     born: Instant,
     completions: Completions,
+    /// The histograms a completion writes besides its line.
+    timings: Timings,
     /// The health judge's record of this endpoint's outcomes, of a type this module does not
     /// know; locked once per outcome that changes it, never by a pick.
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
@@ -162,6 +168,7 @@ impl Endpoint {
                 estimates: LatencyEstimates::new(),
                 counters: Counters::new(),
             },
+            timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
@@ -258,6 +265,29 @@ impl Endpoint {
         self.completions.counters.failures()
     }
 
+    /// Requests whose caller gave up before they finished (a response body dropped before its
+    /// end, a response future dropped before its head): released, neither a success nor a
+    /// failure.
+    pub fn cancelled(&self) -> u64 {
+        self.timings.read_cancelled()
+    }
+
+    /// Counts a request its caller gave up.
+    pub(crate) fn count_cancelled(&self) {
+        self.timings.cancelled();
+    }
+
+    /// The histogram of times to first byte of successful responses, as read now.
+    pub fn ttfb_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_ttfb()
+    }
+
+    /// The histogram of durations, from pick to the end of the response, of the requests
+    /// that finished here (successes and failures; not those cancelled), as read now.
+    pub fn duration_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_duration()
+    }
+
     /// The counters, for the health judge's successes counted without its lock.
     pub(crate) fn counters(&self) -> &Counters {
         &self.completions.counters
@@ -294,6 +324,7 @@ impl Endpoint {
     /// As [`observe_ttfb`](Self::observe_ttfb), with the time as a [`nanos_at`](Self::nanos_at).
     pub(crate) fn observe_ttfb_at(&self, ttfb_nanos: f64, stamp: u64) {
         self.completions.estimates.observe_ttfb(ttfb_nanos, stamp);
+        self.timings.ttfb(ttfb_nanos as u64);
     }
 
     /// Records a finished request. A failure is recorded as at least twice the current
@@ -311,6 +342,7 @@ impl Endpoint {
         self.completions
             .estimates
             .observe_completion(elapsed_nanos, failed, stamp);
+        self.timings.duration(elapsed_nanos as u64);
     }
 
     /// A time as the latency estimates keep it: nanoseconds since the endpoint was made.

@@ -22,6 +22,8 @@ pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
     failed: bool,
     /// Holds one of the endpoint's half-open trial permits.
     trial: bool,
+    /// The completion was recorded; dropped without it, the request was cancelled.
+    completed: bool,
     /// A layer above judges the response's first chunk before the caller sees it, so a body
     /// that ends with that chunk waits for the judgment before it completes (set by `Balance`).
     pub(crate) defer_first_end: bool,
@@ -62,6 +64,7 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
             first_byte: false,
             failed: false,
             trial,
+            completed: false,
             defer_first_end: false,
             complete_on_drop: false,
         }
@@ -126,6 +129,7 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 
     fn record_completion(&mut self, at: Instant) {
         self.complete_on_drop = false;
+        self.completed = true;
         let elapsed = nanos(at.saturating_duration_since(self.start));
         let stamp = self.endpoint.borrow().nanos_at(at);
         if !self.first_byte && !self.failed {
@@ -144,6 +148,9 @@ impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
             self.complete_late();
         }
         let endpoint = self.endpoint.borrow();
+        if !self.completed {
+            endpoint.count_cancelled();
+        }
         endpoint.release(self.cost);
         if self.trial {
             endpoint.return_trial();
@@ -175,6 +182,9 @@ mod tests {
         assert_eq!(e.requests(), 1);
         // Dropped without completing (a cancellation): released, not counted as served.
         drop(LoadGuard::acquire_at(&&*e, 1, start).unwrap());
-        assert_eq!((e.in_flight(), e.requests()), (0, 1));
+        assert_eq!((e.in_flight(), e.requests(), e.cancelled()), (0, 1, 1));
+        assert_eq!(e.duration_histogram().count(), 1);
+        assert_eq!(e.duration_histogram().counts[0], 1, "5 ms is at most 5 ms");
+        assert_eq!(e.ttfb_histogram().sum_nanos, 5_000_000);
     }
 }
