@@ -458,7 +458,12 @@ impl<S: Clone> Pool<S> {
     /// Every endpoint's live state now, for dashboards (see [`crate::metrics`]).
     pub fn metrics(&self) -> PoolMetrics {
         let now = tokio::time::Instant::now();
-        PoolMetrics::of(self.load().entries().iter().map(|e| &**e.endpoint()), now)
+        let layers = self.shared.state.layer_events.read();
+        PoolMetrics::of(
+            self.load().entries().iter().map(|e| &**e.endpoint()),
+            layers,
+            now,
+        )
     }
 
     /// Reads the current snapshot without touching its reference count (the pick's way).

@@ -15,9 +15,11 @@
 mod capabilities;
 mod config;
 mod counters;
+mod events;
 mod ewma;
 mod health;
 mod key;
+mod layer_events;
 mod pool_state;
 mod slots;
 #[cfg(test)]
@@ -32,17 +34,21 @@ use tokio::{sync::Notify, time::Instant};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
+    events::EjectionCause,
     health::Health,
     key::{Key, Redacted},
+    layer_events::LayerCounts,
     timings::{HistogramSnapshot, BUCKETS},
 };
 pub(crate) use self::{
     config::check_weight,
+    layer_events::LayerEvents,
     pool_state::PoolState,
     wait_queue::{Place, WaitQueue},
 };
 use self::{
     counters::Counters,
+    events::Events,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
     slots::{Acquired, Slots, NO_LIMIT},
@@ -70,6 +76,8 @@ pub struct Endpoint {
     /// The health judge's record of this endpoint's outcomes, of a type this module does not
     /// know; locked once per outcome that changes it, never by a pick.
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
+    /// What the health layer did to it, counted.
+    events: Events,
     /// Whether this endpoint is counted among its pool's ejected.
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
@@ -170,6 +178,7 @@ impl Endpoint {
             },
             timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
+            events: Events::new(),
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),
@@ -286,6 +295,32 @@ impl Endpoint {
     /// that finished here (successes and failures; not those cancelled), as read now.
     pub fn duration_histogram(&self) -> HistogramSnapshot {
         self.timings.read_duration()
+    }
+
+    /// How many times the health layer ejected it for `cause`.
+    pub fn ejections(&self, cause: EjectionCause) -> u64 {
+        self.events.ejections(cause)
+    }
+
+    /// How many times the health layer held its weight at the floor instead of ejecting it
+    /// (the pool was at its maximum ejected share).
+    pub fn holds(&self) -> u64 {
+        self.events.holds()
+    }
+
+    /// How many times a rate limit made it cool down.
+    pub fn cooldowns(&self) -> u64 {
+        self.events.cooldowns()
+    }
+
+    /// The health events' counters, for the health layer.
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The counters of what the layers did for its pool's requests.
+    pub(crate) fn layer_events(&self) -> &LayerEvents {
+        &self.pool.layer_events
     }
 
     /// The counters, for the health judge's successes counted without its lock.
