@@ -3,6 +3,7 @@
 
 #[path = "../../examples/support/gateway.rs"]
 mod gateway;
+mod metrics;
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
 
