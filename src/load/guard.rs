@@ -5,6 +5,7 @@ use std::{borrow::Borrow, sync::Arc};
 
 use tokio::time::Instant;
 
+use super::first_byte::{FirstByteHook, Held};
 use crate::{classify::Outcome, clock::nanos, endpoint::Endpoint};
 
 /// One in-flight slot on an endpoint, released on drop.
@@ -28,6 +29,8 @@ pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
     /// Completes the request when dropped: its body ended, and the verdict waited for a
     /// layer above that may never give it.
     pub(crate) complete_on_drop: bool,
+    /// Work held elsewhere until the first byte (a prefix placement's prefill).
+    held: Option<Held>,
 }
 
 impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
@@ -64,6 +67,7 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
             trial,
             defer_first_end: false,
             complete_on_drop: false,
+            held: None,
         }
     }
 }
@@ -93,6 +97,17 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         }
     }
 
+    /// Holds `amount` on `hook` until the first byte, the end of the request, or the guard's
+    /// drop, whichever comes first (`first`: the first byte came already).
+    pub(crate) fn hold(
+        &mut self,
+        hook: Arc<dyn FirstByteHook>,
+        amount: u64,
+        first: Option<Instant>,
+    ) {
+        self.held = Some(Held::new(hook, amount, first));
+    }
+
     /// Records the first byte of the response body (once).
     pub fn first_byte(&mut self) {
         self.first_byte_at(Instant::now());
@@ -100,6 +115,9 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 
     /// As [`first_byte`](Self::first_byte), at `at`.
     pub fn first_byte_at(&mut self, at: Instant) {
+        if let Some(held) = self.held.as_mut() {
+            held.first_byte(at);
+        }
         if !self.first_byte && !self.failed {
             self.first_byte = true;
             self.endpoint.borrow().observe_ttfb(at - self.start, at);
@@ -126,6 +144,9 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 
     fn record_completion(&mut self, at: Instant) {
         self.complete_on_drop = false;
+        if let Some(held) = self.held.take() {
+            held.complete(at, self.failed);
+        }
         let elapsed = nanos(at.saturating_duration_since(self.start));
         let stamp = self.endpoint.borrow().nanos_at(at);
         if !self.first_byte && !self.failed {

@@ -7,7 +7,6 @@ use rand::RngCore;
 use tokio::time::Instant;
 
 use super::{
-    averages::Averages,
     backlog::{nanos, EngineLoad},
     index::PrefixIndex,
     placement::Placement,
@@ -89,15 +88,11 @@ struct Settings {
 #[derive(Debug)]
 struct Shared {
     settings: Settings,
-    averages: Arc<Averages>,
 }
 
 impl Shared {
     fn new(settings: Settings) -> Self {
-        Self {
-            settings,
-            averages: Arc::new(Averages::new()),
-        }
+        Self { settings }
     }
 }
 
@@ -245,8 +240,8 @@ impl PrefixPolicy {
         let s = &self.shared.settings;
         let tokens = tokens.max(1);
         let view = self.index.view();
-        let decode = self.shared.averages.decode();
-        let average = self.shared.averages.new_tokens();
+        let decode = self.index.averages.decode();
+        let average = self.index.averages.new_tokens();
         let mut now = None;
         candidates.clear();
         depths.clear();
@@ -333,13 +328,8 @@ impl PrefixPolicy {
     pub fn placed(&self, endpoint: &Endpoint, blocks: &[u64], choice: &Choice) -> Placement {
         let record = self.index.record(endpoint);
         record.store(blocks);
-        self.shared.averages.observe_new_tokens(choice.new_tokens);
-        Placement::new(
-            record,
-            Arc::clone(&self.shared.averages),
-            choice.new_tokens,
-            choice.cached_blocks,
-        )
+        record.averages.observe_new_tokens(choice.new_tokens);
+        Placement::new(record, choice.new_tokens, choice.cached_blocks)
     }
 }
 
