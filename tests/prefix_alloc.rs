@@ -96,6 +96,7 @@ fn picks_and_placements_allocate_nothing_once_warm() {
                 EngineLoad {
                     waiting: 1,
                     running: 4,
+                    ..EngineLoad::default()
                 },
                 now,
             );
@@ -123,6 +124,7 @@ fn picks_and_placements_allocate_nothing_once_warm() {
                     EngineLoad {
                         waiting: 2,
                         running: 8,
+                        ..EngineLoad::default()
                     },
                     now,
                 );

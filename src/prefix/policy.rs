@@ -40,8 +40,10 @@ pub struct Choice {
 ///
 /// - `cached(e)`: the prompt's leading blocks the [`PrefixIndex`] lists for `e`, in tokens.
 /// - `backlog(e)`: prefill tokens ahead of this request there: those this router sent and
-///   that have not produced a first token yet (each counted after its own cached prefix), and
-///   the requests the engine last reported waiting beyond those, at the average size.
+///   that have not produced a first token yet (each counted after its own cached prefix), the
+///   requests the engine last reported waiting beyond those, at the average size, and the
+///   prefill tokens it reported scheduled beyond this router's, less what it can have
+///   computed since ([`EngineLoad::prefilling`]).
 /// - `slot_wait(e)`: with a sequence limit per engine ([`slots`](Self::slots)), the time for
 ///   the requests beyond the limit to finish (their number × the observed time a request
 ///   holds its slot after its first token / the limit).
@@ -265,8 +267,11 @@ impl PrefixPolicy {
                 r.backlog.seen(now, s.max_age)
             });
             let rate = s.rate * weight;
+            // Another router's prefill that had begun by the report: what may be left of it.
+            let prefilling =
+                (seen.others_prefilling as f64 / rate - seen.age as f64 * 1e-9).max(0.0);
             let backlog = seen.tokens as f64 + seen.others_waiting as f64 * average;
-            let mut wait = backlog / rate;
+            let mut wait = backlog / rate + prefilling;
             if let Some(slots) = s.slots {
                 let occupied = e.in_flight() as u64 + seen.others_in_flight;
                 let over = (occupied + 1).saturating_sub(slots);
