@@ -59,6 +59,8 @@ mod config;
 mod future;
 mod layer;
 mod service;
+mod variants;
+mod waiting;
 
 pub use self::{
     body::ResponseBody,
