@@ -5,6 +5,7 @@ use std::{borrow::Borrow, sync::Arc};
 
 use tokio::time::Instant;
 
+use super::first_byte::{FirstByteHook, Held};
 use crate::{classify::Outcome, clock::nanos, endpoint::Endpoint};
 
 /// One in-flight slot on an endpoint, released on drop.
@@ -30,6 +31,8 @@ pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
     /// Completes the request when dropped: its body ended, and the verdict waited for a
     /// layer above that may never give it.
     pub(crate) complete_on_drop: bool,
+    /// Work held elsewhere until the first byte (a prefix placement's prefill).
+    held: Option<Held>,
 }
 
 impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
@@ -38,14 +41,14 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
     #[inline]
     pub fn acquire(endpoint: &E, cost: u64) -> Option<Self> {
         let trial = endpoint.borrow().try_acquire(cost)?;
-        Some(Self::held(endpoint, cost, Instant::now(), trial))
+        Some(Self::held(endpoint.clone(), cost, Instant::now(), trial))
     }
 
     /// As [`acquire`](Self::acquire), timed from `start`: for simulations in virtual time.
     #[inline]
     pub fn acquire_at(endpoint: &E, cost: u64, start: Instant) -> Option<Self> {
         let trial = endpoint.borrow().try_acquire(cost)?;
-        Some(Self::held(endpoint, cost, start, trial))
+        Some(Self::held(endpoint.clone(), cost, start, trial))
     }
 
     /// Takes a slot whatever the endpoint's health (panic mode).
@@ -53,12 +56,17 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
         endpoint
             .borrow()
             .try_acquire_any(cost)
-            .then(|| Self::held(endpoint, cost, start, false))
+            .then(|| Self::held(endpoint.clone(), cost, start, false))
     }
 
-    fn held(endpoint: &E, cost: u64, start: Instant, trial: bool) -> Self {
+    /// The guard of a slot already taken (for a waiting request, by the wait queue).
+    pub(crate) fn granted(endpoint: E, cost: u64, start: Instant, trial: bool) -> Self {
+        Self::held(endpoint, cost, start, trial)
+    }
+
+    fn held(endpoint: E, cost: u64, start: Instant, trial: bool) -> Self {
         Self {
-            endpoint: endpoint.clone(),
+            endpoint,
             cost,
             start,
             first_byte: false,
@@ -67,6 +75,7 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
             completed: false,
             defer_first_end: false,
             complete_on_drop: false,
+            held: None,
         }
     }
 }
@@ -96,6 +105,17 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         }
     }
 
+    /// Holds `amount` on `hook` until the first byte, the end of the request, or the guard's
+    /// drop, whichever comes first (`first`: the first byte came already).
+    pub(crate) fn hold(
+        &mut self,
+        hook: Arc<dyn FirstByteHook>,
+        amount: u64,
+        first: Option<Instant>,
+    ) {
+        self.held = Some(Held::new(hook, amount, first));
+    }
+
     /// Records the first byte of the response body (once).
     pub fn first_byte(&mut self) {
         self.first_byte_at(Instant::now());
@@ -103,6 +123,9 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 
     /// As [`first_byte`](Self::first_byte), at `at`.
     pub fn first_byte_at(&mut self, at: Instant) {
+        if let Some(held) = self.held.as_mut() {
+            held.first_byte(at);
+        }
         if !self.first_byte && !self.failed {
             self.first_byte = true;
             self.endpoint.borrow().observe_ttfb(at - self.start, at);
@@ -130,6 +153,9 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
     fn record_completion(&mut self, at: Instant) {
         self.complete_on_drop = false;
         self.completed = true;
+        if let Some(held) = self.held.take() {
+            held.complete(at, self.failed);
+        }
         let elapsed = nanos(at.saturating_duration_since(self.start));
         let stamp = self.endpoint.borrow().nanos_at(at);
         if !self.first_byte && !self.failed {
@@ -151,10 +177,12 @@ impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
         if !self.completed {
             endpoint.count_cancelled();
         }
-        endpoint.release(self.cost);
+        // The permit first: the release offers the slot to a waiting request, which may need
+        // it.
         if self.trial {
             endpoint.return_trial();
         }
+        endpoint.release(self.cost);
     }
 }
 
