@@ -3,9 +3,10 @@
 //! The live state is a handful of atomics that the pick reads and the load guard writes:
 //! requests in flight and outstanding work (`slots.rs`), the health cell with its trial
 //! permits and slow-start ramp (`health.rs`), peak-EWMA estimates of time to first byte and of
-//! duration (`ewma.rs`), counters of what finished (`counters.rs`), and the engine's latest
-//! load report (`report.rs`). An [`Arc<Endpoint>`] is the cheap handle that layers pass
-//! around (in `Served` and in errors).
+//! duration (`ewma.rs`), counters of what finished (`counters.rs`), histograms of time to
+//! first byte and of duration (`timings.rs`), and the engine's latest load report
+//! (`report.rs`). An [`Arc<Endpoint>`] is the cheap handle that layers pass around (in
+//! `Served` and in errors).
 //!
 //! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`,
 //! `report`, a plain value the endpoint stores): the
@@ -16,14 +17,18 @@
 mod capabilities;
 mod config;
 mod counters;
+mod events;
 mod ewma;
 mod health;
 mod key;
+mod layer_events;
 mod pool_state;
 mod report;
+mod reporting;
 mod slots;
 #[cfg(test)]
 mod tests;
+mod timings;
 mod wait_queue;
 
 use std::{
@@ -38,24 +43,29 @@ use tokio::{sync::Notify, time::Instant};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
+    events::EjectionCause,
     health::Health,
     key::{Key, Redacted},
+    layer_events::LayerCounts,
+    timings::{HistogramSnapshot, BUCKETS},
 };
 pub(crate) use self::{
     config::check_weight,
+    layer_events::LayerEvents,
     pool_state::PoolState,
     wait_queue::{Grant, Place, Turn, WaitQueue, Wants},
 };
 use self::{
     counters::Counters,
+    events::Events,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
     report::{ReportWord, Reported},
     slots::{Acquired, Slots, NO_LIMIT},
+    timings::Timings,
 };
 use crate::{
     clock::{nanos, LazyNow},
-    report::LoadReport,
     sync::{AtomicBool, AtomicU64, Ordering::SeqCst},
 };
 
@@ -71,9 +81,13 @@ pub struct Endpoint {
     capabilities: Capabilities,
     born: Instant,
     completions: Completions,
+    /// The histograms a completion writes besides its line.
+    timings: Timings,
     /// The health judge's record of this endpoint's outcomes, of a type this module does not
     /// know; locked once per outcome that changes it, never by a pick.
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
+    /// What the health layer did to it, counted.
+    events: Events,
     /// Whether this endpoint is counted among its pool's ejected.
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
@@ -179,7 +193,9 @@ impl Endpoint {
                 estimates: LatencyEstimates::new(),
                 counters: Counters::new(),
             },
+            timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
+            events: Events::new(),
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),
@@ -284,6 +300,55 @@ impl Endpoint {
         self.completions.counters.failures()
     }
 
+    /// Requests whose caller gave up before they finished (a response body dropped before its
+    /// end, a response future dropped before its head): released, neither a success nor a
+    /// failure.
+    pub fn cancelled(&self) -> u64 {
+        self.timings.read_cancelled()
+    }
+
+    /// Counts a request its caller gave up.
+    pub(crate) fn count_cancelled(&self) {
+        self.timings.cancelled();
+    }
+
+    /// The histogram of times to first byte of successful responses, as read now.
+    pub fn ttfb_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_ttfb()
+    }
+
+    /// The histogram of durations, from pick to the end of the response, of the requests
+    /// that finished here (successes and failures; not those cancelled), as read now.
+    pub fn duration_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_duration()
+    }
+
+    /// How many times the health layer ejected it for `cause`.
+    pub fn ejections(&self, cause: EjectionCause) -> u64 {
+        self.events.ejections(cause)
+    }
+
+    /// How many times the health layer held its weight at the floor instead of ejecting it
+    /// (the pool was at its maximum ejected share).
+    pub fn holds(&self) -> u64 {
+        self.events.holds()
+    }
+
+    /// How many times a rate limit made it cool down.
+    pub fn cooldowns(&self) -> u64 {
+        self.events.cooldowns()
+    }
+
+    /// The health events' counters, for the health layer.
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The counters of what the layers did for its pool's requests.
+    pub(crate) fn layer_events(&self) -> &LayerEvents {
+        &self.pool.layer_events
+    }
+
     /// The counters, for the health judge's successes counted without its lock.
     pub(crate) fn counters(&self) -> &Counters {
         &self.completions.counters
@@ -320,6 +385,7 @@ impl Endpoint {
     /// As [`observe_ttfb`](Self::observe_ttfb), with the time as a [`nanos_at`](Self::nanos_at).
     pub(crate) fn observe_ttfb_at(&self, ttfb_nanos: f64, stamp: u64) {
         self.completions.estimates.observe_ttfb(ttfb_nanos, stamp);
+        self.timings.ttfb(ttfb_nanos as u64);
     }
 
     /// Records a finished request. A failure is recorded as at least twice the current
@@ -337,6 +403,7 @@ impl Endpoint {
         self.completions
             .estimates
             .observe_completion(elapsed_nanos, failed, stamp);
+        self.timings.duration(elapsed_nanos as u64);
     }
 
     /// A time as the latency estimates keep it: nanoseconds since the endpoint was made.
@@ -449,14 +516,6 @@ impl Endpoint {
         }
     }
 
-    /// Whether health, weight and reports let every pick through from the in-flight word
-    /// alone: `Healthy`, weight above 0, no load report to read.
-    fn plainly_open(&self) -> bool {
-        self.is_healthy()
-            && self.admission.weight.load(SeqCst) != 0
-            && !self.admission.report.present()
-    }
-
     /// Makes the gate say what health, weight and reports say; called after every write to
     /// any of them.
     /// Writers race, so each rereads after writing the gate and tries again if the state moved
@@ -478,6 +537,13 @@ impl Endpoint {
             Health::Ejected { until } | Health::CoolingDown { until } => Some(until),
             _ => None,
         }
+    }
+
+    /// Whether a soft ejection holds the weight at its floor now (a `SlowStart` whose ramp
+    /// has not begun).
+    pub(crate) fn is_held(&self, now: Instant) -> bool {
+        matches!(self.health(), Health::SlowStart { .. })
+            && !self.health_cell().allows(&LazyNow::at(now), false)
     }
 
     /// Whether the health lets a request through now; see [`HealthCell::allows`].
@@ -553,72 +619,6 @@ impl Endpoint {
         }
         (ignore_health || self.health_allows(now, include_held))
             .then(|| (load, self.effective_weight(now)))
-    }
-
-    /// The other routers' requests by the latest fresh report (0 without one), or `None` if
-    /// it shows the engine saturated: the clock is read only if there is a report.
-    #[inline]
-    fn others(&self, now: &LazyNow) -> Option<usize> {
-        let word = self.admission.report.load();
-        if word == 0 {
-            return Some(0);
-        }
-        report::others(word, report::ticks(now.get(), self.born))
-    }
-
-    // --- load reports ---
-
-    /// Takes the engine's load report: from now until it is older than its pool's
-    /// [`ReportPolicy`](crate::report::ReportPolicy) allows, picks count this endpoint's load
-    /// as the other routers' requests by the report ([`LoadReport::others`]) plus this
-    /// router's own in flight now, and treat it as full if the report shows it saturated.
-    /// A report older than the latest taken is ignored.
-    pub fn report(&self, report: &LoadReport) {
-        let policy = self.pool.report_policy();
-        let max_age = self.pool.max_report_age(&policy);
-        let saturated = policy.saturated(report);
-        let word = &self.admission.report;
-        if self
-            .reported
-            .take(word, report, self.born, max_age, saturated)
-        {
-            self.refresh_gate();
-            if !saturated {
-                // It may have room now: the same wake-up as a release.
-                self.admission.waiters.offer(self);
-            }
-        }
-    }
-
-    /// Forgets the load report: picks count this router's requests alone again.
-    pub fn clear_report(&self) {
-        self.reported.clear(&self.admission.report);
-        self.refresh_gate();
-        self.admission.waiters.offer(self);
-    }
-
-    /// Whether a fresh report shows the engine saturated: the wait queue then hands out no
-    /// slot on it, as the pick takes none.
-    pub(crate) fn saturated(&self) -> bool {
-        let word = self.admission.report.load();
-        word != 0 && report::others(word, report::ticks(Instant::now(), self.born)).is_none()
-    }
-
-    /// The latest load report taken, however old.
-    pub fn latest_report(&self) -> Option<LoadReport> {
-        self.reported.latest()
-    }
-
-    /// The load picks compare at `now`: the requests in flight from this router, plus the
-    /// other routers' by the latest report if it is fresh; `None` if that report shows the
-    /// engine saturated.
-    pub fn load(&self, now: Instant) -> Option<usize> {
-        Some(self.in_flight() + self.others(&LazyNow::at(now))?)
-    }
-
-    /// The KV-cache usage in percent by the latest report, if fresh and it gave one.
-    pub fn kv_usage_percent(&self, now: Instant) -> Option<u8> {
-        report::kv_percent(self.admission.report.load(), report::ticks(now, self.born))
     }
 
     /// Takes a slot, and a half-open trial permit if the endpoint is on trial. `None` if the

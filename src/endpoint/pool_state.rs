@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::wait_queue::WaitQueue;
+use super::{layer_events::LayerEvents, wait_queue::WaitQueue};
 use crate::{
     report::ReportPolicy,
     sync::{AtomicU64, AtomicUsize, Ordering::SeqCst},
@@ -23,6 +23,8 @@ const UNSET: u64 = u64::MAX;
 #[derive(Debug, Default)]
 pub(crate) struct PoolState {
     pub(crate) waiters: Arc<WaitQueue>,
+    /// What the layers did for the pool's requests.
+    pub(crate) layer_events: LayerEvents,
     /// Endpoints in the pool (made and not yet removed).
     members: AtomicUsize,
     /// Endpoints ejected (due back or not: one awaiting its trial still counts).
