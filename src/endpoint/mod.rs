@@ -3,10 +3,13 @@
 //! The live state is a handful of atomics that the pick reads and the load guard writes:
 //! requests in flight and outstanding work (`slots.rs`), the health cell with its trial
 //! permits and slow-start ramp (`health.rs`), peak-EWMA estimates of time to first byte and of
-//! duration (`ewma.rs`), and counters of what finished (`counters.rs`). An [`Arc<Endpoint>`]
-//! is the cheap handle that layers pass around (in `Served` and in errors).
+//! duration (`ewma.rs`), counters of what finished (`counters.rs`), histograms of time to
+//! first byte and of duration (`timings.rs`), and the engine's latest load report
+//! (`report.rs`). An [`Arc<Endpoint>`] is the cheap handle that layers pass around (in
+//! `Served` and in errors).
 //!
-//! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`): the
+//! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`,
+//! `report`, a plain value the endpoint stores): the
 //! endpoint knows nothing of picking, of layers, or of errors that name endpoints. What the
 //! endpoints of one pool share (the queue of waiting requests, the member and ejected counts)
 //! is defined here too (`pool_state.rs`).
@@ -14,13 +17,18 @@
 mod capabilities;
 mod config;
 mod counters;
+mod events;
 mod ewma;
 mod health;
 mod key;
+mod layer_events;
 mod pool_state;
+mod report;
+mod reporting;
 mod slots;
 #[cfg(test)]
 mod tests;
+mod timings;
 mod wait_queue;
 
 use std::{
@@ -35,19 +43,26 @@ use tokio::{sync::Notify, time::Instant};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
+    events::EjectionCause,
     health::Health,
     key::{Key, Redacted},
+    layer_events::LayerCounts,
+    timings::{HistogramSnapshot, BUCKETS},
 };
 pub(crate) use self::{
     config::check_weight,
+    layer_events::LayerEvents,
     pool_state::PoolState,
     wait_queue::{Grant, Place, Turn, WaitQueue, Wants},
 };
 use self::{
     counters::Counters,
+    events::Events,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
+    report::{ReportWord, Reported},
     slots::{Acquired, Slots, NO_LIMIT},
+    timings::Timings,
 };
 use crate::{
     clock::{nanos, LazyNow},
@@ -66,13 +81,19 @@ pub struct Endpoint {
     capabilities: Capabilities,
     born: Instant,
     completions: Completions,
+    /// The histograms a completion writes besides its line.
+    timings: Timings,
     /// The health judge's record of this endpoint's outcomes, of a type this module does not
     /// know; locked once per outcome that changes it, never by a pick.
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
+    /// What the health layer did to it, counted.
+    events: Events,
     /// Whether this endpoint is counted among its pool's ejected.
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
     drained: Notify,
+    /// The engine's latest load report, whole; the pick reads its word in `admission`.
+    reported: Reported,
     /// This endpoint, for the wait queue to hand a slot on it to a waiting request.
     me: Weak<Endpoint>,
 }
@@ -90,6 +111,8 @@ struct Admission {
     id: u64,
     /// The pool's queue of requests waiting for a slot, woken on release.
     waiters: Arc<WaitQueue>,
+    /// What the pick reads of the engine's latest load report.
+    report: ReportWord,
 }
 
 /// What every completion writes, together in one cache line and apart from what is only read:
@@ -157,6 +180,7 @@ impl Endpoint {
                     .map_or(NO_LIMIT, |max| max.min(NO_LIMIT)),
                 id: next_id(),
                 waiters: Arc::clone(&pool.waiters),
+                report: ReportWord::default(),
             },
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
             tier: config.tier,
@@ -169,10 +193,13 @@ impl Endpoint {
                 estimates: LatencyEstimates::new(),
                 counters: Counters::new(),
             },
+            timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
+            events: Events::new(),
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),
+            reported: Reported::default(),
             me: me.clone(),
         }))
     }
@@ -273,6 +300,55 @@ impl Endpoint {
         self.completions.counters.failures()
     }
 
+    /// Requests whose caller gave up before they finished (a response body dropped before its
+    /// end, a response future dropped before its head): released, neither a success nor a
+    /// failure.
+    pub fn cancelled(&self) -> u64 {
+        self.timings.read_cancelled()
+    }
+
+    /// Counts a request its caller gave up.
+    pub(crate) fn count_cancelled(&self) {
+        self.timings.cancelled();
+    }
+
+    /// The histogram of times to first byte of successful responses, as read now.
+    pub fn ttfb_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_ttfb()
+    }
+
+    /// The histogram of durations, from pick to the end of the response, of the requests
+    /// that finished here (successes and failures; not those cancelled), as read now.
+    pub fn duration_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_duration()
+    }
+
+    /// How many times the health layer ejected it for `cause`.
+    pub fn ejections(&self, cause: EjectionCause) -> u64 {
+        self.events.ejections(cause)
+    }
+
+    /// How many times the health layer held its weight at the floor instead of ejecting it
+    /// (the pool was at its maximum ejected share).
+    pub fn holds(&self) -> u64 {
+        self.events.holds()
+    }
+
+    /// How many times a rate limit made it cool down.
+    pub fn cooldowns(&self) -> u64 {
+        self.events.cooldowns()
+    }
+
+    /// The health events' counters, for the health layer.
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The counters of what the layers did for its pool's requests.
+    pub(crate) fn layer_events(&self) -> &LayerEvents {
+        &self.pool.layer_events
+    }
+
     /// The counters, for the health judge's successes counted without its lock.
     pub(crate) fn counters(&self) -> &Counters {
         &self.completions.counters
@@ -309,6 +385,7 @@ impl Endpoint {
     /// As [`observe_ttfb`](Self::observe_ttfb), with the time as a [`nanos_at`](Self::nanos_at).
     pub(crate) fn observe_ttfb_at(&self, ttfb_nanos: f64, stamp: u64) {
         self.completions.estimates.observe_ttfb(ttfb_nanos, stamp);
+        self.timings.ttfb(ttfb_nanos as u64);
     }
 
     /// Records a finished request. A failure is recorded as at least twice the current
@@ -326,6 +403,7 @@ impl Endpoint {
         self.completions
             .estimates
             .observe_completion(elapsed_nanos, failed, stamp);
+        self.timings.duration(elapsed_nanos as u64);
     }
 
     /// A time as the latency estimates keep it: nanoseconds since the endpoint was made.
@@ -438,12 +516,8 @@ impl Endpoint {
         }
     }
 
-    /// Whether health and weight let every pick through: `Healthy`, weight above 0.
-    fn plainly_open(&self) -> bool {
-        self.is_healthy() && self.admission.weight.load(SeqCst) != 0
-    }
-
-    /// Makes the gate say what health and weight say; called after every write to either.
+    /// Makes the gate say what health, weight and reports say; called after every write to
+    /// any of them.
     /// Writers race, so each rereads after writing the gate and tries again if the state moved
     /// meanwhile: the last gate write of all then follows the last health and weight writes,
     /// and the gate is never left open on a closed endpoint, nor closed on an open one.
@@ -463,6 +537,13 @@ impl Endpoint {
             Health::Ejected { until } | Health::CoolingDown { until } => Some(until),
             _ => None,
         }
+    }
+
+    /// Whether a soft ejection holds the weight at its floor now (a `SlowStart` whose ramp
+    /// has not begun).
+    pub(crate) fn is_held(&self, now: Instant) -> bool {
+        matches!(self.health(), Health::SlowStart { .. })
+            && !self.health_cell().allows(&LazyNow::at(now), false)
     }
 
     /// Whether the health lets a request through now; see [`HealthCell::allows`].
@@ -527,8 +608,9 @@ impl Endpoint {
         self.admission.slots.open(self.admission.max_concurrency)
     }
 
-    /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((in_flight, weight as
-    /// picks see it))` if the endpoint has a free slot and takes traffic now.
+    /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((load, weight as
+    /// picks see it))` if the endpoint has a free slot, is not saturated, and takes traffic
+    /// now. The load is the requests in flight plus, with a fresh report, the other routers'.
     #[cold]
     #[inline(never)]
     pub(crate) fn gated_view(
@@ -546,12 +628,13 @@ impl Endpoint {
             // Drained by weight 0.
             return None;
         }
+        let load = in_flight + self.others(now)?;
         if self.is_healthy() {
-            // The gate is about to open.
-            return Some((in_flight, weight));
+            // Open but for its report, or the gate is about to open.
+            return Some((load, weight));
         }
         self.health_lets_through(now, ignore_health, include_held)
-            .then(|| (in_flight, self.effective_weight(now)))
+            .then(|| (load, self.effective_weight(now)))
     }
 
     /// Takes a slot, and a half-open trial permit if the endpoint is on trial. `None` if the

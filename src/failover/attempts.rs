@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     clock::later,
+    endpoint::Endpoint,
     error::{
         Attempt, AttemptsFailed, BoxError, GaveUp, NoEndpoints, NotReplayable, Overloaded,
         RateLimited,
@@ -126,6 +127,10 @@ pub(crate) struct Attempts<S, B, RB: Body> {
     /// The only failed attempt's own answer to a rate limit, while it is the only one.
     answer: Option<Response<ResponseBody<RB>>>,
     deadline: Option<Instant>,
+    /// The tier of the first failed attempt's endpoint, to count a fail-over to another.
+    first_tier: Option<u32>,
+    /// The last failed attempt's endpoint: the retries are counted in its pool.
+    last: Option<Arc<Endpoint>>,
 }
 
 impl<S, B, RB> Attempts<S, B, RB>
@@ -153,6 +158,8 @@ where
             tier_tried: None,
             answer: None,
             deadline,
+            first_tier: None,
+            last: None,
         }
     }
 
@@ -168,6 +175,10 @@ where
             if let Some(endpoint) = endpoint {
                 self.exclude.insert(&endpoint);
                 self.tier_tried = self.tier_tried.max(Some(endpoint.tier()));
+                if self.failed.is_empty() {
+                    self.first_tier = Some(endpoint.tier());
+                }
+                self.last = Some(endpoint);
             }
             tracing::debug!(attempt = self.failed.len() + 1, endpoint = ?attempt.endpoint, "attempt failed; failing over");
             self.failed.push(attempt);
@@ -193,9 +204,12 @@ where
         let body = Stop::before_retry(self.settings.attempts, self.made, || {
             template.and_then(Replay::replay)
         })?;
+        let events = self.last.as_ref().map(|e| e.layer_events());
         if !self.settings.budget.withdraw() {
+            events.inspect(|events| events.budget_exhausted());
             return Err(Stop::Budget);
         }
+        events.inspect(|events| events.retried());
         Ok((self.service.clone(), body))
     }
 
@@ -244,6 +258,7 @@ where
             };
             match step {
                 Step::Done(mut response) => {
+                    self.count_failover(&response);
                     if let Some(resume) = self.resumable(&response) {
                         response.body_mut().resume(resume);
                     }
@@ -284,6 +299,19 @@ where
             .hedge
             .and_then(|_| self.template.as_ref().and_then(Replay::replay))
             .map(|copy| (self.service.clone(), copy))
+    }
+
+    /// Counts a fail-over if `response` came from another tier than the first failed attempt.
+    fn count_failover<T>(&self, response: &Response<T>) {
+        let Some(served) = response.extensions().get::<Served>() else {
+            return;
+        };
+        if self
+            .first_tier
+            .is_some_and(|tier| tier != served.endpoint().tier())
+        {
+            served.endpoint().layer_events().failed_over();
+        }
     }
 
     /// What the body needs to continue a broken stream elsewhere, if a policy is set and the
@@ -390,7 +418,13 @@ where
     );
     hedge::race(&settings.latencies, hedge, first, || {
         // Slow: send a copy elsewhere, if the body and the budget allow.
-        let (service, copy) = hedge_copy.filter(|_| settings.budget.withdraw())?;
+        let (service, copy) = hedge_copy?;
+        let events = picked.get().map(|e| e.layer_events());
+        if !settings.budget.withdraw() {
+            events.inspect(|events| events.budget_exhausted());
+            return None;
+        }
+        events.inspect(|events| events.hedged());
         let mut elsewhere = exclude.clone();
         if let Some(endpoint) = picked.get() {
             elsewhere.insert(endpoint);
