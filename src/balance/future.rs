@@ -145,8 +145,11 @@ where
         request: Req,
         queue: Queue,
         completion: Arc<Completion>,
-    ) -> Self {
-        let timeout = chooser.config.timeout;
+    ) -> Self
+    where
+        Req: Hinted,
+    {
+        let timeout = super::service::attempt_timeout(&request, chooser.config.timeout);
         let Some(place) = chooser.pool.waiters().join(queue.max_waiting) else {
             return Self::failed(Overloaded::new(None).into());
         };

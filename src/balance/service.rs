@@ -4,6 +4,7 @@ use std::{
     fmt,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tower_service::Service;
@@ -15,7 +16,7 @@ use super::{
 };
 use crate::{
     error::BoxError,
-    hints::Hinted,
+    hints::{AttemptTimeout, Hinted},
     load::{Completion, LoadGuard, TrackLoad},
     per_clone::PerClone,
     pool::Pool,
@@ -96,7 +97,7 @@ where
         match self.chooser.try_pick(&request) {
             Ok((service, guard)) => {
                 let completion = Arc::clone(self.completion.for_request(Completion::clone));
-                let timeout = self.chooser.config.timeout;
+                let timeout = attempt_timeout(&request, self.chooser.config.timeout);
                 ResponseFuture::ready(service, guard, request, timeout, completion)
             }
             Err(NoSlot::AllFull) => match self.chooser.config.queue {
@@ -108,5 +109,13 @@ where
             },
             Err(NoSlot::Unavailable(e)) => ResponseFuture::failed(e),
         }
+    }
+}
+
+/// The request's own [`AttemptTimeout`], or the layer's.
+pub(super) fn attempt_timeout<R: Hinted>(request: &R, layer: Option<Duration>) -> Option<Duration> {
+    match request.extensions().get::<AttemptTimeout>() {
+        Some(own) => Some(own.0),
+        None => layer,
     }
 }
