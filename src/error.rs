@@ -243,15 +243,21 @@ impl fmt::Display for AttemptsFailed {
         };
         write!(f, "{} attempt(s) failed, {why}", self.attempts.len())?;
         for (i, a) in self.attempts.iter().enumerate() {
-            let at = a.endpoint.as_ref().map_or("-", Key::as_str);
+            let at: &dyn fmt::Display = match &a.endpoint {
+                Some(key) => key,
+                None => &"-",
+            };
             match &a.failure {
                 AttemptFailure::Status { status, .. } => {
                     write!(f, "; {}: {at} answered {status}", i + 1)?
                 }
-                AttemptFailure::Error(e) => write!(f, "; {}: {at}: {e}", i + 1)?,
-                AttemptFailure::FirstChunk(e) => {
-                    write!(f, "; {}: {at}: before the first chunk: {e}", i + 1)?
-                }
+                AttemptFailure::Error(e) => write!(f, "; {}: {at}: {}", i + 1, unnamed(e))?,
+                AttemptFailure::FirstChunk(e) => write!(
+                    f,
+                    "; {}: {at}: before the first chunk: {}",
+                    i + 1,
+                    unnamed(e)
+                )?,
             }
         }
         if let Some(d) = self.retry_after {
@@ -262,6 +268,15 @@ impl fmt::Display for AttemptsFailed {
 }
 
 impl std::error::Error for AttemptsFailed {}
+
+/// An attempt's error without the endpoint it names, which the attempt names already: an
+/// [`EndpointError`]'s own error.
+fn unnamed(error: &BoxError) -> &(dyn std::error::Error + Send + Sync + 'static) {
+    match error.downcast_ref::<EndpointError>() {
+        Some(e) => e.inner(),
+        None => &**error,
+    }
+}
 
 /// A retry was needed, but the request's body cannot be sent again (it was streamed, not
 /// buffered). The retry was not sent; an empty body is never sent in its place.

@@ -31,7 +31,7 @@ pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
     health::Health,
-    key::Key,
+    key::{Key, Redacted},
 };
 pub(crate) use self::{
     config::check_weight,

@@ -50,9 +50,8 @@ impl BlockHasher {
         Ok(Self { size, seed: P2 })
     }
 
-    /// Starts every chain from `seed` instead of the default, for example the model's
-    /// [`stable_hash`](crate::hash::stable_hash): prompts sent to different models then
-    /// never share a block.
+    /// Starts every chain from `seed` instead of the default, for example a hash of the
+    /// model's name: prompts sent to different models then never share a block.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
