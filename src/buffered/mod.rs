@@ -537,14 +537,15 @@ mod tests {
     async fn bodies_in_flight_hold_at_most_the_total_limit_until_their_last_copy_drops() {
         // The inner service keeps each body until told to let go, as an upstream that is
         // still reading, or a replay kept for a retry, would.
-        let (release, held) = tokio::sync::broadcast::channel::<()>(1);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let release = Arc::clone(&gate);
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&calls);
         let inner = service_fn(move |request: Request<Full<Bytes>>| {
             counted.fetch_add(1, SeqCst);
-            let mut release = held.resubscribe();
+            let gate = Arc::clone(&gate);
             async move {
-                let _ = release.recv().await;
+                let _open = gate.acquire().await;
                 drop(request);
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
             }
@@ -590,7 +591,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(layer.buffered_bytes(), 150);
-        release.send(()).unwrap();
+        release.add_permits(2);
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
         assert_eq!(layer.buffered_bytes(), 0, "every share given back");
