@@ -28,6 +28,7 @@ use tower_ai_balance::{
 };
 
 /// Everything the gateway is made of; `Gateway::default()` holds its defaults.
+#[derive(Debug)]
 pub struct Gateway {
     pub upstreams: Vec<UpstreamConfig>,
     /// The health policy and layer settings (a `--config` file's, or the defaults).
