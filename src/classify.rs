@@ -61,6 +61,21 @@ pub trait Classify: Send + Sync + 'static {
     fn classify_error(&self, _error: &(dyn Error + Send + Sync + 'static)) -> Outcome {
         Outcome::Failure
     }
+
+    /// Judges how an upstream ended a WebSocket session: the close code it sent (`None` for a
+    /// close frame without one). The default: a normal close or going away (1000, 1001) is a
+    /// success; an internal error, a restart or a bad gateway (1011, 1012, 1014) a failure;
+    /// "try again later" (1013) a rate limit; any other code (a policy, protocol, data or size
+    /// complaint, or an application's own 3000–4999) is the session's own business, not
+    /// counted against the endpoint.
+    fn classify_close(&self, code: Option<u16>) -> Outcome {
+        match code {
+            None | Some(1000 | 1001) => Outcome::Success,
+            Some(1011 | 1012 | 1014) => Outcome::Failure,
+            Some(1013) => Outcome::RateLimited { retry_after: None },
+            Some(_) => Outcome::ClientError,
+        }
+    }
 }
 
 /// HTTP and gRPC: 429 and 503-with-`Retry-After` are rate limits, other 5xx failures, other 4xx
@@ -193,6 +208,21 @@ mod tests {
             DefaultClassifier.classify_trailers(Outcome::Success, &HeaderMap::new()),
             Outcome::Success
         );
+    }
+
+    #[test]
+    fn websocket_close_codes_are_judged() {
+        let c = |code| DefaultClassifier.classify_close(code);
+        assert_eq!(c(None), Outcome::Success);
+        assert_eq!(c(Some(1000)), Outcome::Success);
+        assert_eq!(c(Some(1001)), Outcome::Success);
+        for failure in [1011, 1012, 1014] {
+            assert_eq!(c(Some(failure)), Outcome::Failure);
+        }
+        assert_eq!(c(Some(1013)), Outcome::RateLimited { retry_after: None });
+        for theirs in [1002, 1003, 1007, 1008, 1009, 3000, 4001] {
+            assert_eq!(c(Some(theirs)), Outcome::ClientError);
+        }
     }
 
     #[test]

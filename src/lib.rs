@@ -66,6 +66,8 @@
 //! - [`report`]: what an engine says about its own load.
 //! - [`engines`]: where load reports come from: Prometheus scrapes of vLLM and SGLang, ORCA
 //!   response headers.
+//! - `websocket` (feature `websocket`): WebSocket sessions proxied to endpoints of the pool,
+//!   each holding its endpoint's slot for the whole session.
 //!
 //! # Feature flags
 //!
@@ -86,6 +88,9 @@
 //! - `kubernetes` (off by default): Kubernetes discovery, `discovery::EndpointSlices`. Adds
 //!   `kube` and `k8s-openapi` (whose Kubernetes version feature the application enables).
 //! - `serde` (off by default): settings from files, `config`. Adds `serde`.
+//! - `websocket` (off by default): WebSocket sessions, `websocket::Proxy`: picked from the
+//!   pool, failed over before they start, the endpoint's load held until they end; `wss://`
+//!   with `client`. Adds `tokio-tungstenite` (its handshake only) and tokio's `net`.
 //!
 //! The default build depends on tower, tower-layer, tower-service, tokio (`rt`, `sync`,
 //! `time`), http, http-body, http-body-util, bytes, httpdate, arc-swap, parking_lot, rand,
@@ -126,6 +131,8 @@ pub mod report;
 mod rng;
 pub mod route;
 mod sync;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -182,6 +182,14 @@ pub struct Stats {
     pub last_headers: parking_lot::Mutex<http::HeaderMap>,
     /// The sessions whose context this server holds (its KV / prefix cache).
     sessions: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// WebSocket: handshakes answered 101.
+    pub ws_accepted: AtomicU64,
+    /// WebSocket: pings received.
+    pub ws_pings: AtomicU64,
+    /// WebSocket: the close codes received from clients (`None`: a close frame without one).
+    pub ws_closes: parking_lot::Mutex<Vec<Option<u16>>>,
+    /// WebSocket: the last handshake's `Sec-WebSocket-Protocol`, as received.
+    pub ws_protocols: parking_lot::Mutex<Option<String>>,
 }
 
 /// How many sessions a server's cache holds before it starts again.
@@ -323,17 +331,29 @@ fn serve(
             }
             let (s, m, sp) = (Arc::clone(&s), Arc::clone(&m), sp.clone());
             connections.spawn(async move {
-                let svc = service_fn(move |req| {
-                    handle(
-                        req,
-                        Arc::clone(&s),
-                        Mode::decode(m.load(SeqCst)),
-                        sp.clone(),
-                    )
+                // A WebSocket session runs in this task once its handshake is answered, so a
+                // crash cuts it as it cuts a request.
+                let upgrade = UpgradeSlot::default();
+                let svc = service_fn({
+                    let (s, sp, upgrade) = (Arc::clone(&s), sp.clone(), Arc::clone(&upgrade));
+                    move |req| {
+                        handle(
+                            req,
+                            Arc::clone(&s),
+                            Mode::decode(m.load(SeqCst)),
+                            sp.clone(),
+                            Arc::clone(&upgrade),
+                        )
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
                     .await;
+                let session = upgrade.lock().take();
+                if let Some(session) = session {
+                    realtime_session(session, s, sp).await;
+                }
             });
         }
     })
@@ -361,6 +381,7 @@ async fn handle(
     stats: Arc<Stats>,
     mode: Mode,
     spec: Spec,
+    upgrade: UpgradeSlot,
 ) -> Result<Response<Body>, std::io::Error> {
     if !matches!(req.uri().path(), "/health" | "/metrics" | "/v1/models") {
         stats.received.fetch_add(1, SeqCst);
@@ -373,6 +394,9 @@ async fn handle(
         r.headers_mut()
             .insert("content-type", "application/json".parse().unwrap());
         return Ok(r);
+    }
+    if req.uri().path().ends_with("/realtime") {
+        return Ok(realtime_handshake(req, &stats, mode, &upgrade).await);
     }
     if req.uri().path() == "/v1/messages" {
         return handle_messages(req, stats, mode, spec).await;
@@ -949,5 +973,183 @@ fn metrics_text(stats: &Stats, spec: &Spec) -> String {
              sglang:num_queue_reqs{{model_name=\"{model}\"}} {waiting}.0\n",
             tokens = spec.kv_tokens,
         ),
+    }
+}
+
+// --- WebSocket: a realtime endpoint -------------------------------------------------------
+//
+// `GET .../realtime` upgraded to a WebSocket streams events for a session, in the shape of
+// OpenAI's Realtime API: `{"type":"session.created","server":NAME,"protocol":P}` first; then,
+// for each `{"type":"response.create","tokens":N}`, N `response.delta` events one `per_token`
+// apart and a `response.done`; `{"type":"close","code":C}` makes the server close with C; any
+// other message comes back as an `echo` (binary ones as they are). Each open session counts
+// in the server's in-flight requests. It picks the subprotocol `realtime` when offered.
+//
+// Fail modes (the server's mode when the handshake arrives): `Fail` answers 500,
+// `Unavailable` 503, `RateLimit(s)` 429 with `Retry-After`, `Hang` never answers;
+// `ResetMidStream` sends `session.created` and one delta, then drops the connection without
+// a close frame; `StallAfterFirst` sends `session.created`, then neither reads nor writes.
+// `crash()` cuts every open session as a dying process would.
+
+type UpgradeSlot = Arc<parking_lot::Mutex<Option<RealtimeUpgrade>>>;
+
+/// A handshake answered 101, whose session the connection's task runs.
+pub struct RealtimeUpgrade {
+    on: hyper::upgrade::OnUpgrade,
+    protocol: Option<&'static str>,
+    mode: Mode,
+}
+
+async fn realtime_handshake(
+    mut req: Request<Incoming>,
+    stats: &Stats,
+    mode: Mode,
+    slot: &UpgradeSlot,
+) -> Response<Body> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    let offered = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    *stats.ws_protocols.lock() = offered.clone();
+    match mode {
+        Mode::Fail => return full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure"),
+        Mode::Unavailable => return full(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        Mode::RateLimit(s) => {
+            let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+            r.headers_mut()
+                .insert("retry-after", s.to_string().parse().unwrap());
+            return r;
+        }
+        Mode::Hang => std::future::pending().await,
+        _ => {}
+    }
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return full(StatusCode::BAD_REQUEST, "not a websocket upgrade");
+    };
+    let protocol = offered
+        .as_deref()
+        .is_some_and(|p| p.split(',').any(|t| t.trim() == "realtime"))
+        .then_some("realtime");
+    *slot.lock() = Some(RealtimeUpgrade {
+        on: hyper::upgrade::on(&mut req),
+        protocol,
+        mode,
+    });
+    stats.ws_accepted.fetch_add(1, SeqCst);
+    let mut r = full(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().unwrap(),
+    );
+    if let Some(p) = protocol {
+        h.insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    r
+}
+
+fn event(value: serde_json::Value) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::text(value.to_string())
+}
+
+async fn realtime_session(upgrade: RealtimeUpgrade, stats: Arc<Stats>, spec: Spec) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::{
+        tungstenite::{protocol::Role, Message},
+        WebSocketStream,
+    };
+
+    let Ok(upgraded) = upgrade.on.await else {
+        return;
+    };
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    let held = InFlight::new(&stats);
+    let created = serde_json::json!({
+        "type": "session.created", "server": spec.name, "protocol": upgrade.protocol,
+    });
+    if ws.send(event(created)).await.is_err() {
+        return;
+    }
+    match upgrade.mode {
+        Mode::StallAfterFirst => {
+            let _held = held;
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+        Mode::ResetMidStream => {
+            let _ = ws
+                .send(event(serde_json::json!({"type": "response.delta", "i": 0})))
+                .await;
+            return; // dropped without a close frame
+        }
+        _ => {}
+    }
+    while let Some(message) = ws.next().await {
+        let Ok(message) = message else {
+            return;
+        };
+        match message {
+            Message::Text(text) => {
+                let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                match json["type"].as_str() {
+                    Some("response.create") => {
+                        for i in 0..json["tokens"].as_u64().unwrap_or(1) {
+                            tokio::time::sleep(spec.per_token).await;
+                            let delta = serde_json::json!({"type": "response.delta", "i": i});
+                            if ws.send(event(delta)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if ws
+                            .send(event(serde_json::json!({"type": "response.done"})))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some("close") => {
+                        let code = json["code"].as_u64().unwrap_or(1000) as u16;
+                        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                            code: code.into(),
+                            reason: "server closed".into(),
+                        };
+                        let _ = ws.close(Some(frame)).await;
+                    }
+                    _ => {
+                        let echo = serde_json::json!({"type": "echo", "data": text.as_str()});
+                        if ws.send(event(echo)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Message::Binary(bytes) => {
+                let Ok(()) = ws.send(Message::Binary(bytes)).await else {
+                    return;
+                };
+            }
+            Message::Ping(_) => {
+                // The library answers it.
+                stats.ws_pings.fetch_add(1, SeqCst);
+            }
+            Message::Close(frame) => {
+                stats
+                    .ws_closes
+                    .lock()
+                    .push(frame.map(|f| u16::from(f.code)));
+                held.done();
+                // Flush the reply; the peer then ends the connection.
+                while let Some(Ok(_)) = ws.next().await {}
+                return;
+            }
+            _ => {}
+        }
     }
 }

@@ -67,6 +67,13 @@ impl<S: Clone> Balance<S> {
         &self.chooser.pool
     }
 
+    /// The stack's one classifier, for callers that route by themselves and judge their own
+    /// outcomes with it (WebSocket sessions).
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) fn classifier(&self) -> &Arc<dyn crate::classify::Classify> {
+        &self.chooser.config.classify
+    }
+
     /// Picks an endpoint for `request` and takes a slot on it without calling it, for callers
     /// that route by themselves (a WebSocket upgrade, a custom transport). The slot is held
     /// until the guard is completed or dropped. Fails with

@@ -30,6 +30,10 @@ type Pooled = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, 
 #[derive(Clone)]
 pub struct Client {
     pub(crate) pooled: Pooled,
+    /// The same TCP and TLS settings, offering only HTTP/1.1 by ALPN: a WebSocket upgrade
+    /// is an HTTP/1.1 request. Not pooled: a session keeps its connection.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) websocket: HttpsConnector<HttpConnector>,
     settings: Arc<ClientBuilder>,
 }
 
@@ -210,6 +214,11 @@ impl ClientBuilder {
         http.set_nodelay(true);
         http.set_connect_timeout(self.connect_timeout);
         http.set_keepalive(self.tcp_keepalive);
+        // A WebSocket upgrade is an HTTP/1.1 request: offer only that by ALPN, so that a
+        // server able to speak HTTP/2 does not pick it.
+        let mut http1_only = tls.clone();
+        http1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let websocket = HttpsConnector::from((http.clone(), http1_only));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -227,6 +236,7 @@ impl ClientBuilder {
         let pooled = builder.build(https);
         Ok(Client {
             pooled,
+            websocket,
             settings: Arc::new(self),
         })
     }

@@ -116,6 +116,21 @@ impl Upstream {
     pub fn format(&self) -> Format {
         self.inner.format
     }
+
+    /// What a WebSocket session to this upstream is made of: the client it connects with,
+    /// the base URL, the headers it adds and the client headers it forwards.
+    #[cfg(feature = "websocket")]
+    pub(crate) fn websocket_parts(
+        &self,
+    ) -> (
+        &Client,
+        &BaseUrl,
+        &[(HeaderName, HeaderValue)],
+        &[HeaderName],
+    ) {
+        let inner = &*self.inner;
+        (&inner.client, &inner.base, &inner.inject, &inner.forward)
+    }
 }
 
 impl<B> Service<Request<B>> for Upstream
