@@ -25,7 +25,7 @@ use crate::{
     clock::later,
     endpoint::Place,
     error::{BoxError, EndpointError, Overloaded, Timeout},
-    hints::Hinted,
+    hints::{AttemptTimeout, Hinted},
     load::{Completion, LoadGuard, TrackLoad},
 };
 
@@ -149,7 +149,7 @@ where
     where
         Req: Hinted,
     {
-        let timeout = super::service::attempt_timeout(&request, chooser.config.timeout);
+        let timeout = attempt_timeout(&request, chooser.config.timeout);
         let Some(place) = chooser.pool.waiters().join(queue.max_waiting) else {
             return Self::failed(Overloaded::new(None).into());
         };
@@ -284,4 +284,12 @@ fn fail(guard: &mut Option<LoadGuard>, error: BoxError, completion: &Completion)
     let endpoint = Arc::clone(guard.endpoint());
     guard.complete();
     EndpointError::new(endpoint, error, verdict).into()
+}
+
+/// The request's own [`AttemptTimeout`], or the layer's.
+pub(super) fn attempt_timeout<R: Hinted>(request: &R, layer: Option<Duration>) -> Option<Duration> {
+    match request.extensions().get::<AttemptTimeout>() {
+        Some(own) => Some(own.0),
+        None => layer,
+    }
 }

@@ -4,7 +4,6 @@ use std::{
     fmt,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use tower_service::Service;
@@ -16,7 +15,7 @@ use super::{
 };
 use crate::{
     error::BoxError,
-    hints::{AttemptTimeout, Hinted},
+    hints::Hinted,
     load::{Completion, LoadGuard, TrackLoad},
     per_clone::PerClone,
     pool::Pool,
@@ -104,7 +103,7 @@ where
         match self.chooser.try_pick(&request) {
             Ok((service, guard)) => {
                 let completion = Arc::clone(self.completion.for_request(Completion::clone));
-                let timeout = attempt_timeout(&request, self.chooser.config.timeout);
+                let timeout = super::future::attempt_timeout(&request, self.chooser.config.timeout);
                 ResponseFuture::ready(service, guard, request, timeout, completion)
             }
             Err(NoSlot::AllFull) => match self.chooser.config.queue {
@@ -116,13 +115,5 @@ where
             },
             Err(NoSlot::Unavailable(e)) => ResponseFuture::failed(e),
         }
-    }
-}
-
-/// The request's own [`AttemptTimeout`], or the layer's.
-pub(super) fn attempt_timeout<R: Hinted>(request: &R, layer: Option<Duration>) -> Option<Duration> {
-    match request.extensions().get::<AttemptTimeout>() {
-        Some(own) => Some(own.0),
-        None => layer,
     }
 }
