@@ -13,10 +13,24 @@ use crate::endpoint::Endpoint;
 
 /// What a request needs of the endpoint that serves it. Set by a user function or by the
 /// [`route`](crate::route) layer.
+///
+/// A request that several models will do (a model alias and its variants) names the one it
+/// prefers in `model` and the others in `fallback`: [`Balance`](crate::balance::Balance)
+/// takes an endpoint of the preferred model if one can take the request now, else one of the
+/// next model in `fallback`, and so on, and tells the endpoint's service which model it serves
+/// the request as ([`ServeAs`](crate::hints::ServeAs)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Require {
-    /// A model the endpoint must serve.
+    /// A model the endpoint must serve: with `fallback`, the preferred one.
     pub model: Option<Arc<str>>,
+    /// Other models that will do, in order of preference, when no endpoint of `model` can
+    /// take the request now (none healthy with room). `model` may be among them; it is not
+    /// tried twice. Each is held to the other requirements.
+    pub fallback: Option<Arc<[Arc<str>]>>,
+    /// The name the request asked for when `model` and `fallback` stand for it (an alias):
+    /// the request must then be sent as the model of the endpoint that takes it, whatever it
+    /// names itself (see [`serve_as`](Self::serve_as)).
+    pub alias: Option<Arc<str>>,
     /// The context window it must have: prompt plus maximum output tokens.
     pub context: Option<u32>,
     /// Its hardware class.
@@ -62,6 +76,63 @@ impl Require {
         }
     }
 
+    /// Also takes `models`, in this order of preference, when no endpoint of the preferred
+    /// model can take the request now.
+    pub fn fallback<M: Into<Arc<str>>>(mut self, models: impl IntoIterator<Item = M>) -> Self {
+        self.fallback = Some(models.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Stands for `alias`, the name the request gave: the request is sent as the model of
+    /// the endpoint that takes it.
+    pub fn alias(mut self, alias: impl Into<Arc<str>>) -> Self {
+        self.alias = Some(alias.into());
+        self
+    }
+
+    /// The models that will do, in order of preference, each once: `model`, then `fallback`.
+    pub fn models(&self) -> impl Iterator<Item = &Arc<str>> + Clone + '_ {
+        let fallback = self.fallback.as_deref().unwrap_or_default();
+        self.model.iter().chain(
+            fallback
+                .iter()
+                .enumerate()
+                .filter(move |&(i, m)| self.model.as_ref() != Some(m) && !fallback[..i].contains(m))
+                .map(|(_, m)| m),
+        )
+    }
+
+    /// Whether the request must be sent as the model of the endpoint that takes it: it
+    /// stands for an alias, or other models will do.
+    #[inline]
+    pub fn renames(&self) -> bool {
+        self.alias.is_some() || self.fallback.is_some()
+    }
+
+    /// The model to send the request as when `endpoint` takes it: the first of its
+    /// [`models`](Self::models) the endpoint serves. `None` when the request is sent as it is
+    /// (it does not [`rename`](Self::renames)), or the endpoint serves none of them.
+    pub fn serve_as(&self, endpoint: &Endpoint) -> Option<&Arc<str>> {
+        if !self.renames() {
+            return None;
+        }
+        let caps = endpoint.capabilities();
+        self.models().find(|m| caps.serves_model(m))
+    }
+
+    /// The same requirements for one of the models alone.
+    pub(crate) fn only(&self, model: &Arc<str>) -> Self {
+        Self {
+            model: Some(Arc::clone(model)),
+            fallback: None,
+            alias: None,
+            context: self.context,
+            hardware: self.hardware.clone(),
+            provider: self.provider.clone(),
+            region: self.region.clone(),
+        }
+    }
+
     /// Also needs a context window of `tokens`.
     pub fn context(mut self, tokens: u32) -> Self {
         self.context = Some(tokens);
@@ -86,21 +157,48 @@ impl Require {
         self
     }
 
-    /// Whether `endpoint` meets every requirement. No allocation.
+    /// Whether `endpoint` meets every requirement (it serves one of the models that will do).
+    /// No allocation.
     #[inline]
     pub fn admits(&self, endpoint: &Endpoint) -> bool {
         let caps = endpoint.capabilities();
-        self.model.as_deref().map_or(true, |m| caps.serves_model(m))
-            && self
-                .context
-                .map_or(true, |c| caps.max_context.map_or(true, |max| max >= c))
+        self.model.as_deref().map_or(true, |m| {
+            caps.serves_model(m)
+                || self
+                    .fallback
+                    .as_deref()
+                    .is_some_and(|f| f.iter().any(|m| caps.serves_model(m)))
+        }) && self
+            .context
+            .map_or(true, |c| caps.max_context.map_or(true, |max| max >= c))
             && matches(&self.hardware, &caps.hardware)
             && matches(&self.provider, &caps.provider)
             && matches(&self.region, &caps.region)
     }
 
-    /// The requirement none of `endpoints` meets (the cold path after a failed pick).
+    /// The requirement none of `endpoints` meets (the cold path after a failed pick). For a
+    /// request that several models will do: what the endpoints of the first of them that some
+    /// endpoint serves lack, or, when none is served at all, the model (by its alias, if it
+    /// has one).
     pub fn unmet<'a>(&self, endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Unmet {
+        if self.fallback.is_none() {
+            return self.unmet_alone(endpoints);
+        }
+        let served = |m: &Arc<str>| endpoints.clone().any(|e| e.capabilities().serves_model(m));
+        match self.models().find(|m| served(m)) {
+            // Judged among that model's endpoints: what they lack, not what the endpoints
+            // of other models happen to have.
+            Some(m) => self
+                .only(m)
+                .unmet_alone(endpoints.filter(|e| e.capabilities().serves_model(m))),
+            None => match self.alias.as_ref().or(self.model.as_ref()) {
+                Some(name) => Unmet::Model(Arc::clone(name)),
+                None => self.unmet_alone(endpoints),
+            },
+        }
+    }
+
+    fn unmet_alone<'a>(&self, endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Unmet {
         let none = |check: &dyn Fn(&Capabilities) -> bool| {
             !endpoints.clone().any(|e| check(e.capabilities()))
         };

@@ -2,7 +2,9 @@
 //!
 //! Inward, a layer that wants to steer the pick puts a hint in the request's
 //! [`http::Extensions`]: [`Exclude`] (endpoints already tried), [`Cost`] (the request's work in
-//! units such as tokens). [`Balance`](crate::balance::Balance) reads them.
+//! units such as tokens). [`Balance`](crate::balance::Balance) reads them. Toward the
+//! endpoint's service, `Balance` adds [`ServeAs`] to a request sent as another model than it
+//! names (a model alias).
 //!
 //! Outward, the endpoint that served a request and the verdict on its response head are
 //! attached to the response's extensions as [`Served`], and carried in
@@ -203,6 +205,19 @@ pub struct Cost(pub u64);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AttemptTimeout(pub std::time::Duration);
+
+/// The model a request is to be sent as, put in the request by
+/// [`Balance`](crate::balance::Balance) before it calls the endpoint's service, when the
+/// request's [`Require`] [renames](Require::renames) it (a model alias, or other models that
+/// will do): the first of the acceptable models that the chosen endpoint serves. Requests
+/// that name their model themselves never carry it.
+///
+/// The endpoint's service sends the request naming this model, not the one in the body
+/// (which may be the alias, or a variant that was not available): the crate's HTTP upstream
+/// (`client::Upstream`) does, and [`RewriteModel`](crate::route::RewriteModel) does it for
+/// any other service of in-memory bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeAs(pub Arc<str>);
 
 /// Filled by [`Balance`](crate::balance::Balance) with the endpoint it picked, as soon as it
 /// picks: a layer above can tell where a request in flight went before it answers (to hedge

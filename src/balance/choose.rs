@@ -10,7 +10,7 @@ use crate::{
     capability::Unsatisfiable,
     endpoint::Endpoint,
     error::{BoxError, NoEndpoints, Overloaded},
-    hints::{Affinity, Cost, Exclude, FirstChunkJudged, Hinted, Picked, Require},
+    hints::{Affinity, Cost, Exclude, FirstChunkJudged, Hinted, Picked, Require, ServeAs},
     load::LoadGuard,
     pick::{affine, Filter},
     pool::{Pool, Snapshot},
@@ -55,11 +55,29 @@ impl<S> Clone for Chooser<S> {
 }
 
 /// Takes a slot: with health's trial permits, or whatever the health (panic mode).
-type Acquire = fn(&Arc<Endpoint>, u64, Instant) -> Option<LoadGuard>;
+pub(super) type Acquire = fn(&Arc<Endpoint>, u64, Instant) -> Option<LoadGuard>;
+
+/// What a pick took: the endpoint's service, the slot, and, for a request sent as another
+/// model than it names (an alias), that model.
+pub(crate) struct Choice<S> {
+    pub(crate) service: S,
+    pub(crate) guard: LoadGuard,
+    pub(crate) serve_as: Option<Arc<str>>,
+}
+
+impl<S> Choice<S> {
+    /// Tells the endpoint's service the model to send the request as, if it is renamed.
+    #[inline]
+    pub(crate) fn tell<R: Hinted>(&mut self, request: &mut R) {
+        if let Some(model) = self.serve_as.take() {
+            request.extensions_mut().insert(ServeAs(model));
+        }
+    }
+}
 
 impl<S: Clone> Chooser<S> {
     /// The hot path: pick in the lowest tier that has room, and take a slot.
-    pub(crate) fn try_pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), NoSlot> {
+    pub(crate) fn try_pick<R: Hinted>(&self, request: &R) -> Result<Choice<S>, NoSlot> {
         let all = self.pool.load();
         if all.is_empty() {
             return Err(NoSlot::Unavailable(NoEndpoints::empty().into()));
@@ -78,6 +96,10 @@ impl<S: Clone> Chooser<S> {
         let snapshot = match require {
             Some(r) => {
                 filter = filter.require(r);
+                if r.renames() {
+                    // An alias: its variants in turn, on a path of their own.
+                    return self.try_variants(&all, hints, r, filter, affinity);
+                }
                 r.model.as_deref().map_or(&**all, |m| all.for_model(m))
             }
             None => &**all,
@@ -111,11 +133,12 @@ impl<S: Clone> Chooser<S> {
     /// Tells a `Picked` cell where the request goes, and the guard whether a layer above
     /// judges the first chunk.
     #[inline]
-    fn picked(&self, hints: &http::Extensions, mut picked: (S, LoadGuard)) -> (S, LoadGuard) {
+    pub(super) fn picked(&self, hints: &http::Extensions, picked: (S, LoadGuard)) -> Choice<S> {
+        let (service, mut guard) = picked;
         if hints.get::<FirstChunkJudged>().is_some() {
-            picked.1.defer_first_end = true;
+            guard.defer_first_end = true;
         }
-        let endpoint = picked.1.endpoint();
+        let endpoint = guard.endpoint();
         tracing::debug!(
             endpoint = %endpoint.key(),
             tier = endpoint.tier(),
@@ -126,12 +149,16 @@ impl<S: Clone> Chooser<S> {
         if let Some(cell) = hints.get::<Picked>() {
             cell.set(endpoint);
         }
-        picked
+        Choice {
+            service,
+            guard,
+            serve_as: None,
+        }
     }
 
     /// Picks in the lowest tier with an eligible endpoint that has room, and takes a slot.
     #[inline]
-    fn pick_in(
+    pub(super) fn pick_in(
         &self,
         snapshot: &Snapshot<S>,
         filter: &Filter<'_>,
@@ -166,7 +193,7 @@ impl<S: Clone> Chooser<S> {
 }
 
 /// The cold path after a failed pick: is it capacity, or availability?
-fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoSlot {
+pub(super) fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoSlot {
     let mut back: Option<Instant> = None;
     for entry in snapshot.entries() {
         let e = entry.endpoint();
@@ -186,7 +213,7 @@ fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoSlot {
 }
 
 /// When no endpoint in the pool meets the requirements, whatever its health or load: which.
-fn unsatisfiable<S>(all: &Snapshot<S>, require: &Require) -> Option<Unsatisfiable> {
+pub(super) fn unsatisfiable<S>(all: &Snapshot<S>, require: &Require) -> Option<Unsatisfiable> {
     let endpoints = all.entries().iter().map(|e| &**e.endpoint());
     if endpoints.clone().any(|e| require.admits(e)) {
         return None;

@@ -198,12 +198,15 @@ where
                     }
                     let req = w.request.as_ref().expect("polled after completion");
                     match w.chooser.try_pick(req) {
-                        Ok((service, guard)) => {
-                            let request = w.request.take().map(Box::new);
+                        Ok(mut choice) => {
+                            let request = w.request.take().map(|mut request| {
+                                choice.tell(&mut request);
+                                Box::new(request)
+                            });
                             state.set(State::AwaitingService {
-                                service,
+                                service: choice.service,
                                 request,
-                                guard: Some(guard),
+                                guard: Some(choice.guard),
                             });
                             continue;
                         }

@@ -59,6 +59,7 @@ mod config;
 mod future;
 mod layer;
 mod service;
+mod variants;
 
 pub use self::{
     body::ResponseBody,

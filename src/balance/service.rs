@@ -77,9 +77,14 @@ impl<S: Clone> Balance<S> {
     /// that route by themselves (a WebSocket upgrade, a custom transport). The slot is held
     /// until the guard is completed or dropped. Fails with
     /// [`NoEndpoints`](crate::error::NoEndpoints) or [`Overloaded`](crate::error::Overloaded);
-    /// never waits.
+    /// never waits. A request whose [`Require`](crate::hints::Require) renames it (a model
+    /// alias) must be sent as [`Require::serve_as`](crate::hints::Require::serve_as) the
+    /// endpoint's model.
     pub fn pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), BoxError> {
-        self.chooser.try_pick(request).map_err(NoSlot::into_error)
+        self.chooser
+            .try_pick(request)
+            .map(|choice| (choice.service, choice.guard))
+            .map_err(NoSlot::into_error)
     }
 }
 
@@ -99,12 +104,13 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    fn call(&mut self, mut request: Req) -> Self::Future {
         match self.chooser.try_pick(&request) {
-            Ok((service, guard)) => {
+            Ok(mut choice) => {
+                choice.tell(&mut request);
                 let completion = Arc::clone(self.completion.for_request(Completion::clone));
                 let timeout = super::future::attempt_timeout(&request, self.chooser.config.timeout);
-                ResponseFuture::ready(service, guard, request, timeout, completion)
+                ResponseFuture::ready(choice.service, choice.guard, request, timeout, completion)
             }
             Err(NoSlot::AllFull) => match self.chooser.config.queue {
                 Some(queue) => {

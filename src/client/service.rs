@@ -23,7 +23,7 @@ use super::{
     http_client::{Client, RequestBody},
     url::BaseUrl,
 };
-use crate::{endpoint::Key, error::BoxError, json::write::openai_error_body};
+use crate::{endpoint::Key, error::BoxError, hints::ServeAs, json::write::openai_error_body};
 
 /// An endpoint's service: sends each request to one upstream over a shared [`Client`].
 /// `Clone + Send + Sync`, cheap to clone; a `tower::Service` for any request body of
@@ -38,6 +38,9 @@ use crate::{endpoint::Key, error::BoxError, json::write::openai_error_body};
 /// - forwards only the allowed request headers ([`FORWARDED`](super::FORWARDED), plus
 ///   [`UpstreamConfig::forward_header`]), never the client's credentials or hop-by-hop
 ///   headers, and adds the upstream's own credentials and fixed headers;
+/// - sends a request that `Balance` serves as another model than it names (a model alias:
+///   [`ServeAs`]) naming that model in its JSON body's `"model"`, as
+///   [`RewriteModel`](crate::route::RewriteModel) does;
 /// - sets `content-length` from the body it sends (or none, for a streamed body);
 /// - answers an upstream's `401`/`403`/`407` (its credentials refused) with `502` and an
 ///   OpenAI-format error, without the provider's message, which may quote the key;
@@ -214,8 +217,27 @@ impl Inner {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = request.into_parts();
-        let length = body.size_hint().exact();
-        let body = body.map_err(Into::into).boxed_unsync();
+        let (body, length) = match parts.extensions.get::<ServeAs>() {
+            // Sent as another model than the body names (an alias): the body, read whole
+            // (it is in memory: routing read it), names the model this upstream serves.
+            Some(ServeAs(model)) => {
+                let bytes = match read(body, self.max_buffered).await {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.is::<super::ResponseTooLarge>() => return Ok(too_large()),
+                    Err(e) => return Err(e),
+                };
+                let bytes = crate::route::rewrite(&bytes, model).unwrap_or(bytes);
+                let length = bytes.len() as u64;
+                let body = http_body_util::Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                (body, Some(length))
+            }
+            None => {
+                let length = body.size_hint().exact();
+                (body.map_err(Into::into).boxed_unsync(), length)
+            }
+        };
         let request = self.request(
             parts.method,
             parts.uri.path(),
@@ -247,19 +269,19 @@ impl Inner {
         }
         let bytes = match read(body, self.max_buffered).await {
             Ok(bytes) => bytes,
-            Err(e) if e.is::<super::ResponseTooLarge>() => {
-                return Ok(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the request body is too large",
-                    "invalid_request_error",
-                    Some("request_too_large"),
-                ))
-            }
+            Err(e) if e.is::<super::ResponseTooLarge>() => return Ok(too_large()),
             Err(e) => return Err(e),
         };
+        // The model this upstream is asked for: its own name for it if it has one, else the
+        // model the request is served as (for an alias), else the request's.
+        let served_as = parts.extensions.get::<ServeAs>().map(|s| &*s.0);
         let options = RequestOptions {
             default_max_tokens: self.default_max_tokens,
-            model: self.upstream_model.as_deref().map(str::to_owned),
+            model: self
+                .upstream_model
+                .as_deref()
+                .or(served_as)
+                .map(str::to_owned),
         };
         let translated = match to_messages(&bytes, &options) {
             Ok(translated) => translated,
@@ -368,6 +390,16 @@ fn refused_credentials(status: StatusCode) -> bool {
     matches!(status.as_u16(), 401 | 403 | 407)
 }
 
+/// The answer to a request body over the buffering limit, which reaches no upstream.
+fn too_large() -> Response<ResponseBody> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the request body is too large",
+        "invalid_request_error",
+        Some("request_too_large"),
+    )
+}
+
 /// An OpenAI-format error answer made by the client itself.
 fn error(
     status: StatusCode,
@@ -391,7 +423,6 @@ fn json(headers: &mut HeaderMap, length: usize) {
 }
 
 /// Reads a body whole, up to `limit` bytes.
-#[cfg(feature = "anthropic")]
 async fn read<B>(body: B, limit: usize) -> Result<Bytes, BoxError>
 where
     B: Body<Data = Bytes>,

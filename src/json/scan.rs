@@ -23,7 +23,7 @@ pub(crate) struct ScanError {
 }
 
 impl ScanError {
-    pub(crate) fn new(what: &'static str, at: usize) -> Self {
+    pub(crate) const fn new(what: &'static str, at: usize) -> Self {
         Self { what, at }
     }
 }
@@ -51,6 +51,11 @@ pub(crate) struct Str<'a> {
 impl<'a> Scanner<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, pos: 0 }
+    }
+
+    /// The position: the offset of the next byte to read.
+    pub(crate) fn offset(&self) -> usize {
+        self.pos
     }
 
     /// An error at the current position.

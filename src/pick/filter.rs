@@ -17,6 +17,29 @@ pub(crate) struct View {
     pub(crate) weight: f64,
 }
 
+impl View {
+    /// How far `e` is into its slow-start ramp: its weight as picks see it over its own, in
+    /// `(0, 1]`; 1 for an endpoint that is not ramping. The strategies that do not compare
+    /// weights (round-robin, random, cost-aware, a remembered endpoint) scale an endpoint's
+    /// chance by it, as the others do through its weight.
+    #[inline]
+    pub(crate) fn ramp(self, e: &Endpoint) -> f64 {
+        let full = e.weight();
+        if self.weight < full {
+            self.weight / full
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Whether a candidate ramping at `ramp` (see [`View::ramp`]) is taken, given a variate of
+/// 64 random bits: with probability `ramp`, and always at full weight.
+#[inline]
+pub(crate) fn ramp_admits(ramp: f64, variate: u64) -> bool {
+    ramp >= 1.0 || ((variate >> 11) as f64) < ramp * (1u64 << 53) as f64
+}
+
 /// Which endpoints may take this request.
 #[derive(Debug, Clone)]
 pub struct Filter<'a> {

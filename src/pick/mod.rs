@@ -29,6 +29,8 @@ mod filter;
 mod least_work;
 mod p2c;
 mod peak_ewma;
+#[cfg(all(test, not(loom)))]
+mod ramp_tests;
 mod random;
 mod rendezvous;
 mod round_robin;

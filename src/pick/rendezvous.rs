@@ -1,10 +1,15 @@
 //! Affinity: weighted rendezvous hashing with bounded loads ([`rendezvous`]), and the
 //! remembered endpoint first ([`affine`]).
 
-use super::filter::Filter;
+use super::filter::{ramp_admits, Filter};
 use crate::{endpoint::Endpoint, hash::combine, hints::Affinity};
 
 /// Affinity: the preferred endpoint if it can serve, else [`rendezvous`].
+///
+/// A preferred endpoint in its slow start is kept for its ramp's share of keys (by the key's
+/// hash, so the same keys in every replica), and the other keys are placed by rendezvous,
+/// which weighs the ramp: the sessions remembered on an endpoint that comes back from an
+/// ejection return to it as it ramps, not all at once.
 #[inline]
 pub fn affine<E: AsRef<Endpoint>>(
     endpoints: &[E],
@@ -12,9 +17,14 @@ pub fn affine<E: AsRef<Endpoint>>(
     affinity: &Affinity,
 ) -> Option<usize> {
     if let Some(id) = affinity.prefer {
-        let preferred = endpoints
-            .iter()
-            .position(|e| e.as_ref().id() == id && filter.eligible(e.as_ref()));
+        let preferred = endpoints.iter().position(|e| {
+            let e = e.as_ref();
+            e.id() == id
+                && filter.view(e).is_some_and(|view| {
+                    let ramp = view.ramp(e);
+                    ramp >= 1.0 || ramp_admits(ramp, combine(!affinity.key, e.key_hash()))
+                })
+        });
         if preferred.is_some() {
             return preferred;
         }

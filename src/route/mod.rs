@@ -13,6 +13,20 @@
 //! never sent on as if it required nothing: its [`Routing`] says [`refused`](Routing::refused),
 //! and `Route` fails it with [`BadRequest`] without calling the inner service.
 //!
+//! # Model aliases
+//!
+//! [`Rules::alias`] resolves a name the clients use (`chat`) to variants the endpoints serve,
+//! by weight. The weighted draw picks the preferred variant; the others are set as its
+//! [`Require::fallback`], heaviest first, and `Balance` takes one of them only when no
+//! endpoint of the preferred variant, in any tier, can take the request now (all ejected,
+//! cooling down or full): a weighted split between models holds while each model can serve,
+//! and an alias fails only when none can. The request is then sent as the variant that
+//! serves it: `Balance` tells the endpoint's service in a
+//! [`ServeAs`](crate::hints::ServeAs) hint, and the service writes it into the body.
+//! `client::Upstream` does so itself; wrap any other endpoint service in [`RewriteModel`]
+//! (`pool.insert(config, RewriteModel::new(service))`), which replaces the body's `"model"`
+//! where it lies, scanning only the members before it.
+//!
 //! # Example
 //!
 //! ```
@@ -51,6 +65,7 @@ mod bad_request;
 mod future;
 #[cfg(feature = "openai")]
 mod openai;
+mod rewrite;
 mod rules;
 
 use std::{
@@ -63,9 +78,12 @@ use tower_service::Service;
 
 #[cfg(feature = "openai")]
 pub use self::openai::{OpenAiRequest, OpenAiRules};
+#[cfg(feature = "client")]
+pub(crate) use self::rewrite::rewrite;
 pub use self::{
     bad_request::BadRequest,
     future::ResponseFuture,
+    rewrite::{RewriteModel, RewriteModelLayer},
     rules::{Class, RequestInfo, Rules},
 };
 use crate::{

@@ -26,14 +26,21 @@ pub struct Class {
     pub require: Require,
 }
 
-/// The models an alias stands for, with their weights.
-type Variants = Vec<(Arc<str>, f64)>;
+/// An alias: the models it stands for, with their weights, and the same models by weight,
+/// heaviest first, shared by every request's [`Require::fallback`].
+#[derive(Debug, Clone)]
+struct Alias {
+    name: Arc<str>,
+    variants: Vec<(Arc<str>, f64)>,
+    by_weight: Arc<[Arc<str>]>,
+}
 
-/// Content-based routing: model aliases resolved to their variants (at random, by weight),
-/// request classes by size, and the context window every request needs.
+/// Content-based routing: model aliases resolved to their variants (at random, by weight,
+/// falling back to the others), request classes by size, and the context window every
+/// request needs.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
-    aliases: Vec<(Arc<str>, Variants)>,
+    aliases: Vec<Alias>,
     classes: Vec<Class>,
 }
 
@@ -44,17 +51,34 @@ impl Rules {
         Self::default()
     }
 
-    /// Resolves `alias` to one of `variants`, chosen at random in proportion to its weight.
+    /// Resolves `alias` to one of `variants`, chosen at random in proportion to its weight;
+    /// when no endpoint of the chosen one can take the request at the moment (none healthy
+    /// with room), to the others, heaviest first. A variant whose weight is not a positive
+    /// number is never used.
+    ///
+    /// The request is sent as the variant that serves it, not as the alias: `Balance` puts
+    /// that model in a [`ServeAs`](crate::hints::ServeAs) hint, which the endpoint's service
+    /// must write into the request (`client::Upstream` does;
+    /// [`RewriteModel`](super::RewriteModel) does for other services).
     pub fn alias(
         mut self,
         alias: impl Into<Arc<str>>,
         variants: impl IntoIterator<Item = (impl Into<Arc<str>>, f64)>,
     ) -> Self {
-        let variants = variants
+        let variants: Vec<(Arc<str>, f64)> = variants
             .into_iter()
-            .map(|(m, w)| (m.into(), w.max(0.0)))
+            .map(|(m, w)| (m.into(), w))
+            .filter(|(_, w)| *w > 0.0 && w.is_finite())
             .collect();
-        self.aliases.push((alias.into(), variants));
+        let mut by_weight = variants.clone();
+        // Stable: variants of equal weight keep the order they were given in.
+        by_weight.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let by_weight = by_weight.into_iter().map(|(m, _)| m).collect();
+        self.aliases.push(Alias {
+            name: alias.into(),
+            variants,
+            by_weight,
+        });
         self
     }
 
@@ -76,29 +100,37 @@ impl Rules {
             .map(|c| c.require.clone())
             .unwrap_or_default();
         require.context = Some(tokens);
-        require.model = info.model.as_deref().map(|m| self.resolve(m, draw));
+        if let Some(model) = info.model.as_deref() {
+            match self.aliases.iter().find(|a| &*a.name == model) {
+                Some(alias) if !alias.variants.is_empty() => {
+                    require.model = Some(alias.draw(draw));
+                    require.fallback = Some(Arc::clone(&alias.by_weight));
+                    require.alias = Some(Arc::clone(&alias.name));
+                }
+                _ => require.model = Some(model.into()),
+            }
+        }
         Routing {
             require: Some(require),
             cost: Some(u64::from(tokens.max(1))),
             refuse: None,
         }
     }
+}
 
-    fn resolve(&self, model: &str, draw: f64) -> Arc<str> {
-        let Some((_, variants)) = self.aliases.iter().find(|(a, _)| &**a == model) else {
-            return model.into();
-        };
-        let total: f64 = variants.iter().map(|(_, w)| w).sum();
+impl Alias {
+    /// The variant `draw` (in `[0, 1)`) falls on, in proportion to the weights.
+    fn draw(&self, draw: f64) -> Arc<str> {
+        let total: f64 = self.variants.iter().map(|(_, w)| w).sum();
         let mut x = draw * total;
-        for (m, w) in variants {
+        for (m, w) in &self.variants {
             if x < *w {
                 return Arc::clone(m);
             }
             x -= w;
         }
-        variants
-            .last()
-            .map_or_else(|| model.into(), |(m, _)| Arc::clone(m))
+        let (last, _) = self.variants.last().expect("an alias with variants");
+        Arc::clone(last)
     }
 }
 

@@ -7,6 +7,7 @@
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
 
+mod aliases;
 mod anthropic;
 mod headers;
 mod sse_fuzz;

@@ -6,6 +6,7 @@ mod model_server;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod aliases;
 mod openai;
 
 use std::{sync::Arc, time::Duration};
