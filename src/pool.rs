@@ -21,15 +21,13 @@
 use std::{
     collections::HashMap,
     fmt,
-    future::poll_fn,
     ops::Range,
-    pin::pin,
     sync::{Arc, Weak},
 };
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use tower::discover::{Change, Discover};
+use tokio::sync::watch;
 
 use crate::{
     endpoint::{check_weight, ConfigError, Endpoint, EndpointConfig, Key, PoolState, WaitQueue},
@@ -197,9 +195,17 @@ fn take<S>(entries: &mut Vec<Entry<S>>, key: &str) -> Option<Arc<Endpoint>> {
     Some(removed.endpoint)
 }
 
+/// How many drained endpoints the pool keeps for the metrics' next reading, at most: without
+/// readings, churn must not grow the list.
+const MAX_DRAINED_KEPT: usize = 256;
+
 struct Shared<S> {
     snapshot: ArcSwap<Snapshot<S>>,
     writer: Mutex<()>,
+    /// Removed endpoints, reported by [`Pool::metrics`] while they drain and once after.
+    removed: Mutex<Vec<Arc<Endpoint>>>,
+    /// Dropped with the pool: tells the tasks that feed it (discovery) to end.
+    gone: watch::Sender<()>,
     /// What the endpoints share: the queue of waiting requests, the member and ejected counts.
     state: Arc<PoolState>,
     /// Whether the last pick that needed it routed in panic mode.
@@ -243,12 +249,20 @@ impl fmt::Debug for Members {
 }
 
 /// A pool that is not kept alive by this handle: what background tasks hold.
-pub(crate) struct WeakPool<S>(Weak<Shared<S>>);
+pub(crate) struct WeakPool<S> {
+    shared: Weak<Shared<S>>,
+    gone: watch::Receiver<()>,
+}
 
 impl<S> WeakPool<S> {
     /// The pool, if some handle still keeps it.
     pub(crate) fn upgrade(&self) -> Option<Pool<S>> {
-        self.0.upgrade().map(|shared| Pool { shared })
+        self.shared.upgrade().map(|shared| Pool { shared })
+    }
+
+    /// Resolves once every handle to the pool is dropped.
+    pub(crate) async fn gone(&mut self) {
+        while self.gone.changed().await.is_ok() {}
     }
 }
 
@@ -287,6 +301,8 @@ impl<S: Clone> Pool<S> {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(Snapshot::new(Vec::new())),
                 writer: Mutex::new(()),
+                removed: Mutex::new(Vec::new()),
+                gone: watch::Sender::new(()),
                 state: Arc::default(),
                 in_panic: AtomicBool::new(false),
             }),
@@ -387,7 +403,10 @@ impl<S: Clone> Pool<S> {
 
     /// A handle that does not keep the pool alive.
     pub(crate) fn downgrade(&self) -> WeakPool<S> {
-        WeakPool(Arc::downgrade(&self.shared))
+        WeakPool {
+            shared: Arc::downgrade(&self.shared),
+            gone: self.shared.gone.subscribe(),
+        }
     }
 
     fn push(
@@ -411,22 +430,40 @@ impl<S: Clone> Pool<S> {
         change: impl FnOnce(&mut Vec<Entry<S>>) -> Result<R, ConfigError>,
     ) -> Result<R, ConfigError> {
         let _write = self.shared.writer.lock();
-        let mut entries = self.shared.snapshot.load().entries.to_vec();
+        let before = self.shared.snapshot.load_full();
+        let mut entries = before.entries.to_vec();
         let result = change(&mut entries)?;
-        self.shared.snapshot.store(Arc::new(Snapshot::new(entries)));
-        self.shared.state.waiters.wake();
+        let after = Arc::new(Snapshot::new(entries));
+        self.shared.snapshot.store(Arc::clone(&after));
+        self.keep_removed(&before, &after);
+        // New endpoints have room: offer it to the requests that wait.
+        let waiters = &self.shared.state.waiters;
+        if waiters.is_waiting() {
+            let old: std::collections::HashSet<u64> =
+                before.entries.iter().map(|e| e.endpoint.id()).collect();
+            for e in after
+                .entries
+                .iter()
+                .filter(|e| !old.contains(&e.endpoint.id()))
+            {
+                waiters.offer(&e.endpoint);
+            }
+        }
         Ok(result)
     }
 
     /// Changes an endpoint's weight. Weight 0 drains it: no new picks, in-flight requests
     /// finish.
     pub fn set_weight(&self, key: &str, weight: f64) -> Result<(), ConfigError> {
-        let endpoint = self.get(key).ok_or_else(|| ConfigError::UnknownEndpoint {
-            key: Key::from(key),
-        })?;
-        check_weight(endpoint.key(), weight)?;
-        // A new snapshot, so that picks sample by the new weights.
-        self.update(|_| {
+        // The key is found under the writers' lock, where an upsert or a re-announcement
+        // would replace the endpoint: the weight goes to the one in the pool. A new snapshot,
+        // so that picks sample by the new weights.
+        self.update(|entries| {
+            let i = find(entries, key).ok_or_else(|| ConfigError::UnknownEndpoint {
+                key: Key::from(key),
+            })?;
+            let endpoint = &entries[i].endpoint;
+            check_weight(endpoint.key(), weight)?;
             endpoint.set_weight(weight);
             Ok(())
         })
@@ -455,10 +492,51 @@ impl<S: Clone> Pool<S> {
             .collect()
     }
 
-    /// Every endpoint's live state now, for dashboards (see [`crate::metrics`]).
+    /// Every endpoint's live state now, for dashboards (see [`crate::metrics`]). A removed
+    /// endpoint is reported while its requests finish (its in-flight count, and the requests
+    /// that complete after its removal), and by the first reading after it has drained; then
+    /// no more.
     pub fn metrics(&self) -> PoolMetrics {
         let now = tokio::time::Instant::now();
-        PoolMetrics::of(self.load().entries().iter().map(|e| &**e.endpoint()), now)
+        let mut removed = self.shared.removed.lock();
+        let metrics = PoolMetrics::of(
+            self.load()
+                .entries()
+                .iter()
+                .map(|e| &**e.endpoint())
+                .chain(removed.iter().map(|e| &**e)),
+            now,
+        );
+        // Those reported drained are not reported again.
+        let first_removed = metrics.endpoints.len() - removed.len();
+        let mut reported = metrics.endpoints[first_removed..].iter();
+        removed.retain(|_| reported.next().is_some_and(|m| m.in_flight > 0));
+        metrics
+    }
+
+    /// Keeps the endpoints a change removed for the metrics, while they drain.
+    fn keep_removed(&self, before: &Snapshot<S>, after: &Snapshot<S>) {
+        let gone = before
+            .entries
+            .iter()
+            .filter(|e| e.endpoint.is_removed())
+            .filter(|e| {
+                !after
+                    .entries
+                    .iter()
+                    .any(|a| Arc::ptr_eq(&a.endpoint, &e.endpoint))
+            });
+        let mut removed = self.shared.removed.lock();
+        removed.extend(gone.map(|e| Arc::clone(&e.endpoint)));
+        if removed.len() > MAX_DRAINED_KEPT {
+            // Unread for long: drop the drained, oldest first, down to the bound.
+            let mut excess = removed.len() - MAX_DRAINED_KEPT;
+            removed.retain(|e| {
+                let drop = excess > 0 && e.in_flight() == 0;
+                excess -= usize::from(drop);
+                !drop
+            });
+        }
     }
 
     /// Reads the current snapshot without touching its reference count (the pick's way).
@@ -505,27 +583,5 @@ impl<S: Clone> Pool<S> {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Feeds the pool from a [`Discover`] stream until it ends or fails. An insert of a key
-    /// already present replaces its service (the old endpoint drains); endpoints discovered
-    /// this way get the default metadata.
-    pub async fn discover<D>(&self, discover: D) -> Result<(), D::Error>
-    where
-        D: Discover<Service = S>,
-        D::Key: Into<Key>,
-    {
-        let mut discover = pin!(discover);
-        while let Some(change) = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await {
-            match change? {
-                Change::Insert(key, service) => {
-                    self.upsert(key, service);
-                }
-                Change::Remove(key) => {
-                    self.remove(key.into().as_str());
-                }
-            }
-        }
-        Ok(())
     }
 }

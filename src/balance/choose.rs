@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::config::Config;
 use crate::{
     capability::Unsatisfiable,
-    endpoint::Endpoint,
+    endpoint::{Endpoint, Place},
     error::{BoxError, NoEndpoints, Overloaded},
     hints::{Affinity, Cost, Exclude, FirstChunkJudged, Hinted, Picked, Require, ServeAs},
     load::LoadGuard,
@@ -76,8 +76,27 @@ impl<S> Choice<S> {
 }
 
 impl<S: Clone> Chooser<S> {
-    /// The hot path: pick in the lowest tier that has room, and take a slot.
-    pub(crate) fn try_pick<R: Hinted>(&self, request: &R) -> Result<Choice<S>, NoSlot> {
+    /// The hot path: pick in the lowest tier that has room, and take a slot, unless a request
+    /// waiting ahead of this one (of `place`, for a request in the queue) could use it: first
+    /// come, first served. Then the slot goes to that request, and this one must wait.
+    #[inline]
+    pub(crate) fn try_pick<R: Hinted>(
+        &self,
+        request: &R,
+        place: Option<&Place>,
+    ) -> Result<Choice<S>, NoSlot> {
+        let choice = self.choose(request)?;
+        let queue = self.pool.waiters();
+        if queue.is_waiting() && queue.wanted_ahead(choice.guard.endpoint(), place) {
+            // Dropping the slot offers it to the queue, whose oldest waiter that can use it
+            // takes it.
+            return Err(NoSlot::AllFull);
+        }
+        Ok(choice)
+    }
+
+    /// Picks in the lowest tier that has room, and takes a slot.
+    fn choose<R: Hinted>(&self, request: &R) -> Result<Choice<S>, NoSlot> {
         let all = self.pool.load();
         if all.is_empty() {
             return Err(NoSlot::Unavailable(NoEndpoints::empty().into()));

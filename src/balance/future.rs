@@ -11,21 +11,18 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
-use tokio::{
-    sync::futures::OwnedNotified,
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::{
-    choose::{Chooser, NoSlot},
+    choose::Chooser,
+    waiting::{wants, Waiting},
     Queue,
 };
 use crate::{
     clock::later,
-    endpoint::Place,
     error::{BoxError, EndpointError, Overloaded, Timeout},
-    hints::{AttemptTimeout, Hinted},
+    hints::{AttemptTimeout, Cost, Hinted},
     load::{Completion, LoadGuard, TrackLoad},
 };
 
@@ -70,21 +67,6 @@ pin_project! {
         Failed {
             error: Option<BoxError>,
         },
-    }
-}
-
-pin_project! {
-    /// A request waiting in the queue: boxed, so that the common path's future stays small.
-    struct Waiting<S, Req> {
-        chooser: Chooser<S>,
-        request: Option<Req>,
-        #[pin]
-        notified: OwnedNotified,
-        armed: bool,
-        #[pin]
-        sleep: Sleep,
-        since: Instant,
-        place: Place,
     }
 }
 
@@ -140,6 +122,8 @@ where
         }
     }
 
+    /// Takes a place at the back of the pool's queue, where the request waits (boxed, so that
+    /// the common path's future stays small).
     pub(crate) fn queued(
         chooser: Chooser<S>,
         request: Req,
@@ -150,20 +134,18 @@ where
         Req: Hinted,
     {
         let timeout = attempt_timeout(&request, chooser.config.timeout);
-        let Some(place) = chooser.pool.waiters().join(queue.max_waiting) else {
+        let cost = request.extensions().get::<Cost>().map_or(1, |c| c.0);
+        let Some(place) = chooser
+            .pool
+            .waiters()
+            .join(queue.max_waiting, cost, wants(&request))
+        else {
             return Self::failed(Overloaded::new(None).into());
         };
+        let sleep = tokio::time::sleep_until(later(Instant::now(), queue.timeout));
         Self {
             state: State::Queued {
-                waiting: Box::pin(Waiting {
-                    notified: place.notified(),
-                    place,
-                    chooser,
-                    request: Some(request),
-                    armed: false,
-                    sleep: tokio::time::sleep_until(later(Instant::now(), queue.timeout)),
-                    since: Instant::now(),
-                }),
+                waiting: Box::pin(Waiting::new(chooser, request, place, sleep)),
             },
             deadline: None,
             timeout,
@@ -190,36 +172,12 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Queued { waiting } => {
-                    let mut w = waiting.as_mut().project();
-                    // Arm the wake-up before looking, so a slot freed in between is not missed.
-                    if !*w.armed {
-                        w.notified.as_mut().enable();
-                        *w.armed = true;
-                    }
-                    let req = w.request.as_ref().expect("polled after completion");
-                    match w.chooser.try_pick(req) {
-                        Ok(mut choice) => {
-                            let request = w.request.take().map(|mut request| {
-                                choice.tell(&mut request);
-                                Box::new(request)
-                            });
-                            state.set(State::AwaitingService {
-                                service: choice.service,
-                                request,
-                                guard: Some(choice.guard),
-                            });
-                            continue;
-                        }
-                        Err(NoSlot::Unavailable(e)) => return Poll::Ready(Err(e)),
-                        Err(NoSlot::AllFull) => {}
-                    }
-                    if w.sleep.poll(cx).is_ready() {
-                        let waited = w.since.elapsed();
-                        return Poll::Ready(Err(Overloaded::new(Some(waited)).into()));
-                    }
-                    ready!(w.notified.as_mut().poll(cx));
-                    w.notified.set(w.place.notified());
-                    *w.armed = false;
+                    let (choice, request) = ready!(waiting.as_mut().poll_slot(cx))?;
+                    state.set(State::AwaitingService {
+                        service: choice.service,
+                        request: Some(Box::new(request)),
+                        guard: Some(choice.guard),
+                    });
                 }
                 StateProj::AwaitingService {
                     service,

@@ -60,6 +60,7 @@ mod future;
 mod layer;
 mod service;
 mod variants;
+mod waiting;
 
 pub use self::{
     body::ResponseBody,

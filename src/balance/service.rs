@@ -82,7 +82,7 @@ impl<S: Clone> Balance<S> {
     /// endpoint's model.
     pub fn pick<R: Hinted>(&self, request: &R) -> Result<(S, LoadGuard), BoxError> {
         self.chooser
-            .try_pick(request)
+            .try_pick(request, None)
             .map(|choice| (choice.service, choice.guard))
             .map_err(NoSlot::into_error)
     }
@@ -105,7 +105,7 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
-        match self.chooser.try_pick(&request) {
+        match self.chooser.try_pick(&request, None) {
             Ok(mut choice) => {
                 choice.tell(&mut request);
                 let completion = Arc::clone(self.completion.for_request(Completion::clone));

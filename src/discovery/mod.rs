@@ -44,7 +44,11 @@ mod dns;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
 
-use std::{future::poll_fn, pin::pin, task::Poll};
+use std::{
+    future::{poll_fn, Future},
+    pin::pin,
+    task::Poll,
+};
 
 use tokio::task::JoinHandle;
 use tower::discover::{Change, Discover};
@@ -62,26 +66,44 @@ use crate::{
 };
 
 impl<S: Clone> Pool<S> {
+    /// Feeds the pool from a [`Discover`] stream until it ends or fails, or the pool is
+    /// dropped. An insert of a key already present replaces its service (the old endpoint
+    /// drains); endpoints discovered this way get the default metadata.
+    ///
+    /// The future holds the pool weakly, so a task that runs it (`tokio::spawn(pool.discover(
+    /// stream))`) ends with the pool, even if the stream never wakes again, and drops the
+    /// stream.
+    pub fn discover<D>(&self, discover: D) -> impl Future<Output = Result<(), D::Error>>
+    where
+        D: Discover<Service = S>,
+        D::Key: Into<Key>,
+    {
+        drive(self.downgrade(), discover, |pool, change| match change {
+            Change::Insert(key, service) => {
+                pool.upsert(key, service);
+            }
+            Change::Remove(key) => {
+                pool.remove(key.into().as_str());
+            }
+        })
+    }
+
     /// Feeds the pool from a [`Discover`] stream whose services carry their metadata, until
-    /// it ends or fails. An endpoint announced again keeps its live state (see the
-    /// [module docs](crate::discovery)); a config the pool refuses (a negative weight, a
-    /// limit of 0) is skipped with a `warn` event.
-    pub async fn discover_with_config<D>(&self, discover: D) -> Result<(), D::Error>
+    /// it ends or fails, or the pool is dropped. An endpoint announced again keeps its live
+    /// state (see the [module docs](crate::discovery)); a config the pool refuses (a negative
+    /// weight, a limit of 0) is skipped with a `warn` event. Like
+    /// [`discover`](Self::discover), the future holds the pool weakly.
+    pub fn discover_with_config<D>(&self, discover: D) -> impl Future<Output = Result<(), D::Error>>
     where
         D: Discover<Service = (EndpointConfig, S)>,
         D::Key: Into<Key>,
     {
-        let mut discover = pin!(discover);
-        while let Some(change) = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await {
-            apply(self, change?);
-        }
-        Ok(())
+        drive(self.downgrade(), discover, apply)
     }
 
     /// Runs [`discover_with_config`](Self::discover_with_config) in a task that holds the
-    /// pool weakly: the task ends when the stream ends or fails, or at the stream's first
-    /// wake-up after every handle to the pool is dropped (discovery streams wake at least at
-    /// each refresh). The stream and its services are dropped with it.
+    /// pool weakly: the task ends when the stream ends or fails, or when every handle to the
+    /// pool is dropped. The stream and its services are dropped with it.
     pub fn spawn_discovery<D>(&self, discover: D) -> JoinHandle<Result<(), D::Error>>
     where
         S: Send + Sync + 'static,
@@ -89,23 +111,29 @@ impl<S: Clone> Pool<S> {
         D::Key: Into<Key>,
         D::Error: Send,
     {
-        let pool = self.downgrade();
-        tokio::spawn(drive(pool, discover))
+        tokio::spawn(self.discover_with_config(discover))
     }
 }
 
-async fn drive<S: Clone, D>(pool: WeakPool<S>, discover: D) -> Result<(), D::Error>
-where
-    D: Discover<Service = (EndpointConfig, S)>,
-    D::Key: Into<Key>,
-{
+/// Applies each change of `discover` to the pool while some handle keeps the pool: ends when
+/// the stream ends or fails, or as soon as the pool is dropped.
+async fn drive<S: Clone, D: Discover>(
+    mut pool: WeakPool<S>,
+    discover: D,
+    apply: impl Fn(&Pool<S>, Change<D::Key, D::Service>),
+) -> Result<(), D::Error> {
     let mut discover = pin!(discover);
     loop {
-        let change = poll_fn(|cx| match pool.upgrade() {
-            None => Poll::Ready(None),
-            Some(_) => discover.as_mut().poll_discover(cx),
-        })
-        .await;
+        let change = {
+            let mut gone = pin!(pool.gone());
+            poll_fn(|cx| {
+                if gone.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                discover.as_mut().poll_discover(cx)
+            })
+            .await
+        };
         let Some(change) = change else {
             return Ok(()); // the stream ended, or the pool is gone
         };

@@ -61,12 +61,16 @@ impl HealthWord {
     }
 }
 
-/// What an ejection or a slow start needs besides the word: the trial permits and the ramp's
-/// window.
+/// What an ejection or a slow start needs besides the word: the trial permits, the ramp's
+/// window, and the ramp a cooldown interrupted.
 #[derive(Debug)]
 pub(crate) struct Recovery {
     trials: AtomicU32,
     ramp_ms: AtomicU64,
+    /// While cooling down: the `until` (as the word keeps it) of the hold or ramp the cooldown
+    /// interrupted, which goes on once the cooldown is over; 0 for none. Read only when the
+    /// word says cooling down, so a healthy pick never touches it.
+    resume_ms: AtomicU64,
 }
 
 impl Recovery {
@@ -74,6 +78,7 @@ impl Recovery {
         Self {
             trials: AtomicU32::new(UNLIMITED),
             ramp_ms: AtomicU64::new(0),
+            resume_ms: AtomicU64::new(0),
         }
     }
 
@@ -136,24 +141,58 @@ impl HealthCell<'_> {
             .store(window.as_millis().min(u128::from(u64::MAX)) as u64, SeqCst);
         let until = later(later(now, hold), window);
         self.recovery.trials.store(UNLIMITED, SeqCst);
+        self.recovery.resume_ms.store(0, SeqCst);
         self.word
             .0
             .store(RAMPING | (self.millis_at(until) << 2), SeqCst);
     }
 
+    /// Ends a cooldown that is over: back in the hold or ramp it interrupted, if that is not
+    /// over too, else healthy. Returns whether the endpoint is healthy.
+    pub(crate) fn end_cooldown(self, now: Instant) -> bool {
+        let raw = self.word.0.load(SeqCst);
+        if raw & 3 != COOLING {
+            return raw & 3 == HEALTHY;
+        }
+        let resume = self.recovery.resume_ms.load(SeqCst);
+        if resume != 0 && self.until(resume << 2) > now {
+            self.recovery.resume_ms.store(0, SeqCst);
+            self.word.0.store(RAMPING | (resume << 2), SeqCst);
+            false
+        } else {
+            self.set(Health::Healthy);
+            true
+        }
+    }
+
     fn store(self, health: Health, trials: u32) {
+        let mut resume = 0;
         let raw = match health {
             Health::Healthy => HEALTHY,
             Health::Ejected { until } => EJECTED | (self.millis_at(until) << 2),
-            Health::CoolingDown { until } => COOLING | (self.millis_at(until) << 2),
+            Health::CoolingDown { until } => {
+                // A cooldown interrupts a hold or a ramp, and never ends it.
+                let now = self.word.0.load(SeqCst);
+                resume = match now & 3 {
+                    RAMPING => now >> 2,
+                    COOLING => self.recovery.resume_ms.load(SeqCst),
+                    _ => 0,
+                };
+                COOLING | (self.millis_at(until) << 2)
+            }
             Health::SlowStart { until } => {
-                let window = until.saturating_duration_since(Instant::now());
-                let ms = window.as_millis().clamp(1, u128::from(u64::MAX));
-                self.recovery.ramp_ms.store(ms as u64, SeqCst);
-                RAMPING | (self.millis_at(until) << 2)
+                // The window runs from this millisecond (rounded down) to `until` as stored
+                // (rounded up): at least the time left, so a ramp set by hand is never taken
+                // for a hold (whose time left is longer than its window).
+                let until = self.millis_at(until);
+                let now = self.millis_since_born(Instant::now());
+                let window = until.saturating_sub(now).max(1);
+                self.recovery.ramp_ms.store(window, SeqCst);
+                RAMPING | (until << 2)
             }
         };
         self.recovery.trials.store(trials, SeqCst);
+        self.recovery.resume_ms.store(resume, SeqCst);
         self.word.0.store(raw, SeqCst);
     }
 
@@ -164,6 +203,12 @@ impl HealthCell<'_> {
 
     fn until(self, raw: u64) -> Instant {
         later(*self.born, Duration::from_millis(raw >> 2))
+    }
+
+    /// Whole milliseconds from the endpoint's birth to `at`, rounded down.
+    fn millis_since_born(self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(*self.born).as_millis();
+        ms.min(u128::from(u64::MAX >> 2)) as u64
     }
 
     fn millis_at(self, at: Instant) -> u64 {
@@ -189,8 +234,17 @@ impl HealthCell<'_> {
                     self.until(raw).saturating_duration_since(now.get()) <= window
                 }
             }
-            COOLING => self.until(raw) <= now.get(),
+            COOLING => self.until(raw) <= now.get() && self.resumed_allows(now, include_held),
             _ => self.until(raw) <= now.get() && self.recovery.trials.load(SeqCst) & 0xffff > 0,
+        }
+    }
+
+    /// After a cooldown: whether the hold or ramp it interrupted lets a request through.
+    fn resumed_allows(self, now: &LazyNow, include_held: bool) -> bool {
+        let resume = self.recovery.resume_ms.load(SeqCst);
+        include_held || resume == 0 || {
+            let window = Duration::from_millis(self.recovery.ramp_ms.load(SeqCst));
+            self.until(resume << 2).saturating_duration_since(now.get()) <= window
         }
     }
 
@@ -198,11 +252,17 @@ impl HealthCell<'_> {
     #[inline]
     pub(crate) fn effective_weight(self, weight: f64, now: &LazyNow) -> f64 {
         let raw = self.word.0.load(SeqCst);
-        if raw & 3 != RAMPING {
-            return weight;
-        }
+        let ramp_until = match raw & 3 {
+            RAMPING => raw,
+            // After a cooldown, the hold or ramp it interrupted.
+            COOLING => match self.recovery.resume_ms.load(SeqCst) {
+                0 => return weight,
+                resume => resume << 2,
+            },
+            _ => return weight,
+        };
         let left = self
-            .until(raw)
+            .until(ramp_until)
             .saturating_duration_since(now.get())
             .as_millis() as f64;
         let window = self.recovery.ramp_ms.load(SeqCst).max(1) as f64;

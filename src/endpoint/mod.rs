@@ -23,7 +23,12 @@ mod slots;
 mod tests;
 mod wait_queue;
 
-use std::{any::Any, fmt, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    fmt,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use tokio::{sync::Notify, time::Instant};
 
@@ -36,7 +41,7 @@ pub use self::{
 pub(crate) use self::{
     config::check_weight,
     pool_state::PoolState,
-    wait_queue::{Place, WaitQueue},
+    wait_queue::{Grant, Place, Turn, WaitQueue, Wants},
 };
 use self::{
     counters::Counters,
@@ -68,6 +73,8 @@ pub struct Endpoint {
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
     drained: Notify,
+    /// This endpoint, for the wait queue to hand a slot on it to a waiting request.
+    me: Weak<Endpoint>,
 }
 
 /// What decides whether a request is admitted, and what a slot's release needs: alone in one
@@ -140,7 +147,7 @@ impl Endpoint {
         config.validate()?;
         let weight = normalize(config.weight);
         pool.joined();
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             admission: Admission {
                 slots: Slots::new(weight == 0.0),
                 weight: AtomicU64::new(weight.to_bits()),
@@ -166,7 +173,13 @@ impl Endpoint {
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),
+            me: me.clone(),
         }))
+    }
+
+    /// A counted handle to this endpoint, unless it is being dropped.
+    pub(crate) fn handle(&self) -> Option<Arc<Endpoint>> {
+        self.me.upgrade()
     }
 
     /// The key.
@@ -213,7 +226,9 @@ impl Endpoint {
             .weight
             .store(normalize(weight).to_bits(), SeqCst);
         self.refresh_gate();
-        self.admission.waiters.wake();
+        if weight > 0.0 {
+            self.admission.waiters.offer(self);
+        }
     }
 
     /// The concurrency limit, if any.
@@ -352,6 +367,19 @@ impl Endpoint {
     pub fn set_health(&self, health: Health) {
         self.health_cell().set(health);
         self.health_changed();
+        if let Health::Ejected { until } | Health::CoolingDown { until } = health {
+            // Waiting requests are served when it ends.
+            self.admission.waiters.note_time(until);
+        }
+    }
+
+    /// Ends a cooldown that is over: the endpoint is back in the hold or the slow-start ramp
+    /// the cooldown interrupted, if that is not over too, else healthy. Returns whether it is
+    /// healthy now.
+    pub(crate) fn end_cooldown(&self, now: Instant) -> bool {
+        let healthy = self.health_cell().end_cooldown(now);
+        self.health_changed();
+        healthy
     }
 
     /// Ejects until `until`, then lets `trials` requests through at a time until the health
@@ -369,6 +397,7 @@ impl Endpoint {
         }
         self.health_cell().eject(until, trials);
         self.health_changed();
+        self.admission.waiters.note_time(until);
         true
     }
 
@@ -385,7 +414,7 @@ impl Endpoint {
         self.count_ejection();
         self.refresh_gate();
         if self.health_cell().admits_waiters() {
-            self.admission.waiters.wake();
+            self.admission.waiters.offer(self);
         }
     }
 
@@ -551,13 +580,14 @@ impl Endpoint {
         self.drained.notify_waiters();
     }
 
-    /// Gives a slot back; wakes the drain and the waiting requests as needed.
+    /// Gives a slot back; announces the drain, and offers the slot to the waiting requests,
+    /// as needed.
     #[inline]
     pub(crate) fn release(&self, cost: u64) {
         if self.admission.slots.release(cost) {
             self.announce_drained();
         }
-        self.admission.waiters.wake();
+        self.admission.waiters.offer(self);
     }
 
     /// Takes the endpoint out of its pool: no new picks, and it no longer counts as a member.

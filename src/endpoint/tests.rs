@@ -83,6 +83,127 @@ mod loom_tests {
     }
 }
 
+#[cfg(loom)]
+mod loom_queue {
+    //! The wait queue's hand-over of slots, under loom:
+    //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`
+
+    use std::{sync::Arc, task::Context};
+
+    use loom::thread;
+
+    use super::super::{Endpoint, EndpointConfig, Grant, Place, PoolState, Turn};
+
+    /// A pool state and one endpoint in it with a limit of one, its slot taken.
+    fn full_endpoint() -> (Arc<PoolState>, Arc<Endpoint>) {
+        let pool = Arc::new(PoolState::default());
+        let e = Endpoint::in_pool(EndpointConfig::new("e").max_concurrency(1), &pool).unwrap();
+        assert_eq!(e.try_acquire(1), Some(false));
+        (pool, e)
+    }
+
+    fn join(pool: &PoolState) -> Place {
+        pool.waiters
+            .join(8, 1, Box::new(|_| true))
+            .expect("room in the queue")
+    }
+
+    /// The slot granted to this waiter, if any.
+    fn granted(place: &Place) -> Option<Grant> {
+        let waker = futures_util::task::noop_waker();
+        match place.poll_turn(&mut Context::from_waker(&waker)) {
+            Turn::Granted(grant) => Some(grant),
+            _ => None,
+        }
+    }
+
+    /// A request that starts to wait as the only slot is released gets the slot: by its own
+    /// look after taking its place, or by the release's offer, never neither.
+    #[test]
+    fn a_slot_released_as_a_request_starts_to_wait_is_never_missed() {
+        loom::model(|| {
+            let (pool, e) = full_endpoint();
+            let releaser = {
+                let e = Arc::clone(&e);
+                thread::spawn(move || e.release(1))
+            };
+            // Its first look found the slot taken; it takes its place and looks again.
+            let place = join(&pool);
+            let looked = e.try_acquire(1).is_some();
+            releaser.join().unwrap();
+            let grant = granted(&place);
+            assert!(
+                looked != grant.is_some(),
+                "looked: {looked}, granted: {grant:?}"
+            );
+            assert_eq!(e.in_flight(), 1);
+            drop(grant);
+            drop(place);
+            if looked {
+                e.release(1);
+            }
+            assert_eq!(e.in_flight(), 0);
+        });
+    }
+
+    /// A waiter dropped as a slot is granted to it passes the slot on to the next.
+    #[test]
+    fn a_slot_granted_to_a_dropped_waiter_goes_to_the_next() {
+        loom::model(|| {
+            let (pool, e) = full_endpoint();
+            let first = join(&pool);
+            let second = join(&pool);
+            let releaser = {
+                let e = Arc::clone(&e);
+                thread::spawn(move || e.release(1))
+            };
+            let dropper = thread::spawn(move || drop(first));
+            releaser.join().unwrap();
+            dropper.join().unwrap();
+            let grant = granted(&second).expect("the slot reached the second waiter");
+            assert_eq!(e.in_flight(), 1);
+            // The second waiter leaves, then its slot goes back: nobody is left to take it.
+            drop(second);
+            drop(grant);
+            assert_eq!(e.in_flight(), 0);
+            assert!(!pool.waiters.is_waiting());
+        });
+    }
+
+    /// A newcomer that finds the freed slot before the waiter ahead of it gets it leaves it to
+    /// that waiter.
+    #[test]
+    fn a_newcomer_leaves_a_freed_slot_to_the_request_waiting_ahead() {
+        loom::model(|| {
+            let (pool, e) = full_endpoint();
+            let waiter = join(&pool);
+            let releaser = {
+                let e = Arc::clone(&e);
+                thread::spawn(move || e.release(1))
+            };
+            let newcomer = {
+                let (pool, e) = (Arc::clone(&pool), Arc::clone(&e));
+                thread::spawn(move || {
+                    if e.try_acquire(1).is_some() {
+                        if pool.waiters.is_waiting() && pool.waiters.wanted_ahead(&e, None) {
+                            e.release(1);
+                        } else {
+                            panic!("the newcomer kept a slot the waiter ahead wanted");
+                        }
+                    }
+                })
+            };
+            releaser.join().unwrap();
+            newcomer.join().unwrap();
+            let grant = granted(&waiter).expect("the slot reached the waiter");
+            assert_eq!(e.in_flight(), 1);
+            drop(grant);
+            drop(waiter);
+            assert_eq!(e.in_flight(), 0);
+        });
+    }
+}
+
 #[cfg(not(loom))]
 mod plain {
     use std::time::Duration;
@@ -142,6 +263,29 @@ mod plain {
             zero.admission.slots.is_gated(),
             "born at weight 0, born gated"
         );
+    }
+
+    /// A slow start set by hand ramps from the moment it is set: never held back at the floor
+    /// for a moment first, however the times fall within their milliseconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_set_by_hand_is_never_a_hold() {
+        let e = Endpoint::new(EndpointConfig::new("a")).unwrap();
+        for offset_us in [1, 250, 500, 999, 1_001] {
+            tokio::time::advance(Duration::from_micros(offset_us)).await;
+            let now = Instant::now();
+            let until = now + Duration::from_millis(10_000) + Duration::from_micros(offset_us);
+            e.set_health(Health::SlowStart { until });
+            let at = crate::clock::LazyNow::at(now);
+            assert!(
+                e.health_allows(&at, false),
+                "held back {offset_us} µs into a millisecond"
+            );
+            let weight = e.effective_weight(&at);
+            assert!(weight <= 0.05 + 1e-9, "starts at the floor: {weight}");
+            let halfway = crate::clock::LazyNow::at(now + (until - now) / 2);
+            let weight = e.effective_weight(&halfway);
+            assert!((weight - 0.5).abs() < 0.01, "half way: {weight}");
+        }
     }
 
     /// Two writers racing health against weight leave the gate true to the final state.

@@ -144,8 +144,9 @@ impl HealthPolicy {
                         }
                     }
                     Health::CoolingDown { until } if until <= now => {
-                        e.set_health(Health::Healthy);
-                        tracing::info!(endpoint = %e.key(), "cooldown over");
+                        // Back to where a hold or a ramp the cooldown interrupted would be.
+                        let healthy = e.end_cooldown(now);
+                        tracing::info!(endpoint = %e.key(), healthy, "cooldown over");
                     }
                     Health::SlowStart { until } if until <= now => e.set_health(Health::Healthy),
                     _ => {}

@@ -1,9 +1,15 @@
 //! Active health checks: the [`Probe`] trait, its [`ProbeConfig`], and the task that probes
 //! every endpoint of a pool until the pool is gone.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
-use futures_util::future::join_all;
+use futures_util::{future::join_all, FutureExt};
 use tokio::{task::JoinHandle, time::Instant};
 
 use super::HealthPolicy;
@@ -54,6 +60,23 @@ impl Default for ProbeConfig {
     }
 }
 
+/// Probes one endpoint: `true` if the probe says healthy within the timeout. A probe that
+/// panics (when called or while it runs) or takes too long fails, and only for its endpoint.
+async fn check(probe: &dyn Probe, endpoint: &Arc<Endpoint>, timeout: Duration) -> bool {
+    let failed = |why: &'static str| {
+        tracing::warn!(endpoint = %endpoint.key(), why, "probe failed");
+        false
+    };
+    let Ok(check) = catch_unwind(AssertUnwindSafe(|| probe.probe(Arc::clone(endpoint)))) else {
+        return failed("the probe panicked");
+    };
+    match tokio::time::timeout(timeout, AssertUnwindSafe(check).catch_unwind()).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(_)) => failed("the probe panicked"),
+        Err(_) => false,
+    }
+}
+
 /// Probes every endpoint each round until the pool is dropped.
 pub(crate) fn spawn(
     members: Members,
@@ -68,10 +91,7 @@ pub(crate) fn spawn(
             let Some(endpoints) = members.endpoints() else {
                 return; // the pool is gone
             };
-            let checks = endpoints.iter().map(|e| {
-                let check = probe.probe(Arc::clone(e));
-                async move { matches!(tokio::time::timeout(config.timeout, check).await, Ok(true)) }
-            });
+            let checks = endpoints.iter().map(|e| check(&*probe, e, config.timeout));
             let results = join_all(checks).await;
             let now = Instant::now();
             let thresholds = (config.healthy_threshold, config.unhealthy_threshold);

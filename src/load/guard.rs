@@ -36,14 +36,14 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
     #[inline]
     pub fn acquire(endpoint: &E, cost: u64) -> Option<Self> {
         let trial = endpoint.borrow().try_acquire(cost)?;
-        Some(Self::held(endpoint, cost, Instant::now(), trial))
+        Some(Self::held(endpoint.clone(), cost, Instant::now(), trial))
     }
 
     /// As [`acquire`](Self::acquire), timed from `start`: for simulations in virtual time.
     #[inline]
     pub fn acquire_at(endpoint: &E, cost: u64, start: Instant) -> Option<Self> {
         let trial = endpoint.borrow().try_acquire(cost)?;
-        Some(Self::held(endpoint, cost, start, trial))
+        Some(Self::held(endpoint.clone(), cost, start, trial))
     }
 
     /// Takes a slot whatever the endpoint's health (panic mode).
@@ -51,12 +51,17 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
         endpoint
             .borrow()
             .try_acquire_any(cost)
-            .then(|| Self::held(endpoint, cost, start, false))
+            .then(|| Self::held(endpoint.clone(), cost, start, false))
     }
 
-    fn held(endpoint: &E, cost: u64, start: Instant, trial: bool) -> Self {
+    /// The guard of a slot already taken (for a waiting request, by the wait queue).
+    pub(crate) fn granted(endpoint: E, cost: u64, start: Instant, trial: bool) -> Self {
+        Self::held(endpoint, cost, start, trial)
+    }
+
+    fn held(endpoint: E, cost: u64, start: Instant, trial: bool) -> Self {
         Self {
-            endpoint: endpoint.clone(),
+            endpoint,
             cost,
             start,
             first_byte: false,
@@ -144,10 +149,12 @@ impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
             self.complete_late();
         }
         let endpoint = self.endpoint.borrow();
-        endpoint.release(self.cost);
+        // The permit first: the release offers the slot to a waiting request, which may need
+        // it.
         if self.trial {
             endpoint.return_trial();
         }
+        endpoint.release(self.cost);
     }
 }
 

@@ -10,5 +10,7 @@ mod churn;
 mod config;
 mod drain;
 mod limits;
+mod queue;
 mod streams;
 mod swap;
+mod writers;

@@ -303,3 +303,188 @@ async fn slow_start_ramps_the_returning_endpoints_share() {
         "m0's share rose from {first:.2} to {last:.2}"
     );
 }
+
+/// One probe that panics (when called, or while it runs) or hangs fails that endpoint's
+/// probe and nothing else: probing goes on, and an ejected endpoint whose probes succeed
+/// comes back.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_or_hangs_fails_its_endpoint_and_probing_goes_on() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use tower_ai_balance::Endpoint;
+
+    let pool: Pool<()> = Pool::new();
+    for key in [
+        "back",
+        "panics",
+        "panics-at-call",
+        "hangs",
+        "fine-0",
+        "fine-1",
+        "fine-2",
+    ] {
+        pool.insert(key, ()).unwrap();
+    }
+    let back = pool.get("back").unwrap();
+    back.set_health(Health::Ejected {
+        until: Instant::now() + Duration::from_secs(3600),
+    });
+    let mut p = policy();
+    p.max_ejected_fraction = 1.0;
+    let layer = HealthFilterLayer::builder().policy(p).build().unwrap();
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let probe = {
+        let rounds = Arc::clone(&rounds);
+        move |e: Arc<Endpoint>| {
+            let key = e.key().to_string();
+            if key == "panics-at-call" {
+                panic!("a probe with a bug");
+            }
+            if key == "fine-0" {
+                rounds.fetch_add(1, SeqCst);
+            }
+            async move {
+                match key.as_str() {
+                    "panics" => panic!("a probe with a bug"),
+                    "hangs" => std::future::pending().await,
+                    _ => true,
+                }
+            }
+        }
+    };
+    let mut config = ProbeConfig::default();
+    config.interval = ms(100);
+    config.timeout = ms(50);
+    let task = layer.spawn_probes(&pool, probe, config);
+
+    let start = Instant::now();
+    while matches!(back.health(), Health::Ejected { .. })
+        || !["panics", "panics-at-call", "hangs"]
+            .iter()
+            .all(|k| matches!(pool.get(k).unwrap().health(), Health::Ejected { .. }))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "probing stopped: after {} rounds, back is {:?}",
+            rounds.load(SeqCst),
+            back.health()
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+    let now = rounds.load(SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rounds.load(SeqCst) > now, "probing goes on");
+    for key in ["fine-0", "fine-1", "fine-2"] {
+        assert_eq!(pool.get(key).unwrap().health(), Health::Healthy);
+    }
+    assert!(!task.is_finished());
+    drop(pool);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the probe task ends with the pool")
+        .unwrap();
+}
+
+/// An in-process endpoint that answers every request with the status it is set to (a 429
+/// with `Retry-After: 1`).
+fn answering(
+    status: &Arc<std::sync::atomic::AtomicU16>,
+) -> tower::util::BoxCloneSyncService<
+    http::Request<http_body_util::Full<bytes::Bytes>>,
+    http::Response<http_body_util::Full<bytes::Bytes>>,
+    std::convert::Infallible,
+> {
+    let status = Arc::clone(status);
+    tower::util::BoxCloneSyncService::new(tower::service_fn(
+        move |_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                if code == 429 {
+                    r.headers_mut()
+                        .insert("retry-after", http::HeaderValue::from_static("1"));
+                }
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        },
+    ))
+}
+
+/// A rate limit never ends a hold (a soft ejection at 5% of the weight) or a slow start's
+/// ramp: once its cooldown is over the endpoint is back where the hold or the ramp would have
+/// had it, and a success does not make it healthy early.
+#[tokio::test(start_paused = true)]
+async fn a_cooldown_composes_with_a_hold_and_with_a_ramp() {
+    use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
+
+    let pool = Pool::new();
+    let (x, y) = (Arc::new(AtomicU16::new(500)), Arc::new(AtomicU16::new(200)));
+    pool.insert("x", answering(&x)).unwrap();
+    pool.insert("y", answering(&y)).unwrap();
+    let mut p = HealthPolicy::default();
+    p.base_ejection = Duration::from_secs(30);
+    p.slow_start = Some(Duration::from_secs(10));
+    let svc = ServiceBuilder::new()
+        .layer(HealthFilterLayer::builder().policy(p).build().unwrap())
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    let call = || async {
+        let r = svc.clone().oneshot(support::empty_request()).await.unwrap();
+        let key = served_key(&r);
+        read_to_end(r.into_body()).await.unwrap();
+        key
+    };
+    // x fails until it is ejected: half of two endpoints, the most that may be.
+    while !matches!(pool.get("x").unwrap().health(), Health::Ejected { .. }) {
+        call().await;
+    }
+    // y fails too, and is held at the floor of its weight instead: 30 s, then a 10 s ramp.
+    y.store(500, SeqCst);
+    while pool.get("y").unwrap().health() == Health::Healthy {
+        assert_eq!(call().await, "y");
+    }
+    let Health::SlowStart { until: held_until } = pool.get("y").unwrap().health() else {
+        panic!("y is {:?}", pool.get("y").unwrap().health())
+    };
+    // From here on only y serves (x's trials would otherwise take requests).
+    pool.remove("x").unwrap();
+
+    // A 429 cools y down for 1 s; then y succeeds: it is back in its hold, not healthy.
+    y.store(429, SeqCst);
+    assert_eq!(call().await, "y");
+    assert!(matches!(
+        pool.get("y").unwrap().health(),
+        Health::CoolingDown { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    y.store(200, SeqCst);
+    for _ in 0..10 {
+        assert_eq!(call().await, "y");
+    }
+    assert_eq!(
+        pool.get("y").unwrap().health(),
+        Health::SlowStart { until: held_until },
+        "the hold goes on after the cooldown"
+    );
+
+    // The same for a ramp: y ends its hold and ramps; a cooldown in the ramp ends in it.
+    tokio::time::sleep_until(held_until - Duration::from_secs(5)).await;
+    y.store(429, SeqCst);
+    assert_eq!(call().await, "y");
+    assert!(matches!(
+        pool.get("y").unwrap().health(),
+        Health::CoolingDown { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    y.store(200, SeqCst);
+    assert_eq!(call().await, "y");
+    assert_eq!(
+        pool.get("y").unwrap().health(),
+        Health::SlowStart { until: held_until },
+        "the ramp goes on after the cooldown"
+    );
+    tokio::time::sleep_until(held_until).await;
+    assert_eq!(call().await, "y");
+    assert_eq!(pool.get("y").unwrap().health(), Health::Healthy);
+}
