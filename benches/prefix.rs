@@ -66,6 +66,7 @@ fn setup(n: usize, blocks: usize) -> Setup {
         let load = EngineLoad {
             waiting: 1,
             running: 8,
+            ..EngineLoad::default()
         };
         policy.report(e, load, Instant::now());
     }

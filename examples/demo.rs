@@ -22,7 +22,7 @@
 //! Last, the same traffic runs through `Failover` over `HealthFilter` over `Balance` while things go wrong: one
 //! GPU starts answering 500 and heals a second later, another answers 429 with
 //! `Retry-After: 1` for a moment. The health layer's own events (ejected, cooling down, back in
-//! service) are printed as they happen, with a table of what each endpoint answered.
+//! service) are printed as they happen, with a table of what each endpoint answered beside what its clients saw.
 
 #[path = "support/model_server.rs"]
 mod model_server;
@@ -407,26 +407,45 @@ async fn health_scenario(plans: &[Plan]) {
     faults.await.expect("fault script");
     probing.abort();
 
+    // What each endpoint answered (every attempt, as its load guard judged it) beside what
+    // the clients it finally served saw: a 500 that Failover retried elsewhere is a failure
+    // on the left and never reaches a client.
     println!(
-        "  {:<12} {:>9} {:>6} {:>6} {:>6}   health at the end",
-        "endpoint", "requests", "200", "500", "429"
+        "  {:<12} {:>8} {:>6} {:>6} {:>9}   {:>6} {:>6} {:>6}   {:>8} {:>9}   health at the end",
+        "endpoint",
+        "attempts",
+        "ok",
+        "failed",
+        "cancelled",
+        "200",
+        "500",
+        "429",
+        "ejected",
+        "cooldowns"
     );
-    for e in pool.endpoints() {
-        let here: Vec<_> = outcomes
-            .iter()
-            .filter(|o| o.endpoint == e.key().as_str())
-            .collect();
+    let metrics = pool.metrics();
+    for m in &metrics.endpoints {
+        let here: Vec<_> = outcomes.iter().filter(|o| o.endpoint == m.key).collect();
         let count = |s: u16| here.iter().filter(|o| o.status == s).count();
+        let [ok, failed, cancelled] = m.outcomes();
         println!(
-            "  {:<12} {:>9} {:>6} {:>6} {:>6}   {:?}",
-            e.key(),
-            here.len(),
+            "  {:<12} {:>8} {:>6} {:>6} {:>9}   {:>6} {:>6} {:>6}   {:>8} {:>9}   {}",
+            m.key,
+            ok + failed + cancelled,
+            ok,
+            failed,
+            cancelled,
             count(200),
             count(500),
             count(429),
-            e.health()
+            m.ejections.iter().sum::<u64>(),
+            m.cooldowns,
+            m.state()
         );
     }
+    println!(
+        "  (left: what the endpoint answered, every attempt; right: what the clients it served saw)"
+    );
     let failed = outcomes.iter().filter(|o| !o.ok).count();
     let sent: u64 = servers.iter().map(|s| s.stats.received.load(SeqCst)).sum();
     println!(

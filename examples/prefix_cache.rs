@@ -15,7 +15,8 @@
 //! prefill starts; 20 ms per output token; up to 16 sequences at once; a KV cache of 1,000 or
 //! 5,000 blocks of 512 tokens, least recently used out first, a prompt's tail before its head.
 //! Routers see their own placements and requests in flight, the first token and end of their
-//! own responses, and the engines' metrics (waiting, running, KV usage) scraped every 100 ms.
+//! own responses, and the engines' metrics (waiting, running, KV usage, prompt-token
+//! counters) scraped every 100 ms.
 //! The trace's arrival times are scaled so that power of two choices keeps 70% and 90% of the
 //! fleet's slots busy; each figure is the median over seeds.
 //!
@@ -97,6 +98,8 @@ struct Args {
     data: PathBuf,
     out: Option<PathBuf>,
     seeds: u64,
+    /// Only this setting (cache blocks, share of slots busy) and the new policy: for study.
+    only: Option<(usize, f64, Option<f64>)>,
 }
 
 fn args() -> Args {
@@ -104,6 +107,7 @@ fn args() -> Args {
         data: PathBuf::from("../shared/data"),
         out: Some(PathBuf::from("docs")),
         seeds: 5,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -118,8 +122,18 @@ fn args() -> Args {
                     .filter(|&n| n > 0)
                     .expect("--seeds N (at least 1)")
             }
+            "--only" => {
+                // CACHE:BUSY[:SPEED], e.g. 1000:0.7 or 1000:0.7:7.46
+                let spec = it.next().expect("--only CACHE:BUSY[:SPEED]");
+                let mut parts = spec.split(':');
+                let cache = parts.next().and_then(|c| c.parse().ok());
+                let busy = parts.next().and_then(|b| b.parse().ok());
+                let speed = parts.next().and_then(|v| v.parse().ok());
+                args.only = Some((cache.expect("CACHE"), busy.expect("BUSY"), speed));
+                args.out = None;
+            }
             other => {
-                panic!("unknown argument {other}; use --data DIR, --out DIR, --no-out or --seeds N")
+                panic!("unknown argument {other}; use --data DIR, --out DIR, --no-out, --seeds N or --only CACHE:BUSY[:SPEED]")
             }
         }
     }
@@ -172,6 +186,10 @@ fn main() {
         100.0 * t.reuse_ceiling()
     );
 
+    if let Some((cache, busy, speed)) = args.only {
+        study(&t, cache, busy, speed, args.seeds);
+        return;
+    }
     // The speeds: per cache size, the arrival rates at which p2c keeps 70% and 90% busy.
     let speeds: Vec<(usize, f64, f64)> = parallel(
         CACHES
@@ -303,5 +321,57 @@ fn main() {
         let svg = dir.join("prefix-cache.svg");
         std::fs::write(&svg, report.svg()).expect("write the plot");
         println!("wrote {} and {}", md.display(), svg.display());
+    }
+}
+
+/// One setting, the new policy only, with one router and with four: each seed's figures and
+/// the medians (`--only`).
+fn study(t: &Trace, cache: usize, busy: f64, speed: Option<f64>, seeds: u64) {
+    let s = settings(cache, t.distinct);
+    let speed = speed.unwrap_or_else(|| calibrate(t, &s, busy));
+    println!("{cache} blocks, {busy} busy: arrivals sped up x{speed:.2}");
+    type Job<'a> = Box<dyn FnOnce() -> (usize, u64, Cell) + Send + 'a>;
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    for replicas in REPLICAS {
+        for seed in 1..=seeds {
+            let s = &s;
+            jobs.push(Box::new(move || {
+                (
+                    replicas,
+                    seed,
+                    replay(t, speed, s, Kind::Prefix, replicas, seed),
+                )
+            }));
+        }
+    }
+    let cells = parallel(jobs);
+    for replicas in REPLICAS {
+        let mine: Vec<&Cell> = cells
+            .iter()
+            .filter(|c| c.0 == replicas)
+            .map(|c| &c.2)
+            .collect();
+        for (seed, c) in cells
+            .iter()
+            .filter(|c| c.0 == replicas)
+            .map(|c| (c.1, &c.2))
+        {
+            println!(
+                "  {replicas} router(s), seed {seed}: hit {:.1}% ttft p50 {:.2} p99 {:.2} latency p99 {:.1} misjudged {:.0}%",
+                100.0 * c.hit, c.ttft50, c.ttft99, c.latency99, 100.0 * c.misjudged.unwrap_or(0.0)
+            );
+        }
+        let median = |f: fn(&Cell) -> f64| {
+            let mut v: Vec<f64> = mine.iter().map(|c| f(c)).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "{replicas} router(s), median: hit {:.1}% ttft p50 {:.2} p99 {:.2} latency p99 {:.1}",
+            100.0 * median(|c| c.hit),
+            median(|c| c.ttft50),
+            median(|c| c.ttft99),
+            median(|c| c.latency99)
+        );
     }
 }

@@ -505,6 +505,7 @@ impl<S: Clone> Pool<S> {
                 .iter()
                 .map(|e| &**e.endpoint())
                 .chain(removed.iter().map(|e| &**e)),
+            self.shared.state.layer_events.read(),
             now,
         );
         // Those reported drained are not reported again.

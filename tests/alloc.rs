@@ -143,3 +143,31 @@ fn balance_pick_with_hints_allocates_nothing() {
         0
     );
 }
+
+#[test]
+fn a_completion_with_its_histograms_and_counters_allocates_nothing() {
+    // What every request writes when it ends: the estimates, the outcome counters, a bucket
+    // and a sum in each histogram; and a cancellation's counter.
+    let pool = pool(4);
+    let endpoints = pool.endpoints();
+    let t0 = tokio::time::Instant::now();
+    let n = allocations_during(|| {
+        for i in 0..10_000u64 {
+            let endpoint = &endpoints[i as usize % 4];
+            let mut guard = LoadGuard::acquire_at(endpoint, 1, t0).unwrap();
+            guard.first_byte_at(t0 + std::time::Duration::from_millis(i % 300));
+            if i % 7 == 0 {
+                guard.fail();
+            }
+            guard.complete_at(t0 + std::time::Duration::from_millis(i % 3000));
+            drop(LoadGuard::acquire_at(endpoint, 1, t0).unwrap());
+        }
+    });
+    assert_eq!(n, 0, "10,000 completions allocated {n} times");
+    let finished: u64 = endpoints
+        .iter()
+        .map(|e| e.duration_histogram().count())
+        .sum();
+    let cancelled: u64 = endpoints.iter().map(|e| e.cancelled()).sum();
+    assert_eq!((finished, cancelled), (10_000, 10_000));
+}

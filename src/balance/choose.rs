@@ -14,6 +14,7 @@ use crate::{
     load::LoadGuard,
     pick::{affine, Filter},
     pool::{Pool, Snapshot},
+    prefix::{PrefixPolicy, PromptBlocks},
     rng::ThreadRng,
 };
 
@@ -75,6 +76,15 @@ impl<S> Choice<S> {
     }
 }
 
+/// How a request is picked, from its hints: by its affinity key, by its prompt's cached
+/// prefix, or by the configured strategy.
+#[derive(Clone, Copy)]
+pub(super) enum How<'a> {
+    Affinity(&'a Affinity),
+    Prefix(&'a PrefixPolicy, &'a PromptBlocks),
+    Strategy,
+}
+
 impl<S: Clone> Chooser<S> {
     /// The hot path: pick in the lowest tier that has room, and take a slot, unless a request
     /// waiting ahead of this one (of `place`, for a request in the queue) could use it: first
@@ -103,7 +113,13 @@ impl<S: Clone> Chooser<S> {
         }
         let hints = request.extensions();
         let cost = hints.get::<Cost>().map_or(1, |c| c.0);
-        let affinity = hints.get::<Affinity>();
+        let how = match (hints.get::<Affinity>(), &self.config.prefix) {
+            (Some(affinity), _) => How::Affinity(affinity),
+            (None, Some(policy)) => hints
+                .get::<PromptBlocks>()
+                .map_or(How::Strategy, |blocks| How::Prefix(policy, blocks)),
+            (None, None) => How::Strategy,
+        };
         let require = hints.get::<Require>();
         // One clock read serves the whole pick: the health of an endpoint whose ejection may
         // have ended, and the start of the request's timing.
@@ -117,19 +133,19 @@ impl<S: Clone> Chooser<S> {
                 filter = filter.require(r);
                 if r.renames() {
                     // An alias: its variants in turn, on a path of their own.
-                    return self.try_variants(&all, hints, r, filter, affinity);
+                    return self.try_variants(&all, hints, r, filter, how);
                 }
                 r.model.as_deref().map_or(&**all, |m| all.for_model(m))
             }
             None => &**all,
         };
-        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, how, LoadGuard::acquire_at) {
             self.pool.note_panic(false);
             return Ok(self.picked(hints, picked));
         }
         // Endpoints held back by a soft ejection serve only when nothing else can.
         let filter = filter.include_held();
-        if let Some(picked) = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_at) {
+        if let Some(picked) = self.pick_in(snapshot, &filter, how, LoadGuard::acquire_at) {
             return Ok(self.picked(hints, picked));
         }
         if let Some(unmet) = require.and_then(|r| unsatisfiable(&all, r)) {
@@ -139,7 +155,7 @@ impl<S: Clone> Chooser<S> {
             NoSlot::Unavailable(_) if self.config.panic_mode => {
                 // Health leaves nothing: route to every endpoint rather than fail everything.
                 let filter = filter.ignore_health();
-                let picked = self.pick_in(snapshot, &filter, affinity, LoadGuard::acquire_any_at);
+                let picked = self.pick_in(snapshot, &filter, how, LoadGuard::acquire_any_at);
                 self.pool.note_panic(picked.is_some());
                 picked
                     .map(|p| self.picked(hints, p))
@@ -162,7 +178,7 @@ impl<S: Clone> Chooser<S> {
             endpoint = %endpoint.key(),
             tier = endpoint.tier(),
             in_flight = endpoint.in_flight(),
-            why = if hints.get::<Affinity>().is_some() { "affinity" } else { self.config.picker.strategy().describe() },
+            why = self.why(hints),
             "picked"
         );
         if let Some(cell) = hints.get::<Picked>() {
@@ -175,13 +191,24 @@ impl<S: Clone> Chooser<S> {
         }
     }
 
+    /// Why the pick went where it did, for the trace.
+    fn why(&self, hints: &http::Extensions) -> &'static str {
+        if hints.get::<Affinity>().is_some() {
+            "affinity"
+        } else if self.config.prefix.is_some() && hints.get::<PromptBlocks>().is_some() {
+            "prefix"
+        } else {
+            self.config.picker.strategy().describe()
+        }
+    }
+
     /// Picks in the lowest tier with an eligible endpoint that has room, and takes a slot.
     #[inline]
     pub(super) fn pick_in(
         &self,
         snapshot: &Snapshot<S>,
         filter: &Filter<'_>,
-        affinity: Option<&Affinity>,
+        how: How<'_>,
         acquire: Acquire,
     ) -> Option<(S, LoadGuard)> {
         for (entries, max_weight) in snapshot.weighted_tiers() {
@@ -194,15 +221,34 @@ impl<S: Clone> Chooser<S> {
                 None => filter,
             };
             for _ in 0..ACQUIRE_TRIES {
-                let picked = match affinity {
-                    Some(affinity) => affine(entries, filter, affinity),
-                    None => self.config.picker.pick(entries, filter, &mut ThreadRng),
+                let (picked, choice) = match how {
+                    How::Affinity(affinity) => (affine(entries, filter, affinity), None),
+                    How::Prefix(policy, prompt) => {
+                        let choice = policy.pick(
+                            entries,
+                            filter,
+                            prompt.blocks(),
+                            prompt.tokens(),
+                            &mut ThreadRng,
+                        );
+                        (choice.map(|c| c.index), choice)
+                    }
+                    How::Strategy => (
+                        self.config.picker.pick(entries, filter, &mut ThreadRng),
+                        None,
+                    ),
                 };
                 let Some(i) = picked else {
                     break; // nothing eligible in this tier: try the next
                 };
                 let entry = &entries[i];
-                if let Some(guard) = acquire(entry.endpoint(), filter.cost, filter.now()) {
+                if let Some(mut guard) = acquire(entry.endpoint(), filter.cost, filter.now()) {
+                    if let (How::Prefix(policy, prompt), Some(choice)) = (how, choice) {
+                        // The prefill counts there until the response's first byte.
+                        policy
+                            .placed(entry.endpoint(), prompt.blocks(), &choice)
+                            .attach(&mut guard);
+                    }
                     return Some((entry.service().clone(), guard));
                 }
             }

@@ -6,6 +6,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use crate::{
     classify::{Classify, DefaultClassifier},
     pick::{Picker, Strategy},
+    prefix::PrefixPolicy,
 };
 
 /// What a request does when every eligible endpoint is at its concurrency limit: wait for a
@@ -26,6 +27,8 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) panic_mode: bool,
     pub(crate) classify: Arc<dyn Classify>,
+    /// Picks requests that carry a [`PromptBlocks`](crate::prefix::PromptBlocks) hint.
+    pub(crate) prefix: Option<PrefixPolicy>,
 }
 
 impl fmt::Debug for Config {
@@ -36,6 +39,7 @@ impl fmt::Debug for Config {
             .field("timeout", &self.timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("panic_mode", &self.panic_mode)
+            .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -50,6 +54,7 @@ impl Default for Config {
             idle_timeout: None,
             panic_mode: true,
             classify: Arc::new(DefaultClassifier),
+            prefix: None,
         }
     }
 }

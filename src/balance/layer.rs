@@ -11,6 +11,7 @@ use crate::{
     error::ConfigError,
     pick::{Picker, Strategy},
     pool::Pool,
+    prefix::PrefixPolicy,
 };
 
 /// Builds a [`Balance`] over a [`Pool`]:
@@ -52,6 +53,7 @@ pub struct BalanceBuilder {
     idle_timeout: Option<Duration>,
     panic_mode: bool,
     classify: Arc<dyn Classify>,
+    prefix: Option<PrefixPolicy>,
 }
 
 impl Default for BalanceBuilder {
@@ -63,6 +65,7 @@ impl Default for BalanceBuilder {
             idle_timeout: None,
             panic_mode: true,
             classify: Arc::new(DefaultClassifier),
+            prefix: None,
         }
     }
 }
@@ -75,6 +78,7 @@ impl fmt::Debug for BalanceBuilder {
             .field("timeout", &self.timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("panic_mode", &self.panic_mode)
+            .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +136,18 @@ impl BalanceBuilder {
         self
     }
 
+    /// Picks requests that carry a [`PromptBlocks`](crate::prefix::PromptBlocks) hint (put
+    /// there by [`PrefixKeys`](crate::prefix::PrefixKeys)) with `policy`: where their
+    /// prompt's prefix is cached, against the work queued there. The pick obeys the same
+    /// filters as every other (health, exclusions, limits, tiers, requirements), and the
+    /// request's prefill counts in its endpoint's backlog until the response's first byte.
+    /// An [`Affinity`](crate::hints::Affinity) hint takes precedence; requests without a hint
+    /// are picked with the [`strategy`](Self::strategy).
+    pub fn prefix(mut self, policy: PrefixPolicy) -> Self {
+        self.prefix = Some(policy);
+        self
+    }
+
     /// The layer, or the setting it refuses: a zero timeout or idle timeout, or a cost-aware
     /// strategy whose load threshold is not a number of at least 0.
     pub fn build(self) -> Result<BalanceLayer, ConfigError> {
@@ -158,6 +174,7 @@ impl BalanceBuilder {
                 idle_timeout: self.idle_timeout,
                 panic_mode: self.panic_mode,
                 classify: self.classify,
+                prefix: self.prefix,
             }),
         }
     }

@@ -7,13 +7,8 @@
 
 use http::Extensions;
 
-use super::choose::{unsatisfiable, why_no_slot, Acquire, Choice, Chooser, NoSlot};
-use crate::{
-    hints::{Affinity, Require},
-    load::LoadGuard,
-    pick::Filter,
-    pool::Snapshot,
-};
+use super::choose::{unsatisfiable, why_no_slot, Acquire, Choice, Chooser, How, NoSlot};
+use crate::{hints::Require, load::LoadGuard, pick::Filter, pool::Snapshot};
 
 impl<S: Clone> Chooser<S> {
     /// Picks for a request that several models will do, in the same stages as a request for
@@ -35,15 +30,15 @@ impl<S: Clone> Chooser<S> {
         hints: &Extensions,
         require: &Require,
         filter: Filter<'_>,
-        affinity: Option<&Affinity>,
+        how: How<'_>,
     ) -> Result<Choice<S>, NoSlot> {
         let acquire = LoadGuard::acquire_at as Acquire;
-        if let Some(picked) = self.first_model(all, require, &filter, affinity, acquire) {
+        if let Some(picked) = self.first_model(all, require, &filter, how, acquire) {
             self.pool.note_panic(false);
             return Ok(self.chosen(hints, require, picked));
         }
         let filter = filter.include_held();
-        if let Some(picked) = self.first_model(all, require, &filter, affinity, acquire) {
+        if let Some(picked) = self.first_model(all, require, &filter, how, acquire) {
             return Ok(self.chosen(hints, require, picked));
         }
         if let Some(unmet) = unsatisfiable(all, require) {
@@ -53,7 +48,7 @@ impl<S: Clone> Chooser<S> {
             NoSlot::Unavailable(_) if self.config.panic_mode => {
                 let filter = filter.ignore_health();
                 let acquire = LoadGuard::acquire_any_at as Acquire;
-                let picked = self.first_model(all, require, &filter, affinity, acquire);
+                let picked = self.first_model(all, require, &filter, how, acquire);
                 self.pool.note_panic(picked.is_some());
                 picked
                     .map(|p| self.chosen(hints, require, p))
@@ -69,12 +64,12 @@ impl<S: Clone> Chooser<S> {
         all: &Snapshot<S>,
         require: &Require,
         filter: &Filter<'_>,
-        affinity: Option<&Affinity>,
+        how: How<'_>,
         acquire: Acquire,
     ) -> Option<(S, LoadGuard)> {
         require
             .models()
-            .find_map(|model| self.pick_in(all.for_model(model), filter, affinity, acquire))
+            .find_map(|model| self.pick_in(all.for_model(model), filter, how, acquire))
     }
 
     /// The choice, with the model the chosen endpoint serves the request as.

@@ -3,7 +3,8 @@
 //! The live state is a handful of atomics that the pick reads and the load guard writes:
 //! requests in flight and outstanding work (`slots.rs`), the health cell with its trial
 //! permits and slow-start ramp (`health.rs`), peak-EWMA estimates of time to first byte and of
-//! duration (`ewma.rs`), and counters of what finished (`counters.rs`). An [`Arc<Endpoint>`]
+//! duration (`ewma.rs`), counters of what finished (`counters.rs`), and histograms of time to
+//! first byte and of duration (`timings.rs`). An [`Arc<Endpoint>`]
 //! is the cheap handle that layers pass around (in `Served` and in errors).
 //!
 //! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`): the
@@ -14,13 +15,16 @@
 mod capabilities;
 mod config;
 mod counters;
+mod events;
 mod ewma;
 mod health;
 mod key;
+mod layer_events;
 mod pool_state;
 mod slots;
 #[cfg(test)]
 mod tests;
+mod timings;
 mod wait_queue;
 
 use std::{
@@ -35,19 +39,25 @@ use tokio::{sync::Notify, time::Instant};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
+    events::EjectionCause,
     health::Health,
     key::{Key, Redacted},
+    layer_events::LayerCounts,
+    timings::{HistogramSnapshot, BUCKETS},
 };
 pub(crate) use self::{
     config::check_weight,
+    layer_events::LayerEvents,
     pool_state::PoolState,
     wait_queue::{Grant, Place, Turn, WaitQueue, Wants},
 };
 use self::{
     counters::Counters,
+    events::Events,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
     slots::{Acquired, Slots, NO_LIMIT},
+    timings::Timings,
 };
 use crate::{
     clock::{nanos, LazyNow},
@@ -66,9 +76,13 @@ pub struct Endpoint {
     capabilities: Capabilities,
     born: Instant,
     completions: Completions,
+    /// The histograms a completion writes besides its line.
+    timings: Timings,
     /// The health judge's record of this endpoint's outcomes, of a type this module does not
     /// know; locked once per outcome that changes it, never by a pick.
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
+    /// What the health layer did to it, counted.
+    events: Events,
     /// Whether this endpoint is counted among its pool's ejected.
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
@@ -169,7 +183,9 @@ impl Endpoint {
                 estimates: LatencyEstimates::new(),
                 counters: Counters::new(),
             },
+            timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
+            events: Events::new(),
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),
@@ -273,6 +289,55 @@ impl Endpoint {
         self.completions.counters.failures()
     }
 
+    /// Requests whose caller gave up before they finished (a response body dropped before its
+    /// end, a response future dropped before its head): released, neither a success nor a
+    /// failure.
+    pub fn cancelled(&self) -> u64 {
+        self.timings.read_cancelled()
+    }
+
+    /// Counts a request its caller gave up.
+    pub(crate) fn count_cancelled(&self) {
+        self.timings.cancelled();
+    }
+
+    /// The histogram of times to first byte of successful responses, as read now.
+    pub fn ttfb_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_ttfb()
+    }
+
+    /// The histogram of durations, from pick to the end of the response, of the requests
+    /// that finished here (successes and failures; not those cancelled), as read now.
+    pub fn duration_histogram(&self) -> HistogramSnapshot {
+        self.timings.read_duration()
+    }
+
+    /// How many times the health layer ejected it for `cause`.
+    pub fn ejections(&self, cause: EjectionCause) -> u64 {
+        self.events.ejections(cause)
+    }
+
+    /// How many times the health layer held its weight at the floor instead of ejecting it
+    /// (the pool was at its maximum ejected share).
+    pub fn holds(&self) -> u64 {
+        self.events.holds()
+    }
+
+    /// How many times a rate limit made it cool down.
+    pub fn cooldowns(&self) -> u64 {
+        self.events.cooldowns()
+    }
+
+    /// The health events' counters, for the health layer.
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The counters of what the layers did for its pool's requests.
+    pub(crate) fn layer_events(&self) -> &LayerEvents {
+        &self.pool.layer_events
+    }
+
     /// The counters, for the health judge's successes counted without its lock.
     pub(crate) fn counters(&self) -> &Counters {
         &self.completions.counters
@@ -309,6 +374,7 @@ impl Endpoint {
     /// As [`observe_ttfb`](Self::observe_ttfb), with the time as a [`nanos_at`](Self::nanos_at).
     pub(crate) fn observe_ttfb_at(&self, ttfb_nanos: f64, stamp: u64) {
         self.completions.estimates.observe_ttfb(ttfb_nanos, stamp);
+        self.timings.ttfb(ttfb_nanos as u64);
     }
 
     /// Records a finished request. A failure is recorded as at least twice the current
@@ -326,6 +392,7 @@ impl Endpoint {
         self.completions
             .estimates
             .observe_completion(elapsed_nanos, failed, stamp);
+        self.timings.duration(elapsed_nanos as u64);
     }
 
     /// A time as the latency estimates keep it: nanoseconds since the endpoint was made.
@@ -463,6 +530,13 @@ impl Endpoint {
             Health::Ejected { until } | Health::CoolingDown { until } => Some(until),
             _ => None,
         }
+    }
+
+    /// Whether a soft ejection holds the weight at its floor now (a `SlowStart` whose ramp
+    /// has not begun).
+    pub(crate) fn is_held(&self, now: Instant) -> bool {
+        matches!(self.health(), Health::SlowStart { .. })
+            && !self.health_cell().allows(&LazyNow::at(now), false)
     }
 
     /// Whether the health lets a request through now; see [`HealthCell::allows`].

@@ -7,13 +7,15 @@
 
 use std::sync::Arc;
 
-use super::wait_queue::WaitQueue;
+use super::{layer_events::LayerEvents, wait_queue::WaitQueue};
 use crate::sync::{AtomicUsize, Ordering::SeqCst};
 
 /// The pool-wide state its endpoints share. See the [module docs](self).
 #[derive(Debug, Default)]
 pub(crate) struct PoolState {
     pub(crate) waiters: Arc<WaitQueue>,
+    /// What the layers did for the pool's requests.
+    pub(crate) layer_events: LayerEvents,
     /// Endpoints in the pool (made and not yet removed).
     members: AtomicUsize,
     /// Endpoints ejected (due back or not: one awaiting its trial still counts).

@@ -85,6 +85,10 @@ pub(crate) struct Attempts<S, B> {
     exclude: Exclude,
     failed: Vec<Attempt>,
     deadline: Option<Instant>,
+    /// The tier of the first failed attempt's endpoint, to count a fail-over to another.
+    first_tier: Option<u32>,
+    /// The last failed attempt's endpoint: the retries are counted in its pool.
+    last: Option<Arc<Endpoint>>,
 }
 
 impl<S, B> Attempts<S, B>
@@ -107,6 +111,8 @@ where
             exclude: Exclude::new(),
             failed: Vec::new(),
             deadline,
+            first_tier: None,
+            last: None,
         }
     }
 
@@ -114,6 +120,10 @@ where
     pub(crate) fn failed(&mut self, failure: Attempt, endpoint: Option<Arc<Endpoint>>) {
         if let Some(endpoint) = endpoint {
             self.exclude.insert(&endpoint);
+            if self.failed.is_empty() {
+                self.first_tier = Some(endpoint.tier());
+            }
+            self.last = Some(endpoint);
         }
         tracing::debug!(attempt = self.failed.len() + 1, endpoint = ?failure.endpoint, "attempt failed; failing over");
         self.failed.push(failure);
@@ -131,9 +141,12 @@ where
         let body = Stop::before_retry(self.settings.attempts, self.failed.len(), || {
             template.and_then(Replay::replay)
         })?;
+        let events = self.last.as_ref().map(|e| e.layer_events());
         if !self.settings.budget.withdraw() {
+            events.inspect(|events| events.budget_exhausted());
             return Err(Stop::Budget);
         }
+        events.inspect(|events| events.retried());
         Ok((self.service.clone(), body))
     }
 
@@ -185,6 +198,7 @@ where
             };
             match step {
                 Step::Done(mut response) => {
+                    self.count_failover(&response);
                     if let Some(resume) = self.resumable(&response) {
                         response.body_mut().resume(resume);
                     }
@@ -193,6 +207,19 @@ where
                 Step::Retry(failure, endpoint) => self.failed(failure, endpoint),
                 Step::Fail(error) => return Err(give_up(self.failed, Stop::Error(error))),
             }
+        }
+    }
+
+    /// Counts a fail-over if `response` came from another tier than the first failed attempt.
+    fn count_failover<RB>(&self, response: &Response<RB>) {
+        let Some(served) = response.extensions().get::<Served>() else {
+            return;
+        };
+        if self
+            .first_tier
+            .is_some_and(|tier| tier != served.endpoint().tier())
+        {
+            served.endpoint().layer_events().failed_over();
         }
     }
 
@@ -260,7 +287,13 @@ where
     );
     hedge::race(&settings.latencies, hedge, first, || {
         // Slow: send a copy elsewhere, if the body and the budget allow.
-        let (service, copy) = hedge_copy.filter(|_| settings.budget.withdraw())?;
+        let (service, copy) = hedge_copy?;
+        let events = picked.get().map(|e| e.layer_events());
+        if !settings.budget.withdraw() {
+            events.inspect(|events| events.budget_exhausted());
+            return None;
+        }
+        events.inspect(|events| events.hedged());
         let mut elsewhere = exclude.clone();
         if let Some(endpoint) = picked.get() {
             elsewhere.insert(endpoint);

@@ -57,9 +57,12 @@ impl<B> Resume<B> {
         let Some(body) = self.policy.continue_body(&self.original, &self.streamed) else {
             return false;
         };
+        let events = self.endpoint.as_ref().map(|e| e.layer_events());
         if !self.budget.withdraw() {
+            events.inspect(|events| events.budget_exhausted());
             return false;
         }
+        events.inspect(|events| events.continued());
         self.left -= 1;
         if let Some(endpoint) = &self.endpoint {
             self.exclude.insert(endpoint);

@@ -124,37 +124,56 @@ where
     type Output = Answer<RB>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let _span = this.span.enter();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::First {
-                    call,
-                    retry,
-                    shared,
-                } => {
-                    let (failure, endpoint) = match judge(ready!(call.poll(cx)), None) {
-                        Step::Done(response) => return Poll::Ready(Ok(response)),
-                        Step::Fail(error) => {
-                            return Poll::Ready(Err(give_up(Vec::new(), Stop::Error(error))))
-                        }
-                        Step::Retry(failure, endpoint) => (failure, endpoint),
-                    };
-                    let retry = retry.take().expect("polled after completion");
-                    let Retry { head, template } = match retry {
-                        Ok(retry) => retry,
-                        Err(stop) => return Poll::Ready(Err(give_up(vec![failure], stop))),
-                    };
-                    let settings = Arc::clone(&shared.settings);
-                    let service = shared.service.clone();
-                    let mut attempts = Attempts::new(settings, service, head, Some(template));
-                    attempts.failed(failure, endpoint);
-                    this.state.set(State::Boxed {
-                        future: Box::pin(attempts.run(None)),
-                    });
-                }
-                StateProj::Boxed { future } => return future.as_mut().poll(cx),
+        let answer = ready!(poll_state(this.state, cx));
+        super::span_fields::record_answer(this.span, &answer);
+        Poll::Ready(answer)
+    }
+}
+
+/// Polls the attempts: the first in place, then, after a retriable failure, the boxed rest.
+fn poll_state<S, B, RB>(
+    mut state: Pin<&mut State<S, B, RB>>,
+    cx: &mut Context<'_>,
+) -> Poll<Answer<RB>>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Replay + Send + 'static,
+    RB: Body + Judged + Unpin + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::First {
+                call,
+                retry,
+                shared,
+            } => {
+                let (failure, endpoint) = match judge(ready!(call.poll(cx)), None) {
+                    Step::Done(response) => return Poll::Ready(Ok(response)),
+                    Step::Fail(error) => {
+                        return Poll::Ready(Err(give_up(Vec::new(), Stop::Error(error))))
+                    }
+                    Step::Retry(failure, endpoint) => (failure, endpoint),
+                };
+                let retry = retry.take().expect("polled after completion");
+                let Retry { head, template } = match retry {
+                    Ok(retry) => retry,
+                    Err(stop) => return Poll::Ready(Err(give_up(vec![failure], stop))),
+                };
+                let settings = Arc::clone(&shared.settings);
+                let service = shared.service.clone();
+                let mut attempts = Attempts::new(settings, service, head, Some(template));
+                attempts.failed(failure, endpoint);
+                state.set(State::Boxed {
+                    future: Box::pin(attempts.run(None)),
+                });
             }
+            StateProj::Boxed { future } => return future.as_mut().poll(cx),
         }
     }
 }

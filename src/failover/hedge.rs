@@ -8,7 +8,10 @@ use http_body::Body;
 use tokio::time::Instant;
 
 use super::step::Step;
-use crate::sync::{AtomicU64, Ordering::Relaxed};
+use crate::{
+    hints::Served,
+    sync::{AtomicU64, Ordering::Relaxed},
+};
 
 /// When to send a second copy of a request that has not answered (its first byte, or its first
 /// chunk when the layer waits for one) to another endpoint.
@@ -128,8 +131,20 @@ where
         Err(_) => match second() {
             None => first.await,
             Some(second) => match select(first, pin!(second)).await {
-                Either::Left((step, other)) => first_success(step, other).await,
-                Either::Right((step, other)) => first_success(step, other).await,
+                Either::Left((step, other)) => {
+                    let (step, other_won) = first_success(step, other).await;
+                    if other_won {
+                        count_win(&step);
+                    }
+                    step
+                }
+                Either::Right((step, other)) => {
+                    let (step, other_won) = first_success(step, other).await;
+                    if !other_won {
+                        count_win(&step);
+                    }
+                    step
+                }
             },
         },
     };
@@ -140,14 +155,24 @@ where
 }
 
 /// The first of two racing attempts to finish: kept if it succeeded, else the other is
-/// awaited.
+/// awaited; and whether the other's step is the one returned.
 async fn first_success<RB: Body>(
     step: Step<RB>,
     other: impl Future<Output = Step<RB>>,
-) -> Step<RB> {
+) -> (Step<RB>, bool) {
     match step {
-        Step::Done(response) => Step::Done(response),
-        _ => other.await,
+        Step::Done(response) => (Step::Done(response), false),
+        _ => (other.await, true),
+    }
+}
+
+/// Counts a hedge won, in the pool of the endpoint that served it, if the hedge's step
+/// succeeded.
+fn count_win<RB: Body>(step: &Step<RB>) {
+    if let Step::Done(response) = step {
+        if let Some(served) = response.extensions().get::<Served>() {
+            served.endpoint().layer_events().hedge_won();
+        }
     }
 }
 

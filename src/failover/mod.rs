@@ -79,6 +79,7 @@ mod layer;
 mod replay;
 mod service;
 mod settings;
+mod span_fields;
 mod step;
 
 #[cfg(feature = "openai")]

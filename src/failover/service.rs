@@ -55,8 +55,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let span =
-            tracing::debug_span!("request", method = %request.method(), uri = %request.uri());
+        let span = super::span_fields::request_span(request.uri(), request.method());
         let inner = &self.inner;
         let context = self.context.for_request(|c| Context {
             settings: Arc::clone(&c.settings),

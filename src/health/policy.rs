@@ -9,7 +9,7 @@ use super::outlier::{Outliers, RecordGuard};
 use crate::{
     classify::Outcome,
     clock::later,
-    endpoint::{ConfigError, Endpoint, Health},
+    endpoint::{ConfigError, EjectionCause, Endpoint, Health},
 };
 
 /// When an endpoint is ejected, for how long, and how it comes back. The defaults follow
@@ -129,6 +129,7 @@ impl HealthPolicy {
                     Health::CoolingDown { until: current } if current >= until => {}
                     _ => {
                         e.set_health(Health::CoolingDown { until });
+                        e.events().cooled_down();
                         tracing::info!(endpoint = %e.key(), ?cooldown, "cooling down: rate-limited");
                     }
                 }
@@ -164,7 +165,7 @@ impl HealthPolicy {
                     // Late news from a request sent before the ejection.
                     Health::Ejected { until } if until > now => return,
                     Health::Ejected { .. } => {
-                        self.eject(e, &mut o, now, "a trial request failed");
+                        self.eject(e, &mut o, now, EjectionCause::TrialFailed);
                         return;
                     }
                     _ => {}
@@ -177,9 +178,9 @@ impl HealthPolicy {
                     && failures / requests >= self.failure_rate;
                 if by_streak || by_rate {
                     let why = if by_streak {
-                        "consecutive failures"
+                        EjectionCause::ConsecutiveFailures
                     } else {
-                        "failure rate"
+                        EjectionCause::FailureRate
                     };
                     if !self.eject(e, &mut o, now, why) {
                         self.hold_back(e, &mut o, now, why);
@@ -204,20 +205,20 @@ impl HealthPolicy {
         } else {
             o.probe_streak = o.probe_streak.min(0).saturating_sub(1);
             if !ejected && o.probe_streak.unsigned_abs() >= unhealthy {
-                self.eject(e, &mut o, now, "probes failed");
+                self.eject(e, &mut o, now, EjectionCause::Probe);
             }
         }
     }
 
     /// Ejects `e` if the pool's ejected share allows (at least one may always be); returns
     /// whether it did.
-    fn eject(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) -> bool {
+    fn eject(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: EjectionCause) -> bool {
         let ejections = o.ejections.saturating_add(1);
         let time = self.ejection_time(ejections);
         if !e.eject(later(now, time), self.trials, self.max_ejected_fraction) {
             tracing::debug!(
                 endpoint = %e.key(),
-                why,
+                why = why.as_str(),
                 "not ejected: the pool is at its maximum ejected share"
             );
             return false;
@@ -228,21 +229,23 @@ impl HealthPolicy {
         o.trial_successes = 0;
         o.probe_streak = 0;
         o.last_ejected = Some(now);
-        tracing::warn!(endpoint = %e.key(), why, ejections = o.ejections, ?time, "ejected");
+        e.events().ejected(why);
+        tracing::warn!(endpoint = %e.key(), why = why.as_str(), ejections = o.ejections, ?time, "ejected");
         true
     }
 
     /// Where the ejected share is at its maximum: keeps the endpoint in the pool but at the
     /// floor of its weight for an ejection's time, then ramps it back, so a failing endpoint
     /// that cannot be ejected (and, failing fast, looks idle) does not draw traffic.
-    fn hold_back(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
+    fn hold_back(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: EjectionCause) {
         o.ejections = o.ejections.saturating_add(1);
         let hold = self.ejection_time(o.ejections);
         e.hold_back(hold, self.slow_start.unwrap_or(Duration::ZERO), now);
         o.consecutive_failures = 0;
         o.window.clear();
         o.last_ejected = Some(now);
-        tracing::warn!(endpoint = %e.key(), why, ?hold, "weight held at its floor instead of ejected");
+        e.events().held();
+        tracing::warn!(endpoint = %e.key(), why = why.as_str(), ?hold, "weight held at its floor instead of ejected");
     }
 
     fn recover(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {

@@ -5,6 +5,7 @@ use std::{borrow::Borrow, sync::Arc};
 
 use tokio::time::Instant;
 
+use super::first_byte::{FirstByteHook, Held};
 use crate::{classify::Outcome, clock::nanos, endpoint::Endpoint};
 
 /// One in-flight slot on an endpoint, released on drop.
@@ -22,12 +23,16 @@ pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
     failed: bool,
     /// Holds one of the endpoint's half-open trial permits.
     trial: bool,
+    /// The completion was recorded; dropped without it, the request was cancelled.
+    completed: bool,
     /// A layer above judges the response's first chunk before the caller sees it, so a body
     /// that ends with that chunk waits for the judgment before it completes (set by `Balance`).
     pub(crate) defer_first_end: bool,
     /// Completes the request when dropped: its body ended, and the verdict waited for a
     /// layer above that may never give it.
     pub(crate) complete_on_drop: bool,
+    /// Work held elsewhere until the first byte (a prefix placement's prefill).
+    held: Option<Held>,
 }
 
 impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
@@ -67,8 +72,10 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
             first_byte: false,
             failed: false,
             trial,
+            completed: false,
             defer_first_end: false,
             complete_on_drop: false,
+            held: None,
         }
     }
 }
@@ -98,6 +105,17 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         }
     }
 
+    /// Holds `amount` on `hook` until the first byte, the end of the request, or the guard's
+    /// drop, whichever comes first (`first`: the first byte came already).
+    pub(crate) fn hold(
+        &mut self,
+        hook: Arc<dyn FirstByteHook>,
+        amount: u64,
+        first: Option<Instant>,
+    ) {
+        self.held = Some(Held::new(hook, amount, first));
+    }
+
     /// Records the first byte of the response body (once).
     pub fn first_byte(&mut self) {
         self.first_byte_at(Instant::now());
@@ -105,6 +123,9 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 
     /// As [`first_byte`](Self::first_byte), at `at`.
     pub fn first_byte_at(&mut self, at: Instant) {
+        if let Some(held) = self.held.as_mut() {
+            held.first_byte(at);
+        }
         if !self.first_byte && !self.failed {
             self.first_byte = true;
             self.endpoint.borrow().observe_ttfb(at - self.start, at);
@@ -131,6 +152,10 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
 
     fn record_completion(&mut self, at: Instant) {
         self.complete_on_drop = false;
+        self.completed = true;
+        if let Some(held) = self.held.take() {
+            held.complete(at, self.failed);
+        }
         let elapsed = nanos(at.saturating_duration_since(self.start));
         let stamp = self.endpoint.borrow().nanos_at(at);
         if !self.first_byte && !self.failed {
@@ -149,6 +174,9 @@ impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
             self.complete_late();
         }
         let endpoint = self.endpoint.borrow();
+        if !self.completed {
+            endpoint.count_cancelled();
+        }
         // The permit first: the release offers the slot to a waiting request, which may need
         // it.
         if self.trial {
@@ -182,6 +210,9 @@ mod tests {
         assert_eq!(e.requests(), 1);
         // Dropped without completing (a cancellation): released, not counted as served.
         drop(LoadGuard::acquire_at(&&*e, 1, start).unwrap());
-        assert_eq!((e.in_flight(), e.requests()), (0, 1));
+        assert_eq!((e.in_flight(), e.requests(), e.cancelled()), (0, 1, 1));
+        assert_eq!(e.duration_histogram().count(), 1);
+        assert_eq!(e.duration_histogram().counts[0], 1, "5 ms is at most 5 ms");
+        assert_eq!(e.ttfb_histogram().sum_nanos, 5_000_000);
     }
 }

@@ -24,7 +24,10 @@
 //! ```
 
 mod completion;
+mod first_byte;
 mod guard;
+
+pub(crate) use self::first_byte::FirstByteHook;
 
 pub use self::{
     completion::{Completion, TrackLoad},

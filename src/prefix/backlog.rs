@@ -15,6 +15,14 @@ pub struct EngineLoad {
     pub waiting: u32,
     /// Requests running (prefilling or decoding).
     pub running: u32,
+    /// Prompt tokens the engine has scheduled for prefill and not computed yet, 0 when it does
+    /// not say. No engine reports it as one gauge; two counters give it: the prompt tokens a
+    /// scheduled request did not find cached, less those computed. In vLLM,
+    /// `prefix_cache_queries_total − prefix_cache_hits_total` (counted when a request is
+    /// scheduled) less `prompt_tokens_by_source_total{source="local_compute"}` (counted when
+    /// its prefill ends). The running count says a request is there; this says how long the
+    /// prefill unit stays taken by another router's prompt.
+    pub prefilling: u64,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +38,8 @@ pub(crate) struct Backlog {
     /// This router's own requests there when the report came, packed: without a first token
     /// (32 bits), in flight (32 bits); the report counts them already.
     own_at_report: AtomicU64,
+    /// The report's prefill tokens beyond this router's own pending ones at the time.
+    others_prefilling: AtomicU64,
 }
 
 /// What a pick reads of an endpoint's backlog.
@@ -41,6 +51,10 @@ pub(crate) struct Seen {
     pub(crate) others_waiting: u64,
     /// Requests other routers have there in all, by the same report.
     pub(crate) others_in_flight: u64,
+    /// Prefill tokens other routers' requests had scheduled there, by the same report.
+    pub(crate) others_prefilling: u64,
+    /// The report's age, in nanoseconds.
+    pub(crate) age: u64,
 }
 
 const LOW: u64 = 0xffff_ffff;
@@ -60,6 +74,9 @@ impl Backlog {
         let packed = u64::from(load.waiting) | u64::from(load.running) << 32;
         let pending = self.requests.load(Relaxed).min(LOW);
         let own = pending | (own_in_flight as u64).min(LOW) << 32;
+        // The prefill running may be this router's own: what it has pending covers that.
+        let others = load.prefilling.saturating_sub(self.tokens.load(Relaxed));
+        self.others_prefilling.store(others, Relaxed);
         self.own_at_report.store(own, Relaxed);
         self.report.store(packed, Relaxed);
         self.reported_at.store(at.saturating_add(1), Relaxed);
@@ -81,6 +98,8 @@ impl Backlog {
             let (own_pending, own_in_flight) = (own & LOW, own >> 32);
             seen.others_waiting = waiting.saturating_sub(own_pending);
             seen.others_in_flight = (waiting + running).saturating_sub(own_in_flight);
+            seen.others_prefilling = self.others_prefilling.load(Relaxed);
+            seen.age = now.saturating_sub(at - 1);
         }
         seen
     }

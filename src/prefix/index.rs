@@ -10,8 +10,8 @@ use arc_swap::{ArcSwap, Guard};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{backlog::Backlog, set::BlockSet};
-use crate::endpoint::Endpoint;
+use super::{averages::Averages, backlog::Backlog, set::BlockSet};
+use crate::{endpoint::Endpoint, load::FirstByteHook};
 
 /// Which prompt prefixes each endpoint's engine holds in its KV cache, as chains of block
 /// hashes (see [`BlockHasher`](super::BlockHasher)).
@@ -58,6 +58,8 @@ pub struct PrefixIndex {
     writer: Mutex<()>,
     capacity: usize,
     pub(crate) epoch: Instant,
+    /// What the placements on every endpoint taught: shared by the records.
+    pub(crate) averages: Arc<Averages>,
 }
 
 type Records = HashMap<u64, Arc<Record>, BuildHasherDefault<KeyHasher>>;
@@ -67,6 +69,20 @@ type Records = HashMap<u64, Arc<Record>, BuildHasherDefault<KeyHasher>>;
 pub(crate) struct Record {
     blocks: ArcSwap<BlockSet>,
     pub(crate) backlog: Backlog,
+    pub(crate) averages: Arc<Averages>,
+}
+
+/// A placement's prefill leaves the backlog at its first token, whoever sees it: a
+/// [`Placement`](super::Placement), or the load guard it was handed to.
+impl FirstByteHook for Record {
+    fn release(&self, amount: u64, _at: Option<Instant>) {
+        self.backlog.release(amount);
+    }
+
+    fn completed(&self, first: Instant, at: Instant) {
+        self.averages
+            .observe_decode(at.saturating_duration_since(first));
+    }
 }
 
 impl Record {
@@ -124,6 +140,7 @@ impl PrefixIndex {
             writer: Mutex::new(()),
             capacity: capacity.min(super::set::MAX_CAPACITY),
             epoch: Instant::now(),
+            averages: Arc::new(Averages::new()),
         }
     }
 
@@ -224,6 +241,7 @@ impl PrefixIndex {
         let record = Arc::new(Record {
             blocks: ArcSwap::from_pointee(BlockSet::new(self.capacity)),
             backlog: Backlog::default(),
+            averages: Arc::clone(&self.averages),
         });
         let mut next = Records::clone(&records);
         next.insert(endpoint.key_hash(), Arc::clone(&record));

@@ -50,20 +50,69 @@
 //!
 //! # In a request path
 //!
-//! The pick is a plain function over a slice of endpoints with the crate's [`Filter`], as the
-//! other strategies are, so it slots into [`Balance`](crate::balance::Balance)'s pick: a layer
-//! extracts the blocks ([`ExtractBlocks`]) into a hint, the pick reads the hint and calls
-//! [`PrefixPolicy::pick`] over the tier's endpoints, and the returned [`Placement`] rides
-//! with the response body until its first data frame.
+//! Two pieces: [`PrefixKeysLayer`] reads each request's blocks with an [`ExtractBlocks`]
+//! ([`ChatMessages`] for an OpenAI chat body, any function, or a caller's own hashes through
+//! [`PromptBlocks::new`]) and puts them in a [`PromptBlocks`] hint;
+//! [`BalanceBuilder::prefix`](crate::balance::BalanceBuilder::prefix) gives `Balance` the
+//! policy, which picks every hinted request among the lowest tier's endpoints that pass the
+//! request's filters (health, exclusions, limits, requirements), as every pick does. The
+//! request's prefill counts in its endpoint's backlog until the response's first data frame,
+//! carried by its load guard; a failed or cancelled request gives it back.
 //!
-//! [`Filter`]: crate::pick::Filter
+//! ```
+//! use std::{convert::Infallible, sync::Arc};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_ai_balance::{
+//!     balance::BalanceLayer,
+//!     hints::Served,
+//!     prefix::{ChatMessages, PrefixIndex, PrefixKeysLayer, PrefixPolicy},
+//!     Pool,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_ai_balance::BoxError> {
+//! let engine = service_fn(|_: Request<Full<Bytes>>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("data: hi\n\n"))))
+//! });
+//! let pool = Pool::new();
+//! for i in 0..4 {
+//!     pool.insert(format!("gpu-{i}"), engine.clone())?;
+//! }
+//! // Blocks of 64 bytes of the messages array, some 16 tokens each.
+//! let policy = PrefixPolicy::new(Arc::new(PrefixIndex::new(50_000)), 16)?.prefill_rate(20_000.0)?;
+//! let stack = ServiceBuilder::new()
+//!     .layer(PrefixKeysLayer::new(ChatMessages::new(64)?))
+//!     .layer(BalanceLayer::builder().prefix(policy).build()?)
+//!     .service(pool);
+//!
+//! let chat = |messages: &str| {
+//!     let body = format!(r#"{{"model":"m","stream":true,"messages":[{messages}]}}"#);
+//!     Request::new(Full::new(Bytes::from(body)))
+//! };
+//! let first = r#"{"role":"system","content":"You answer questions about the tower crate, briefly and precisely."},{"role":"user","content":"What does a Layer do?"}"#;
+//! let answer = stack.clone().oneshot(chat(first)).await?;
+//! let placed = answer.extensions().get::<Served>().unwrap().endpoint().key().clone();
+//! answer.into_body().collect().await?; // the first frame releases the prefill
+//!
+//! // The next turn carries the first one's messages: it goes where they are cached.
+//! let next = format!(r#"{first},{{"role":"assistant","content":"It wraps a service."}},{{"role":"user","content":"And a Service?"}}"#);
+//! let answer = stack.oneshot(chat(&next)).await?;
+//! assert_eq!(answer.extensions().get::<Served>().unwrap().endpoint().key(), &placed);
+//! # Ok(())
+//! # }
+//! ```
 
 mod averages;
 mod backlog;
 mod block;
 mod chat;
 mod extract;
+mod hint;
 mod index;
+mod layer;
 mod placement;
 mod policy;
 mod set;
@@ -73,7 +122,9 @@ pub use self::{
     block::{BlockHasher, ByteStream},
     chat::ChatMessages,
     extract::{with_scratch, ExtractBlocks},
+    hint::PromptBlocks,
     index::{KvEvent, PrefixIndex},
+    layer::{PrefixKeys, PrefixKeysLayer},
     placement::Placement,
     policy::{Choice, PrefixPolicy},
 };

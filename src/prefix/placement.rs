@@ -1,18 +1,26 @@
 //! A request's prefill placed on an endpoint, counted in its backlog until the first token.
 
-use std::sync::Arc;
+use std::{borrow::Borrow, sync::Arc};
 
 use tokio::time::Instant;
 
-use super::{averages::Averages, index::Record};
+use super::index::Record;
+use crate::{
+    endpoint::Endpoint,
+    load::{FirstByteHook, LoadGuard},
+};
 
 /// A request's prefill placed on an endpoint: counted in the endpoint's backlog until its
 /// first token arrives ([`first_token`](Self::first_token)) or this is dropped (the request
 /// failed or was cancelled), so the backlog never keeps work that is gone.
+///
+/// [`Balance`](crate::balance::Balance) hands it to the request's load guard
+/// ([`attach`](Self::attach)), which sees the response's first byte and its end; a caller that
+/// routes by itself (a simulation, a custom transport) can do the same, or call
+/// [`first_token`](Self::first_token) and [`finished`](Self::finished) itself.
 #[derive(Debug)]
 pub struct Placement {
     record: Arc<Record>,
-    averages: Arc<Averages>,
     new_tokens: u64,
     cached_blocks: usize,
     pending: bool,
@@ -20,16 +28,10 @@ pub struct Placement {
 }
 
 impl Placement {
-    pub(crate) fn new(
-        record: Arc<Record>,
-        averages: Arc<Averages>,
-        new_tokens: u64,
-        cached_blocks: usize,
-    ) -> Self {
+    pub(crate) fn new(record: Arc<Record>, new_tokens: u64, cached_blocks: usize) -> Self {
         record.backlog.add(new_tokens);
         Self {
             record,
-            averages,
             new_tokens,
             cached_blocks,
             pending: true,
@@ -50,7 +52,7 @@ impl Placement {
     /// The first token arrived at `at`: the prefill is done and leaves the backlog.
     pub fn first_token(&mut self, at: Instant) {
         if std::mem::take(&mut self.pending) {
-            self.record.backlog.release(self.new_tokens);
+            self.record.release(self.new_tokens, Some(at));
             self.first_token = Some(at);
         }
     }
@@ -59,15 +61,30 @@ impl Placement {
     /// the policy expects of the next one.
     pub fn finished(mut self, at: Instant) {
         if let Some(first) = self.first_token {
-            self.averages
-                .observe_decode(at.saturating_duration_since(first));
+            self.record.completed(first, at);
         }
         self.release();
     }
 
+    /// Hands the placement to the request's load guard: the prefill leaves the backlog at the
+    /// response's first byte ([`LoadGuard::first_byte`]) or when the guard completes or is
+    /// dropped, and a successful completion tells the policy how long the request ran after
+    /// its first token. No allocation.
+    pub fn attach<E: Borrow<Endpoint>>(mut self, guard: &mut LoadGuard<E>) {
+        let record: Arc<dyn FirstByteHook> = Arc::clone(&self.record) as _;
+        // The guard takes over the release.
+        let first = if std::mem::take(&mut self.pending) {
+            None
+        } else {
+            // Released already: the guard only times the rest.
+            Some(self.first_token.unwrap_or_else(Instant::now))
+        };
+        guard.hold(record, self.new_tokens, first);
+    }
+
     fn release(&mut self) {
         if std::mem::take(&mut self.pending) {
-            self.record.backlog.release(self.new_tokens);
+            self.record.release(self.new_tokens, None);
         }
     }
 }

@@ -7,7 +7,6 @@ use rand::RngCore;
 use tokio::time::Instant;
 
 use super::{
-    averages::Averages,
     backlog::{nanos, EngineLoad},
     index::PrefixIndex,
     placement::Placement,
@@ -41,8 +40,10 @@ pub struct Choice {
 ///
 /// - `cached(e)`: the prompt's leading blocks the [`PrefixIndex`] lists for `e`, in tokens.
 /// - `backlog(e)`: prefill tokens ahead of this request there: those this router sent and
-///   that have not produced a first token yet (each counted after its own cached prefix), and
-///   the requests the engine last reported waiting beyond those, at the average size.
+///   that have not produced a first token yet (each counted after its own cached prefix), the
+///   requests the engine last reported waiting beyond those, at the average size, and the
+///   prefill tokens it reported scheduled beyond this router's, less what it can have
+///   computed since ([`EngineLoad::prefilling`]).
 /// - `slot_wait(e)`: with a sequence limit per engine ([`slots`](Self::slots)), the time for
 ///   the requests beyond the limit to finish (their number × the observed time a request
 ///   holds its slot after its first token / the limit).
@@ -89,15 +90,11 @@ struct Settings {
 #[derive(Debug)]
 struct Shared {
     settings: Settings,
-    averages: Arc<Averages>,
 }
 
 impl Shared {
     fn new(settings: Settings) -> Self {
-        Self {
-            settings,
-            averages: Arc::new(Averages::new()),
-        }
+        Self { settings }
     }
 }
 
@@ -245,8 +242,8 @@ impl PrefixPolicy {
         let s = &self.shared.settings;
         let tokens = tokens.max(1);
         let view = self.index.view();
-        let decode = self.shared.averages.decode();
-        let average = self.shared.averages.new_tokens();
+        let decode = self.index.averages.decode();
+        let average = self.index.averages.new_tokens();
         let mut now = None;
         candidates.clear();
         depths.clear();
@@ -270,8 +267,11 @@ impl PrefixPolicy {
                 r.backlog.seen(now, s.max_age)
             });
             let rate = s.rate * weight;
+            // Another router's prefill that had begun by the report: what may be left of it.
+            let prefilling =
+                (seen.others_prefilling as f64 / rate - seen.age as f64 * 1e-9).max(0.0);
             let backlog = seen.tokens as f64 + seen.others_waiting as f64 * average;
-            let mut wait = backlog / rate;
+            let mut wait = backlog / rate + prefilling;
             if let Some(slots) = s.slots {
                 let occupied = e.in_flight() as u64 + seen.others_in_flight;
                 let over = (occupied + 1).saturating_sub(slots);
@@ -333,13 +333,8 @@ impl PrefixPolicy {
     pub fn placed(&self, endpoint: &Endpoint, blocks: &[u64], choice: &Choice) -> Placement {
         let record = self.index.record(endpoint);
         record.store(blocks);
-        self.shared.averages.observe_new_tokens(choice.new_tokens);
-        Placement::new(
-            record,
-            Arc::clone(&self.shared.averages),
-            choice.new_tokens,
-            choice.cached_blocks,
-        )
+        record.averages.observe_new_tokens(choice.new_tokens);
+        Placement::new(record, choice.new_tokens, choice.cached_blocks)
     }
 }
 

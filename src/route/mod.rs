@@ -219,6 +219,10 @@ where
             return ResponseFuture::refused(error);
         }
         if let Some(require) = routing.require {
+            if let Some(model) = &require.model {
+                // Into the request span of a `Failover` above, if there is one and it is on.
+                tracing::Span::current().record("gen_ai.request.model", &**model);
+            }
             request.extensions_mut().insert(require);
         }
         if let Some(cost) = routing.cost {

@@ -5,6 +5,7 @@
 
 #[path = "../../examples/support/gateway.rs"]
 mod gateway;
+mod metrics;
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
 #[allow(dead_code)]
@@ -244,7 +245,12 @@ pub fn parse_prometheus(text: &str) -> Result<usize, String> {
                 .parse::<f64>()
                 .map_err(|_| format!("bad value: {line}"))?;
             let name = series.split('{').next().unwrap();
-            if !valid_name(name) || !typed.contains(name) {
+            // A histogram's series are its name with a suffix.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            if !valid_name(name) || !typed.contains(family) {
                 return Err(format!("unknown or untyped metric: {line}"));
             }
             if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {

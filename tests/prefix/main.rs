@@ -1,9 +1,15 @@
 //! Prefix-cache-aware routing: the policy's choices (continuations, new prefixes, hot
-//! prefixes, load, reports, slots, filters), its accounting under many threads, and block keys
-//! from OpenAI chat bodies.
+//! prefixes, load, reports, slots, filters), its accounting under many threads, block keys
+//! from OpenAI chat bodies, and the policy in `Balance`'s request path.
 #![allow(unreachable_pub)]
 
+#[path = "../../examples/support/model_server.rs"]
+mod model_server;
+#[path = "../support/mod.rs"]
+mod support;
+
 mod keys;
+mod layer;
 mod policy;
 
 use std::sync::Arc;

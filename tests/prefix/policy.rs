@@ -274,6 +274,7 @@ fn other_routers_work_is_read_from_fresh_reports_only() {
         EngineLoad {
             waiting: 5,
             running: 16,
+            ..EngineLoad::default()
         },
         t0,
     );
@@ -317,6 +318,7 @@ fn other_routers_work_is_read_from_fresh_reports_only() {
         EngineLoad {
             waiting: 3,
             running: 1,
+            ..EngineLoad::default()
         },
         t0,
     );
@@ -327,6 +329,81 @@ fn other_routers_work_is_read_from_fresh_reports_only() {
         (c.expected - (3.0 * 8_192.0 + 2_048.0) / 40_000.0).abs() < 1e-9,
         "{c:?}"
     );
+}
+
+#[test]
+fn another_routers_prefill_under_way_counts_less_what_it_has_computed_since() {
+    let (eps, mut rng) = (endpoints(2), SmallRng::seed_from_u64(12));
+    let p = policy().report_age(Duration::from_secs(5));
+    let t0 = Instant::now();
+    // e0 reports 20,000 prompt tokens scheduled and not computed: half a second's prefill.
+    p.report(
+        &eps[0],
+        EngineLoad {
+            waiting: 0,
+            running: 1,
+            prefilling: 20_000,
+        },
+        t0,
+    );
+    let x = only(&eps, 0);
+    let on_e0 = |secs: f64, rng: &mut SmallRng| {
+        let filter = Filter::new()
+            .exclude(&x)
+            .at(t0 + Duration::from_secs_f64(secs));
+        p.pick(&eps, &filter, &fresh(3, 4), 2_048, rng).unwrap()
+    };
+    let own = 2_048.0 / 40_000.0;
+    let c = on_e0(0.0, &mut rng);
+    assert!((c.expected - (0.5 + own)).abs() < 1e-9, "{c:?}");
+    let c = on_e0(0.2, &mut rng);
+    assert!((c.expected - (0.3 + own)).abs() < 1e-6, "{c:?}");
+    let c = on_e0(0.7, &mut rng);
+    assert!((c.expected - own).abs() < 1e-9, "{c:?}");
+    // Without the filter the idle engine wins while the prefill lasts.
+    let c = p
+        .pick(
+            &eps,
+            &Filter::new().at(t0 + Duration::from_millis(100)),
+            &fresh(3, 4),
+            2_048,
+            &mut rng,
+        )
+        .unwrap();
+    assert_eq!(c.index, 1);
+
+    // The prefill under way may be this router's own, which it counts already.
+    let mine = p.placed(
+        &eps[1],
+        &fresh(4, 4),
+        &Choice {
+            index: 1,
+            cached_blocks: 0,
+            new_tokens: 20_000,
+            expected: 0.0,
+        },
+    );
+    p.report(
+        &eps[1],
+        EngineLoad {
+            waiting: 0,
+            running: 1,
+            prefilling: 20_000,
+        },
+        t0,
+    );
+    let x = only(&eps, 1);
+    let c = p
+        .pick(
+            &eps,
+            &Filter::new().exclude(&x).at(t0),
+            &fresh(3, 4),
+            2_048,
+            &mut rng,
+        )
+        .unwrap();
+    assert!((c.expected - (0.5 + own)).abs() < 1e-9, "{c:?}");
+    drop(mine);
 }
 
 #[test]

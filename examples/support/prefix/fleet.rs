@@ -27,12 +27,20 @@ pub struct Settings {
     pub universe: usize,
 }
 
-/// An engine's metrics as a scrape sees them.
+/// An engine's metrics as a scrape sees them: vLLM's gauges `num_requests_waiting`,
+/// `num_requests_running` and `kv_cache_usage_perc`, and its counters
+/// `prefix_cache_queries_total` and `prefix_cache_hits_total` (a request's prompt tokens, and
+/// those found cached, counted when it is scheduled: here, when its prefill starts) and
+/// `prompt_tokens_by_source_total{source="local_compute"}` (the tokens a request computed,
+/// counted when its prefill ends, with its first token).
 #[derive(Clone, Copy, Default)]
 pub struct Metrics {
     pub waiting: u32,
     pub running: u32,
     pub kv_usage: f64,
+    pub queries: u64,
+    pub hits: u64,
+    pub computed: u64,
 }
 
 /// A router: picks a worker for each request it receives, and hears what a real router hears.
@@ -58,6 +66,13 @@ struct Engine {
     prefilling: bool,
     /// Blocks held by the running sequences, for the KV usage metric.
     running_blocks: usize,
+    /// The counters (see `Metrics`).
+    queries: u64,
+    hits: u64,
+    computed: u64,
+    /// Diagnostics: when the prefill running ends, and whose it is.
+    prefill_end: f64,
+    prefill_owner: usize,
 }
 
 pub struct Outcome {
@@ -107,12 +122,24 @@ pub fn run(
             running: 0,
             prefilling: false,
             running_blocks: 0,
+            queries: 0,
+            hits: 0,
+            computed: 0,
+            prefill_end: 0.0,
+            prefill_owner: 0,
         })
         .collect();
     let n = requests.len();
     let mut placed = vec![0usize; n];
     let mut owner = vec![0usize; n];
     let mut first = vec![0.0f64; n];
+    let mut computed = vec![0u64; n];
+    let diag = std::env::var_os("PREFIX_DIAG").is_some();
+    let mut ahead: Vec<Ahead> = if diag {
+        vec![Ahead::default(); n]
+    } else {
+        Vec::new()
+    };
     let mut out = Outcome {
         ttft: Vec::with_capacity(n),
         latency: Vec::with_capacity(n),
@@ -140,7 +167,9 @@ pub fn run(
                       engines: &mut Vec<Engine>,
                       events: &mut BinaryHeap<Reverse<(Time, Kind, usize)>>,
                       out: &mut Outcome,
-                      running: &mut usize| {
+                      running: &mut usize,
+                      computed: &mut Vec<u64>,
+                      owner: &Vec<usize>| {
         let e = &mut engines[w];
         if e.prefilling || e.running >= s.slots {
             return;
@@ -155,6 +184,11 @@ pub fn run(
         out.prompt_blocks += chain.len() as u64;
         let cached = (hit as u64 * u64::from(s.block_tokens)).min(u64::from(r.input) - 1);
         let compute = u64::from(r.input) - cached;
+        e.queries += u64::from(r.input);
+        e.hits += cached;
+        computed[id] = compute;
+        e.prefill_end = now + compute as f64 / s.prefill_rate;
+        e.prefill_owner = owner[id];
         e.cache.touch(chain, |_| {});
         e.running += 1;
         *running += 1;
@@ -191,6 +225,9 @@ pub fn run(
                             running: e.running as u32,
                             kv_usage: (e.running_blocks as f64 / s.cache_blocks.max(1) as f64)
                                 .min(1.0),
+                            queries: e.queries,
+                            hits: e.hits,
+                            computed: e.computed,
                         })
                         .collect();
                     for router in routers.iter_mut() {
@@ -203,6 +240,7 @@ pub fn run(
                 Kind::Prefilled => {
                     let w = placed[id];
                     engines[w].prefilling = false;
+                    engines[w].computed += computed[id];
                     first[id] = now;
                     out.ttft.push(now - requests[id].at);
                     routers[owner[id]].first_token(id, now);
@@ -212,7 +250,16 @@ pub fn run(
                         Kind::Done,
                         id,
                     )));
-                    start_next(w, now, &mut engines, &mut events, &mut out, &mut running);
+                    start_next(
+                        w,
+                        now,
+                        &mut engines,
+                        &mut events,
+                        &mut out,
+                        &mut running,
+                        &mut computed,
+                        &owner,
+                    );
                 }
                 Kind::Done => {
                     let w = placed[id];
@@ -223,7 +270,16 @@ pub fn run(
                     done += 1;
                     out.latency.push(now - r.at);
                     routers[owner[id]].finished(id, now);
-                    start_next(w, now, &mut engines, &mut events, &mut out, &mut running);
+                    start_next(
+                        w,
+                        now,
+                        &mut engines,
+                        &mut events,
+                        &mut out,
+                        &mut running,
+                        &mut computed,
+                        &owner,
+                    );
                 }
             }
         } else {
@@ -236,7 +292,19 @@ pub fn run(
             placed[id] = w;
             out.served[w] += 1;
             engines[w].queue.push_back(id);
-            start_next(w, now, &mut engines, &mut events, &mut out, &mut running);
+            if diag {
+                ahead[id] = Ahead::at(&engines[w], w, k, now, requests, trace, &owner, &placed, s);
+            }
+            start_next(
+                w,
+                now,
+                &mut engines,
+                &mut events,
+                &mut out,
+                &mut running,
+                &mut computed,
+                &owner,
+            );
         }
     }
     out.utilisation = busy / ((end - start).max(1e-9) * (s.workers * s.slots) as f64);
@@ -251,6 +319,23 @@ pub fn run(
     if !judged.is_empty() {
         out.misjudged = Some(judged.iter().filter(|m| **m).count() as f64 / judged.len() as f64);
     }
+    if diag {
+        let mut sum = Ahead::default();
+        for &(ttft, id) in &slowest {
+            sum.add(
+                &ahead[id],
+                ttft,
+                routers[owner[id]].expected(id).unwrap_or(0.0),
+            );
+        }
+        let k = slowest.len() as f64;
+        eprintln!(
+            "slowest {}: ttft {:.2} expected {:.2} | prefill running: own {:.2} s, others {:.2} s | queued: own {:.2} s ({:.1} req), others {:.2} s ({:.1} req) | full {:.0}% | own prefill {:.2} s",
+            slowest.len(), sum.ttft / k, sum.expected / k, sum.running_own / k, sum.running_other / k,
+            sum.queued_own / k, sum.queued_own_n / k, sum.queued_other / k, sum.queued_other_n / k,
+            100.0 * sum.full / k, sum.own / k,
+        );
+    }
     out.ttft.sort_by(f64::total_cmp);
     out.latency.sort_by(f64::total_cmp);
     out
@@ -261,4 +346,77 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Diagnostics: the work ahead of a request on its engine when it was routed, in seconds of
+/// prefill, split by whether this request's router sent it.
+#[derive(Clone, Copy, Default)]
+struct Ahead {
+    running_own: f64,
+    running_other: f64,
+    queued_own: f64,
+    queued_own_n: f64,
+    queued_other: f64,
+    queued_other_n: f64,
+    full: f64,
+    own: f64,
+    ttft: f64,
+    expected: f64,
+}
+
+impl Ahead {
+    #[allow(clippy::too_many_arguments)]
+    fn at(
+        e: &Engine,
+        w: usize,
+        router: usize,
+        now: f64,
+        requests: &[Request],
+        trace: &Trace,
+        owner: &[usize],
+        placed: &[usize],
+        s: &Settings,
+    ) -> Self {
+        let _ = (w, placed);
+        let mut a = Ahead::default();
+        if e.prefilling {
+            let left = (e.prefill_end - now).max(0.0);
+            if e.prefill_owner == router {
+                a.running_own = left;
+            } else {
+                a.running_other = left;
+            }
+        }
+        let id = *e.queue.back().expect("just queued");
+        for &q in e.queue.iter().take(e.queue.len() - 1) {
+            let r = &requests[q];
+            let hit = e.cache.matched(trace.blocks(r)) as u64 * u64::from(s.block_tokens);
+            let t = (u64::from(r.input) - hit.min(u64::from(r.input) - 1)) as f64 / s.prefill_rate;
+            if owner[q] == router {
+                a.queued_own += t;
+                a.queued_own_n += 1.0;
+            } else {
+                a.queued_other += t;
+                a.queued_other_n += 1.0;
+            }
+        }
+        a.full = f64::from(u8::from(e.running >= s.slots));
+        let r = &requests[id];
+        let hit = e.cache.matched(trace.blocks(r)) as u64 * u64::from(s.block_tokens);
+        a.own = (u64::from(r.input) - hit.min(u64::from(r.input) - 1)) as f64 / s.prefill_rate;
+        a
+    }
+
+    fn add(&mut self, o: &Ahead, ttft: f64, expected: f64) {
+        self.running_own += o.running_own;
+        self.running_other += o.running_other;
+        self.queued_own += o.queued_own;
+        self.queued_own_n += o.queued_own_n;
+        self.queued_other += o.queued_other;
+        self.queued_other_n += o.queued_other_n;
+        self.full += o.full;
+        self.own += o.own;
+        self.ttft += ttft;
+        self.expected += expected;
+    }
 }

@@ -256,7 +256,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "The routers see what a real router sees: their own placements and requests in flight (the crate's `LoadGuard` accounting), the first token and the end of their own responses, and the engines' metrics (waiting, running, KV usage) scraped every {:.0} ms. None sees another router's placements or an engine's cache. The trace's arrival times are divided by a constant chosen so that power of two choices keeps 70% and 90% of the fleet's slots busy on average while requests arrive:\n",
+            "The routers see what a real router sees: their own placements and requests in flight (the crate's `LoadGuard` accounting), the first token and the end of their own responses, and the engines' metrics (waiting, running, KV usage, and vLLM's prompt-token counters: tokens scheduled and found cached, counted when a prefill starts, and tokens computed, counted when it ends) scraped every {:.0} ms. None sees another router's placements or an engine's cache. The trace's arrival times are divided by a constant chosen so that power of two choices keeps 70% and 90% of the fleet's slots busy on average while requests arrive:\n",
             st.scrape * 1000.0
         );
         let _ = writeln!(

@@ -267,9 +267,12 @@ impl Router for Prefix {
     fn scrape(&mut self, metrics: &[Metrics], now: f64) {
         let at = self.base.at(now);
         for (e, m) in self.base.endpoints.iter().zip(metrics) {
+            // vLLM's counters: prompt tokens scheduled and not found cached, less those
+            // computed, are the prefill under way.
             let load = EngineLoad {
                 waiting: m.waiting,
                 running: m.running,
+                prefilling: (m.queries - m.hits).saturating_sub(m.computed),
             };
             self.policy.report(e, load, at);
         }
