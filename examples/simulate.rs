@@ -20,6 +20,11 @@
 //! oracle that knows every instance's exact remaining work and sends each request where it
 //! will finish first.
 //!
+//! Router replicas (conversation trace, 90% load, power of two choices): 1, 4 and 16 replicas,
+//! each with its own `Pool` over the same instances and a random share of the arrivals,
+//! knowing their own requests only, or also every instance's running and waiting counts
+//! scraped every 100 ms or every second and fed to their endpoints with `Endpoint::report`.
+//!
 //! Data: Patel et al., "Splitwise: Efficient generative LLM inference using phase splitting",
 //! ISCA 2024; the Azure Public Dataset (CC-BY 4.0).
 
@@ -37,7 +42,8 @@ use tokio::time::Instant;
 use tower_ai_balance::{
     load::LoadGuard,
     pick::{Filter, Picker, Strategy},
-    Endpoint, EndpointConfig,
+    report::LoadReport,
+    Endpoint, EndpointConfig, Pool,
 };
 
 /// A seeded wyrand stream (one multiply, one add a draw): the runs repeat exactly.
@@ -202,13 +208,48 @@ struct Outcome {
     ttft: Vec<f64>,
 }
 
+/// How many router replicas share the instances, and what each knows of the others' load.
+#[derive(Clone, Copy)]
+struct Fleet {
+    /// Router replicas, each with its own `Pool` over the same instances; each arrival goes
+    /// to one of them at random (as an L4 balancer or a Kubernetes Service spreads them).
+    replicas: usize,
+    /// Every this many seconds each replica scrapes every instance's running and waiting
+    /// counts (a snapshot at that instant, as `/metrics` gives) into its pool's endpoints;
+    /// `None`: each replica knows its own requests in flight alone.
+    scrape: Option<f64>,
+}
+
+const ONE_ROUTER: Fleet = Fleet {
+    replicas: 1,
+    scrape: None,
+};
+
 fn simulate(requests: &[Request], policy: Policy, seed: u64) -> Outcome {
+    simulate_fleet(requests, policy, ONE_ROUTER, seed)
+}
+
+fn simulate_fleet(requests: &[Request], policy: Policy, fleet: Fleet, seed: u64) -> Outcome {
     let t0 = Instant::now();
     let at = |secs: f64| t0 + Duration::from_secs_f64(secs.max(0.0));
-    let endpoints: Vec<Arc<Endpoint>> = (0..INSTANCES)
-        .map(|i| {
-            let weight = if i % 2 == 0 { 2.0 } else { 1.0 };
-            Endpoint::new(EndpointConfig::new(format!("i{i}")).weight(weight)).expect("valid")
+    // One pool a replica, each over the same instances (the pools keep their endpoints).
+    let pools: Vec<Pool<()>> = (0..fleet.replicas)
+        .map(|_| {
+            let pool = Pool::new();
+            for i in 0..INSTANCES {
+                let weight = if i % 2 == 0 { 2.0 } else { 1.0 };
+                pool.insert(EndpointConfig::new(format!("i{i}")).weight(weight), ())
+                    .expect("valid");
+            }
+            pool
+        })
+        .collect();
+    let fleet_endpoints: Vec<Vec<Arc<Endpoint>>> = pools
+        .iter()
+        .map(|pool| {
+            (0..INSTANCES)
+                .map(|i| pool.get(&format!("i{i}")).expect("inserted"))
+                .collect()
         })
         .collect();
     let mut instances: Vec<Instance> = (0..INSTANCES)
@@ -233,6 +274,17 @@ fn simulate(requests: &[Request], policy: Policy, seed: u64) -> Outcome {
         .collect();
     let mut placed: Vec<usize> = vec![0; requests.len()];
     let mut rng = Wyrand(seed);
+    // Which replica takes each arrival: a stream of its own, so one router's picks draw the
+    // same numbers whatever the fleet.
+    let mut spread = Wyrand(seed ^ 0x5eed_5eed);
+    // Each replica's scrapes, every interval from a phase of its own: kind 2, the replica's
+    // index in place of a request's.
+    if let Some(every) = fleet.scrape {
+        for replica in 0..fleet.replicas {
+            let phase = every * spread.random::<f64>();
+            events.push(Reverse((Ordered(phase), 2, replica)));
+        }
+    }
     // One picker for the run: round-robin's cursor lives in it.
     let picker = Picker::new(match policy {
         Policy::Crate(strategy) => strategy,
@@ -257,19 +309,44 @@ fn simulate(requests: &[Request], policy: Policy, seed: u64) -> Outcome {
         let _ = i;
     };
 
+    let mut arrivals_left = requests.len();
     while let Some(Reverse((Ordered(now), kind, r))) = events.pop() {
+        if kind == 2 {
+            // A scrape by replica `r`: each instance's counts now, with the replica's own
+            // requests there now as the ones the report includes.
+            let replica = r;
+            for (endpoint, inst) in fleet_endpoints[replica].iter().zip(&instances) {
+                let report = LoadReport::new(at(now))
+                    .running(inst.running.len() as u32)
+                    .waiting(inst.queue.len() as u32)
+                    .local_in_flight(endpoint.in_flight() as u32);
+                endpoint.report(&report);
+            }
+            if arrivals_left > 0 {
+                let every = fleet.scrape.expect("scrapes only with an interval");
+                events.push(Reverse((Ordered(now + every), 2, replica)));
+            }
+            continue;
+        }
         if kind == 1 {
+            arrivals_left -= 1;
             let request = requests[r];
+            let replica = if fleet.replicas > 1 {
+                spread.random_range(0..fleet.replicas)
+            } else {
+                0
+            };
+            let endpoints = &fleet_endpoints[replica];
             let i = match policy {
                 Policy::Crate(_) => {
                     let cost = u64::from(request.prompt + request.output);
                     // As `Balance` does for a pool whose weights differ.
                     let filter = Filter::new().at(at(now)).cost(cost).sample_by_weight(2.0);
                     picker
-                        .pick(&endpoints, &filter, &mut rng)
+                        .pick(endpoints, &filter, &mut rng)
                         .expect("an endpoint")
                 }
-                Policy::Prequal => prequal(&endpoints, at(now), &mut rng),
+                Policy::Prequal => prequal(endpoints, at(now), &mut rng),
                 Policy::Oracle => (0..INSTANCES)
                     .min_by(|&a, &b| {
                         let fa = instances[a].finish_if_sent(&request, now, requests);
@@ -280,7 +357,7 @@ fn simulate(requests: &[Request], policy: Policy, seed: u64) -> Outcome {
             };
             placed[r] = i;
             guards[r] = LoadGuard::acquire_at(
-                &endpoints[i],
+                &fleet_endpoints[replica][i],
                 u64::from(request.prompt + request.output),
                 at(now),
             );
@@ -491,6 +568,9 @@ fn main() {
                 .unwrap()
         };
         let default = at90(Policy::Crate(Strategy::PowerOfTwoChoices));
+        if conv {
+            fleets(&scaled(&requests, 0.9), &mut report);
+        }
         println!(
             "{trace} at 90%: p99 latency of the default {default:.1} s = {:.2}x the oracle's, {:.2}x round-robin's",
             default / at90(Policy::Oracle),
@@ -505,6 +585,51 @@ fn main() {
         );
         std::fs::write(&file, text).expect("write the table");
         println!("wrote {}", file.display());
+    }
+}
+
+/// Router replicas on one trace at one load: one router, then R replicas each knowing its own
+/// requests alone, or also the instances' counts scraped every 100 ms or every second.
+fn fleets(load: &[Request], report: &mut String) {
+    let p2c = Policy::Crate(Strategy::PowerOfTwoChoices);
+    let one = simulate_fleet(load, p2c, ONE_ROUTER, 7);
+    let one_p99 = percentile(&one.latency, 0.99);
+    let _ = writeln!(
+        report,
+        "\n### Router replicas (conv trace, 90% utilisation, p2c)\n\nEach replica has its own `Pool` over the same 8 instances and takes each arrival with probability 1/R (a seeded random spread, as an L4 balancer gives). \"local only\": a replica knows its own requests in flight alone. \"reports every T\": each replica also scrapes every instance's running and waiting counts every T (from a random phase of its own) into its endpoints with `Endpoint::report`, and picks by the others' requests by the report plus its own now.\n"
+    );
+    let _ = writeln!(
+        report,
+        "| routers | load known | latency p50 | p99 | p99 × one router's | TTFT p50 | p99 |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|");
+    let mut row = |replicas: usize, known: &str, o: &Outcome| {
+        let (l, t) = (&o.latency, &o.ttft);
+        let p99 = percentile(l, 0.99);
+        let _ = writeln!(
+            report,
+            "| {replicas} | {known} | {:.1} s | {:.1} s | {:.2} | {:.2} s | {:.2} s |",
+            percentile(l, 0.5),
+            p99,
+            p99 / one_p99,
+            percentile(t, 0.5),
+            percentile(t, 0.99),
+        );
+        println!("conv at 90%, {replicas} router(s), {known}: p99 latency {p99:.1} s = {:.2}x one router's", p99 / one_p99);
+    };
+    row(1, "local only", &one);
+    for replicas in [1, 4, 16] {
+        for (known, scrape) in [
+            ("local only", None),
+            ("reports every 100 ms", Some(0.1)),
+            ("reports every 1 s", Some(1.0)),
+        ] {
+            if replicas == 1 && scrape.is_none() {
+                continue;
+            }
+            let fleet = Fleet { replicas, scrape };
+            row(replicas, known, &simulate_fleet(load, p2c, fleet, 7));
+        }
     }
 }
 

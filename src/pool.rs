@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use crate::{
     endpoint::{check_weight, ConfigError, Endpoint, EndpointConfig, Key, PoolState, WaitQueue},
     metrics::PoolMetrics,
+    report::ReportPolicy,
     sync::{AtomicBool, Ordering::Relaxed},
 };
 
@@ -467,6 +468,31 @@ impl<S: Clone> Pool<S> {
             endpoint.set_weight(weight);
             Ok(())
         })
+    }
+
+    /// Sets how the endpoints' load reports are read: their maximum age and the saturation
+    /// thresholds (see [`Endpoint::report`]). Applies from each endpoint's next report.
+    /// Refuses a KV-usage threshold that is NaN or negative.
+    pub fn set_report_policy(&self, policy: ReportPolicy) -> Result<(), ConfigError> {
+        if let Some(reason) = policy.invalid() {
+            return Err(ConfigError::InvalidSetting {
+                name: "max_kv_usage",
+                reason,
+            });
+        }
+        self.shared.state.set_report_policy(&policy);
+        Ok(())
+    }
+
+    /// How the endpoints' load reports are read.
+    pub fn report_policy(&self) -> ReportPolicy {
+        self.shared.state.report_policy()
+    }
+
+    /// Notes that a scraper feeds the pool every `interval`: a report's default maximum age
+    /// is three of them.
+    pub(crate) fn scraped_every(&self, interval: std::time::Duration) {
+        self.shared.state.set_scrape_interval(interval);
     }
 
     /// The endpoint with this key.

@@ -16,6 +16,9 @@
 //! assert_eq!(report.waiting, Some(3));
 //! assert!(report.is_fresh(measured + Duration::from_millis(200), Duration::from_secs(1)));
 //! ```
+//!
+//! A pool reads its endpoints' reports by its [`ReportPolicy`]: how old a report may be before
+//! it is ignored, and when a report shows an engine saturated.
 
 use std::time::Duration;
 
@@ -135,6 +138,73 @@ impl LoadReport {
     pub fn others(&self) -> Option<u32> {
         self.requests()
             .map(|n| n.saturating_sub(self.local_in_flight.unwrap_or(0)))
+    }
+}
+
+/// How a pool reads its endpoints' load reports: how old one may be, and when one shows the
+/// engine saturated. Set with [`Pool::set_report_policy`](crate::Pool::set_report_policy);
+/// a change applies from each endpoint's next report.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ai_balance::report::ReportPolicy;
+///
+/// let policy = ReportPolicy::default()
+///     .max_age(Duration::from_millis(300))
+///     .max_waiting(32)
+///     .max_kv_usage(0.97);
+/// assert_eq!(policy.max_waiting, Some(32));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct ReportPolicy {
+    /// A report older than this is ignored: the endpoint is then judged by this router's own
+    /// count alone, as without reports. `None` (the default): three of the
+    /// [`Scraper`](crate::engines::Scraper)'s intervals when one feeds the pool, else three
+    /// seconds.
+    pub max_age: Option<Duration>,
+    /// A fresh report of more waiting requests than this shows the engine saturated: it is
+    /// treated as full, as at its concurrency limit. `None` (the default): never.
+    pub max_waiting: Option<u32>,
+    /// A fresh report of a KV-cache usage above this (`0..=1`) shows the engine saturated.
+    /// `None` (the default): never.
+    pub max_kv_usage: Option<f64>,
+}
+
+impl ReportPolicy {
+    /// How old a report may be.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Saturated above this many waiting requests.
+    pub fn max_waiting(mut self, n: u32) -> Self {
+        self.max_waiting = Some(n);
+        self
+    }
+
+    /// Saturated above this KV-cache usage.
+    pub fn max_kv_usage(mut self, usage: f64) -> Self {
+        self.max_kv_usage = Some(usage);
+        self
+    }
+
+    /// Whether `report` shows the engine saturated.
+    pub fn saturated(&self, report: &LoadReport) -> bool {
+        let over = |max: Option<u32>, n: Option<u32>| max.zip(n).is_some_and(|(m, n)| n > m);
+        over(self.max_waiting, report.waiting)
+            || self
+                .max_kv_usage
+                .zip(report.kv_usage)
+                .is_some_and(|(m, kv)| kv > m)
+    }
+
+    /// Refuses a KV-usage threshold that is NaN or negative: why, if so.
+    pub(crate) fn invalid(&self) -> Option<&'static str> {
+        self.max_kv_usage
+            .is_some_and(|m| m.is_nan() || m < 0.0)
+            .then_some("a KV-cache usage threshold must be a number from 0 up")
     }
 }
 

@@ -3,11 +3,13 @@
 //! The live state is a handful of atomics that the pick reads and the load guard writes:
 //! requests in flight and outstanding work (`slots.rs`), the health cell with its trial
 //! permits and slow-start ramp (`health.rs`), peak-EWMA estimates of time to first byte and of
-//! duration (`ewma.rs`), counters of what finished (`counters.rs`), and histograms of time to
-//! first byte and of duration (`timings.rs`). An [`Arc<Endpoint>`]
-//! is the cheap handle that layers pass around (in `Served` and in errors).
+//! duration (`ewma.rs`), counters of what finished (`counters.rs`), histograms of time to
+//! first byte and of duration (`timings.rs`), and the engine's latest load report
+//! (`report.rs`). An [`Arc<Endpoint>`] is the cheap handle that layers pass around (in
+//! `Served` and in errors).
 //!
-//! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`): the
+//! This module imports nothing of the crate but the ground (`sync`, `clock`, `hash`,
+//! `report`, a plain value the endpoint stores): the
 //! endpoint knows nothing of picking, of layers, or of errors that name endpoints. What the
 //! endpoints of one pool share (the queue of waiting requests, the member and ejected counts)
 //! is defined here too (`pool_state.rs`).
@@ -21,6 +23,8 @@ mod health;
 mod key;
 mod layer_events;
 mod pool_state;
+mod report;
+mod reporting;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -56,6 +60,7 @@ use self::{
     events::Events,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
+    report::{ReportWord, Reported},
     slots::{Acquired, Slots, NO_LIMIT},
     timings::Timings,
 };
@@ -87,6 +92,8 @@ pub struct Endpoint {
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
     drained: Notify,
+    /// The engine's latest load report, whole; the pick reads its word in `admission`.
+    reported: Reported,
     /// This endpoint, for the wait queue to hand a slot on it to a waiting request.
     me: Weak<Endpoint>,
 }
@@ -104,6 +111,8 @@ struct Admission {
     id: u64,
     /// The pool's queue of requests waiting for a slot, woken on release.
     waiters: Arc<WaitQueue>,
+    /// What the pick reads of the engine's latest load report.
+    report: ReportWord,
 }
 
 /// What every completion writes, together in one cache line and apart from what is only read:
@@ -171,6 +180,7 @@ impl Endpoint {
                     .map_or(NO_LIMIT, |max| max.min(NO_LIMIT)),
                 id: next_id(),
                 waiters: Arc::clone(&pool.waiters),
+                report: ReportWord::default(),
             },
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
             tier: config.tier,
@@ -189,6 +199,7 @@ impl Endpoint {
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),
+            reported: Reported::default(),
             me: me.clone(),
         }))
     }
@@ -505,12 +516,8 @@ impl Endpoint {
         }
     }
 
-    /// Whether health and weight let every pick through: `Healthy`, weight above 0.
-    fn plainly_open(&self) -> bool {
-        self.is_healthy() && self.admission.weight.load(SeqCst) != 0
-    }
-
-    /// Makes the gate say what health and weight say; called after every write to either.
+    /// Makes the gate say what health, weight and reports say; called after every write to
+    /// any of them.
     /// Writers race, so each rereads after writing the gate and tries again if the state moved
     /// meanwhile: the last gate write of all then follows the last health and weight writes,
     /// and the gate is never left open on a closed endpoint, nor closed on an open one.
@@ -585,8 +592,9 @@ impl Endpoint {
         self.admission.slots.open(self.admission.max_concurrency)
     }
 
-    /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((in_flight, weight as
-    /// picks see it))` if the endpoint has a free slot and takes traffic now.
+    /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((load, weight as
+    /// picks see it))` if the endpoint has a free slot, is not saturated, and takes traffic
+    /// now. The load is the requests in flight plus, with a fresh report, the other routers'.
     #[cold]
     #[inline(never)]
     pub(crate) fn gated_view(
@@ -604,12 +612,13 @@ impl Endpoint {
             // Drained by weight 0.
             return None;
         }
+        let load = in_flight + self.others(now)?;
         if self.is_healthy() {
-            // The gate is about to open.
-            return Some((in_flight, weight));
+            // Open but for its report, or the gate is about to open.
+            return Some((load, weight));
         }
         (ignore_health || self.health_allows(now, include_held))
-            .then(|| (in_flight, self.effective_weight(now)))
+            .then(|| (load, self.effective_weight(now)))
     }
 
     /// Takes a slot, and a half-open trial permit if the endpoint is on trial. `None` if the

@@ -154,6 +154,9 @@ impl WaitQueue {
     #[cold]
     #[inline(never)]
     fn offer_slow(&self, endpoint: &Endpoint) {
+        if endpoint.saturated() {
+            return; // its load report leaves it no room, as the pick would find
+        }
         let Some(endpoint) = endpoint.handle() else {
             return; // being dropped: it has no slot to give
         };

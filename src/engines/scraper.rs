@@ -207,7 +207,10 @@ where
     }
 
     /// Scrapes every endpoint of `pool` each round, until the pool is dropped (the task holds
-    /// it weakly, as the health probes do). A failed scrape is
+    /// it weakly, as the health probes do), and hands the reports to `sink`: [`ToEndpoints`](super::ToEndpoints)
+    /// for the pool's pick to read them. The pool's reports are then fresh for three of this
+    /// scraper's intervals unless its [`ReportPolicy`](crate::report::ReportPolicy) sets an
+    /// age. A failed scrape is
     /// a `debug` event and gives no report: the endpoint's last report keeps its measured
     /// time, so a consumer sees it age and, past its limit, ignores it.
     pub fn spawn<S: Clone + Send + Sync + 'static>(
@@ -216,6 +219,8 @@ where
         sink: impl ReportSink,
     ) -> JoinHandle<()> {
         let members = pool.members();
+        // The pool's reports are fresh for three intervals unless its policy says otherwise.
+        pool.scraped_every(self.config.interval);
         let jitter = if self.config.jitter.is_finite() {
             self.config.jitter.clamp(0.0, 1.0)
         } else {

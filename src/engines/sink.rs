@@ -1,11 +1,13 @@
 //! Where load reports go.
 //!
-//! A source (the [`Scraper`](super::Scraper), an ORCA header read by the application) hands
-//! each report to a [`ReportSink`] with the endpoint it describes. The pool is the sink the
-//! picker reads; [`LatestReports`] keeps the latest report of each endpoint for anything else
-//! (dashboards, tests, a picker of one's own), and any `Fn(&Arc<Endpoint>, LoadReport)` is one.
+//! A source (the [`Scraper`](super::Scraper), the [`OrcaFeed`](super::OrcaFeed) layer, the
+//! application's own code) hands each report to a [`ReportSink`] with the endpoint it
+//! describes. [`ToEndpoints`] is the sink the pick reads: it gives each report to its
+//! endpoint ([`Endpoint::report`]). [`LatestReports`] keeps the latest report of each endpoint
+//! for anything else (dashboards, tests, a picker of one's own), and any
+//! `Fn(&Arc<Endpoint>, LoadReport)` is one.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -21,6 +23,18 @@ pub trait ReportSink: Send + Sync + 'static {
     /// reports by endpoint drops the others' here.
     fn round(&self, endpoints: &[Arc<Endpoint>]) {
         let _ = endpoints;
+    }
+}
+
+/// Gives each report to its endpoint ([`Endpoint::report`]), where the pick reads it:
+/// `Scraper::new(client).spawn(&pool, ToEndpoints)`. It holds nothing, so the scraper's task
+/// still ends with the pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ToEndpoints;
+
+impl ReportSink for ToEndpoints {
+    fn report(&self, endpoint: &Arc<Endpoint>, report: LoadReport) {
+        endpoint.report(&report);
     }
 }
 
@@ -54,7 +68,7 @@ impl LatestReports {
         &self,
         endpoint: &Endpoint,
         now: Instant,
-        max_age: std::time::Duration,
+        max_age: Duration,
     ) -> Option<LoadReport> {
         self.get(endpoint).filter(|r| r.is_fresh(now, max_age))
     }
@@ -88,8 +102,6 @@ impl ReportSink for LatestReports {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::EndpointConfig;
 

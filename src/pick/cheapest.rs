@@ -15,7 +15,7 @@ fn utilisation(e: &Endpoint, view: View) -> f64 {
     let capacity = e
         .max_concurrency()
         .map_or(view.weight, |max| max as f64 * view.ramp(e));
-    view.in_flight as f64 / capacity.max(f64::MIN_POSITIVE)
+    view.load as f64 / capacity.max(f64::MIN_POSITIVE)
 }
 
 /// Cost-aware: the cheapest eligible endpoint (by its price per 1,000 input plus output

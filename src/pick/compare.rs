@@ -8,15 +8,16 @@ use rand::RngCore;
 use super::filter::{Filter, View};
 use crate::{endpoint::Endpoint, rng::below};
 
-/// `a`'s load against `b`'s, as `(in_flight + 1) / weight`, the load each would have with
-/// this request relative to its capacity: as integers when the weights are equal, else
+/// `a`'s load against `b`'s, as `(load + 1) / weight`, the load each would have with this
+/// request relative to its capacity (the load being this router's requests in flight plus,
+/// by a fresh report, the other routers'): as integers when the weights are equal, else
 /// cross-multiplied, without division.
 #[inline(always)]
 pub(crate) fn by_load(a: View, b: View) -> Ordering {
     if a.weight == b.weight {
-        a.in_flight.cmp(&b.in_flight)
+        a.load.cmp(&b.load)
     } else {
-        ((a.in_flight + 1) as f64 * b.weight).total_cmp(&((b.in_flight + 1) as f64 * a.weight))
+        ((a.load + 1) as f64 * b.weight).total_cmp(&((b.load + 1) as f64 * a.weight))
     }
 }
 

@@ -9,11 +9,12 @@ use crate::{
     hints::{Exclude, Require},
 };
 
-/// What a pick knows of a candidate that may take the request, read once: its requests in
-/// flight and its weight as picks see it (reduced while it slow-starts).
+/// What a pick knows of a candidate that may take the request, read once: its load (this
+/// router's requests in flight, plus the other routers' by a fresh load report) and its weight
+/// as picks see it (reduced while it slow-starts).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct View {
-    pub(crate) in_flight: usize,
+    pub(crate) load: usize,
     pub(crate) weight: f64,
 }
 
@@ -136,27 +137,30 @@ impl<'a> Filter<'a> {
         self.now.get()
     }
 
-    /// Whether the endpoint may take the request now, concurrency limit included.
+    /// Whether the endpoint may take the request now, concurrency limit and saturation
+    /// included.
     #[inline]
     pub fn eligible(&self, e: &Endpoint) -> bool {
         self.view(e).is_some()
     }
 
-    /// Whether the endpoint may take the request, ignoring its concurrency limit.
+    /// Whether the endpoint may take the request, ignoring its concurrency limit and whether
+    /// its load report shows it saturated.
     #[inline]
     pub fn serves(&self, e: &Endpoint) -> bool {
         e.takes_traffic(&self.now, self.ignore_health, self.include_held) && self.wants(e)
     }
 
     /// What the pick needs of the endpoint, if it may take the request now: what
-    /// [`eligible`](Self::eligible) and [`weight`](Self::weight) say, each word read once.
+    /// [`eligible`](Self::eligible) and [`weight`](Self::weight) say, each word read once. An
+    /// endpoint with a load report is gated, so only it pays for reading the report.
     #[inline(always)]
     pub(crate) fn view(&self, e: &Endpoint) -> Option<View> {
-        let (in_flight, weight) = match e.open_slot() {
+        let (load, weight) = match e.open_slot() {
             Some(in_flight) => (in_flight, e.weight()),
             None => e.gated_view(&self.now, self.ignore_health, self.include_held)?,
         };
-        self.wants(e).then_some(View { in_flight, weight })
+        self.wants(e).then_some(View { load, weight })
     }
 
     /// The request's own conditions: not excluded, requirements met.

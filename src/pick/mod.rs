@@ -7,9 +7,14 @@
 //! [`rand::RngCore`]). They are public for that use; [`Balance`](crate::balance::Balance)
 //! picks through a [`Picker`].
 //!
-//! Load is compared as `(in_flight + 1) / weight`: the load the endpoint would have with this
-//! request, relative to its capacity. Ties are broken at random, never "first wins". The
-//! two-choice strategies share one pair sampler, which reads each candidate once.
+//! Load is compared as `(load + 1) / weight`: the load the endpoint would have with this
+//! request, relative to its capacity. The load is this router's requests in flight, plus, when
+//! the endpoint has a fresh load report ([`Endpoint::report`]), the other routers' requests
+//! there by that report (see [`engines`](crate::engines) for why); an endpoint whose fresh
+//! report shows it saturated is treated as full. Ties are broken at random, never "first
+//! wins". The two-choice strategies share one pair sampler, which reads each candidate once.
+//! The work-aware strategies ([`least_work`]) count outstanding tokens, which reports do not
+//! give, and so read this router's own work alone.
 //!
 //! ```
 //! use rand::{rngs::SmallRng, SeedableRng};

@@ -21,8 +21,8 @@ pub fn peak_ewma<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
         let (ta, tb) = (a.ttfb_nanos(now), b.ttfb_nanos(now));
         let ta_ = ta.or(tb).unwrap_or(1.0).max(1.0);
         let tb_ = tb.or(ta).unwrap_or(1.0).max(1.0);
-        let ca = ta_ * (va.in_flight + 1) as f64 * vb.weight;
-        let cb = tb_ * (vb.in_flight + 1) as f64 * va.weight;
+        let ca = ta_ * (va.load + 1) as f64 * vb.weight;
+        let cb = tb_ * (vb.load + 1) as f64 * va.weight;
         ca.total_cmp(&cb)
     };
     best_of_two(endpoints, filter, rng, order)

@@ -35,8 +35,9 @@ pub fn affine<E: AsRef<Endpoint>>(
 /// Weighted rendezvous (highest random weight) hashing with bounded loads.
 ///
 /// Each eligible endpoint scores `weight / -ln(u)`, `u` uniform from the key's and the
-/// endpoint key's stable hashes, and the best score wins among those with fewer requests in
-/// flight than `⌈bound × (total + 1) × weight / Σweight⌉`. The same key finds the same
+/// endpoint key's stable hashes, and the best score wins among those with a load (requests in
+/// flight, plus the other routers' by a fresh load report) under
+/// `⌈bound × (total + 1) × weight / Σweight⌉`. The same key finds the same
 /// endpoint wherever it is computed; removing an endpoint moves only its keys; a hot key
 /// spills over rather than pile up. Two passes over the endpoints.
 pub fn rendezvous<E: AsRef<Endpoint>>(
@@ -48,7 +49,7 @@ pub fn rendezvous<E: AsRef<Endpoint>>(
     let mut total = 0usize;
     let mut weights = 0.0;
     for view in endpoints.iter().filter_map(|e| filter.view(e.as_ref())) {
-        total += view.in_flight;
+        total += view.load;
         weights += view.weight;
     }
     if weights <= 0.0 {
@@ -70,7 +71,7 @@ pub fn rendezvous<E: AsRef<Endpoint>>(
             best_any = Some((i, score));
         }
         let capacity = (share * view.weight).ceil();
-        if (view.in_flight as f64) < capacity && beats(best, score) {
+        if (view.load as f64) < capacity && beats(best, score) {
             best = Some((i, score));
         }
     }

@@ -53,8 +53,8 @@ pub(crate) fn sample_pair<E: AsRef<Endpoint>, R: RngCore + ?Sized>(
     // tests with nothing called, so nothing spills.
     if let (Some(fa), Some(fb)) = (ea.open_slot(), eb.open_slot()) {
         if filter.unmasked(ea) && filter.unmasked(eb) {
-            let view = |in_flight, e: &Endpoint| View {
-                in_flight,
+            let view = |load, e: &Endpoint| View {
+                load,
                 weight: e.weight(),
             };
             return Some(Pair {

@@ -1,9 +1,10 @@
 //! Load reports from the engines, over real HTTP on loopback: the scraper against simulated
 //! model servers that answer `/metrics` in vLLM's and SGLang's formats with their real load,
-//! and ORCA response headers, well formed and not.
+//! and ORCA response headers, well formed and not; and the reports in the pick (`pick.rs`).
 
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
+mod pick;
 
 use std::{
     sync::{Arc, Mutex},
