@@ -1,21 +1,32 @@
-//! An OpenAI-compatible gateway: `POST /v1/chat/completions` (streaming and not) and
-//! `GET /v1/models`, balanced over upstreams with the whole stack (Failover, Route,
-//! StreamAffinity, HealthFilter, Balance), and `GET /metrics` in Prometheus text.
+//! An OpenAI-compatible gateway: `POST /v1/chat/completions` (streaming and not),
+//! `GET /v1/models` and `GET /metrics` (Prometheus text), over HTTPS or HTTP upstreams of
+//! OpenAI's or Anthropic's format, balanced with the whole stack (Failover, Route,
+//! StreamAffinity, HealthFilter, Balance).
 //!
 //! ```sh
 //! cargo run --release --example gateway                       # embedded simulated upstreams
 //! cargo run --release --example gateway -- --listen 127.0.0.1:8080 \
-//!     --upstream http://127.0.0.1:9001,tier=0,models=llama-3-70b \
-//!     --upstream https://api.example.com,key=$KEY,tier=1,models=gpt-4o
+//!     --upstream http://10.0.0.5:8000/v1,models=llama-3-70b \
+//!     --upstream https://api.anthropic.com,format=anthropic,key=env:ANTHROPIC_API_KEY,model=claude-sonnet-4-5,models=llama-3-70b,tier=1
 //! curl -N localhost:8080/v1/chat/completions -H 'content-type: application/json' \
 //!     -d '{"model":"llama-3-70b","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 //! ```
 //!
-//! Upstreams come from `--upstream URL[,key=K][,tier=N][,models=a|b][,weight=W]` (repeated),
-//! or from the `GATEWAY_UPSTREAMS` environment variable (the same, separated by spaces). With
-//! none, three simulated model servers start on loopback. A stock OpenAI client pointed at the
-//! gateway works; a client that disconnects mid-stream cancels the upstream request and frees
-//! its slot. Ctrl-C shuts down gracefully. (This example speaks plain HTTP to upstreams.)
+//! Upstreams come from `--upstream URL[,key=K|env:VAR][,format=openai|anthropic]
+//! [,model=UPSTREAM_MODEL][,tier=N][,weight=W][,models=a|b][,max_concurrency=N]` (repeated),
+//! and from `--config FILE`: a TOML file of `tower_ai_balance::config::Settings` (endpoints
+//! whose key is their URL, with the labels `format`, `key_env` and `upstream_model`; the
+//! health policy; the balance, failover and affinity settings). `--ca FILE` trusts a private
+//! CA besides the public roots. With no upstream, three simulated model servers start on
+//! loopback (plain HTTP).
+//!
+//! Request bodies are limited to 16 MiB each and 256 MiB together (a `413`, or a `503` with
+//! `Retry-After`); a stream's response head must come within 30 s (`balance.timeout`), a
+//! non-streamed answer's within 30 s plus 250 ms per token it may generate. Errors are
+//! OpenAI-format answers that name no upstream. `GET /v1/models` lists the models the
+//! upstreams are configured with, and those the OpenAI-format upstreams that name none list
+//! themselves (asked at start and every minute). A client that disconnects mid-stream cancels
+//! the upstream request. Ctrl-C shuts down gracefully.
 
 #[path = "support/gateway.rs"]
 mod gateway;
@@ -24,53 +35,61 @@ mod model_server;
 
 use std::time::Duration;
 
-use model_server::{ModelServer, Spec};
+use tower_ai_balance::{client::Client, BoxError};
 
 #[tokio::main]
-async fn main() -> Result<(), tower_ai_balance::BoxError> {
+async fn main() -> Result<(), BoxError> {
+    let mut gw = gateway::Gateway::default();
     let mut listen = "127.0.0.1:8080".to_owned();
-    let mut upstreams = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "--listen" => listen = args.next().ok_or("--listen ADDR")?,
-            "--upstream" => upstreams.push(gateway::parse_upstream(
-                &args.next().ok_or("--upstream SPEC")?,
-            )?),
+            "--listen" => listen = value()?,
+            "--upstream" => gw.upstreams.push(gateway::parse_upstream(&value()?)?),
+            "--config" => {
+                let (settings, upstreams) =
+                    gateway::read_config(&std::fs::read_to_string(value()?)?)?;
+                gw.settings = settings;
+                gw.upstreams.extend(upstreams);
+            }
+            "--ca" => {
+                gw.client = Some(
+                    Client::builder()
+                        .ca_pem(&std::fs::read(value()?)?)
+                        .build()?,
+                )
+            }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
-    if upstreams.is_empty() {
-        if let Ok(env) = std::env::var("GATEWAY_UPSTREAMS") {
-            for spec in env.split_whitespace() {
-                upstreams.push(gateway::parse_upstream(spec)?);
-            }
-        }
-    }
-    let mut embedded = Vec::new();
-    if upstreams.is_empty() {
+    // ---- Not the gateway: simulated upstreams, when none is given. ----
+    let mut simulated = Vec::new();
+    if gw.upstreams.is_empty() {
         for (i, ttft) in [15u64, 15, 40].into_iter().enumerate() {
-            let server = ModelServer::spawn(Spec::new(
+            let spec = model_server::Spec::new(
                 format!("sim-{i}"),
                 Duration::from_millis(ttft),
                 Duration::from_millis(10),
-            ))
-            .await;
-            upstreams.push(gateway::parse_upstream(&format!("{}", server.uri()))?);
-            embedded.push(server);
+            );
+            let server = model_server::ModelServer::spawn(spec).await;
+            gw.upstreams
+                .push(gateway::parse_upstream(&server.uri().to_string())?);
+            simulated.push(server);
         }
         println!(
             "no upstreams given: {} simulated model servers on loopback",
-            embedded.len()
+            simulated.len()
         );
     }
-    let pool = gateway::pool(&upstreams)?;
+    // ---- End of the simulated upstreams. ----
+    let (app, pool) = gw.build().await?;
     for e in pool.endpoints() {
         println!("upstream {} (tier {})", e.key(), e.tier());
     }
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, gateway::app(pool))
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
             println!("shutting down");

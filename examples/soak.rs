@@ -53,7 +53,7 @@ async fn main() -> Result<(), tower_ai_balance::BoxError> {
         }
     }
     let mut servers = Vec::new();
-    let mut specs = Vec::new();
+    let mut gw = gateway::Gateway::default();
     for i in 0..4 {
         let s = ModelServer::spawn(
             Spec::new(
@@ -64,14 +64,14 @@ async fn main() -> Result<(), tower_ai_balance::BoxError> {
             .batch(16),
         )
         .await;
-        specs.push(gateway::parse_upstream(&s.uri().to_string())?);
+        gw.upstreams
+            .push(gateway::parse_upstream(&s.uri().to_string())?);
         servers.push(s);
     }
     let servers = Arc::new(servers);
-    let pool = gateway::pool(&specs)?;
+    let (app, pool) = gw.build().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = gateway::app(pool.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let stop = Arc::new(AtomicBool::new(false));

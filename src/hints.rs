@@ -184,6 +184,46 @@ impl Affinity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cost(pub u64);
 
+/// This request's per-attempt timeout to the response head, in place of the one set with
+/// [`BalanceBuilder::timeout`](crate::balance::BalanceBuilder::timeout) (or where none is set).
+///
+/// One timeout cannot suit every request: a streamed generation sends its headers at once,
+/// a non-streamed one only when the whole answer is written, minutes later for a long one. A
+/// gateway that reads the request (its `stream` flag, its `max_tokens`) sets the limit each
+/// needs, and [`Balance`](crate::balance::Balance) applies it to every attempt, as it applies
+/// its own: a request that outlives it fails with [`Timeout`](crate::error::Timeout), counted
+/// against the endpoint.
+///
+/// ```
+/// use std::{convert::Infallible, time::Duration};
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_ai_balance::{hints::AttemptTimeout, BalanceLayer, Pool};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tower_ai_balance::BoxError> {
+/// // A non-streamed generation: the head comes after 90 s of work.
+/// let slow = service_fn(|_req: Request<Full<Bytes>>| async {
+///     tokio::time::sleep(Duration::from_secs(90)).await;
+///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+/// });
+/// let pool = Pool::new();
+/// pool.insert("gpu-0", slow)?;
+/// let balance = BalanceLayer::builder().timeout(Duration::from_secs(30)).build()?;
+/// let svc = ServiceBuilder::new().layer(balance).service(pool);
+///
+/// assert!(svc.clone().oneshot(Request::new(Full::new(Bytes::new()))).await.is_err());
+/// let mut request = Request::new(Full::new(Bytes::new()));
+/// request.extensions_mut().insert(AttemptTimeout(Duration::from_secs(300)));
+/// assert!(svc.oneshot(request).await.is_ok());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AttemptTimeout(pub std::time::Duration);
+
 /// The model a request is to be sent as, put in the request by
 /// [`Balance`](crate::balance::Balance) before it calls the endpoint's service, when the
 /// request's [`Require`] [renames](Require::renames) it (a model alias, or other models that

@@ -10,6 +10,8 @@
 //! balancer against the server's truth. `POST /v1/messages` speaks Anthropic's Messages API
 //! (see the section at the end), with Anthropic's own 429 and 529.
 //!
+//! `GET /v1/models` lists the one model it serves, `sim`, as vLLM lists its own.
+//!
 //! `GET /metrics` answers like an inference engine's Prometheus endpoint (vLLM's names, or
 //! SGLang's with [`Spec::metrics`]), with the server's real load: running requests (up to its
 //! batch), waiting ones (beyond it) and KV-cache usage (the prompt and generated tokens of the
@@ -381,9 +383,17 @@ async fn handle(
     spec: Spec,
     upgrade: UpgradeSlot,
 ) -> Result<Response<Body>, std::io::Error> {
-    if !matches!(req.uri().path(), "/health" | "/metrics") {
+    if !matches!(req.uri().path(), "/health" | "/metrics" | "/v1/models") {
         stats.received.fetch_add(1, SeqCst);
         *stats.last_headers.lock() = req.headers().clone();
+    }
+    if req.uri().path() == "/v1/models" && req.method() == http::Method::GET {
+        // As vLLM lists its served model: the one name it answers as.
+        let list = r#"{"object":"list","data":[{"id":"sim","object":"model","owned_by":"vllm"}]}"#;
+        let mut r = full(StatusCode::OK, list);
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return Ok(r);
     }
     if req.uri().path().ends_with("/realtime") {
         return Ok(realtime_handshake(req, &stats, mode, &upgrade).await);

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     clock::later,
     error::{BoxError, EndpointError, Overloaded, Timeout},
-    hints::{Cost, Hinted},
+    hints::{AttemptTimeout, Cost, Hinted},
     load::{Completion, LoadGuard, TrackLoad},
 };
 
@@ -133,7 +133,7 @@ where
     where
         Req: Hinted,
     {
-        let timeout = chooser.config.timeout;
+        let timeout = attempt_timeout(&request, chooser.config.timeout);
         let cost = request.extensions().get::<Cost>().map_or(1, |c| c.0);
         let Some(place) = chooser
             .pool
@@ -245,4 +245,12 @@ fn fail(guard: &mut Option<LoadGuard>, error: BoxError, completion: &Completion)
     let endpoint = Arc::clone(guard.endpoint());
     guard.complete();
     EndpointError::new(endpoint, error, verdict).into()
+}
+
+/// The request's own [`AttemptTimeout`], or the layer's.
+pub(super) fn attempt_timeout<R: Hinted>(request: &R, layer: Option<Duration>) -> Option<Duration> {
+    match request.extensions().get::<AttemptTimeout>() {
+        Some(own) => Some(own.0),
+        None => layer,
+    }
 }

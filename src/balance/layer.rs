@@ -97,6 +97,7 @@ impl BalanceBuilder {
     /// Fails an attempt whose endpoint has not answered (response headers) within `timeout`
     /// of being picked, with an [`EndpointError`](crate::error::EndpointError) around a
     /// [`Timeout`](crate::error::Timeout), so the health layer counts it against that endpoint.
+    /// A request's own [`AttemptTimeout`](crate::hints::AttemptTimeout) takes its place.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

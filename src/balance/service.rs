@@ -109,7 +109,7 @@ where
             Ok(mut choice) => {
                 choice.tell(&mut request);
                 let completion = Arc::clone(self.completion.for_request(Completion::clone));
-                let timeout = self.chooser.config.timeout;
+                let timeout = super::future::attempt_timeout(&request, self.chooser.config.timeout);
                 ResponseFuture::ready(choice.service, choice.guard, request, timeout, completion)
             }
             Err(NoSlot::AllFull) => match self.chooser.config.queue {

@@ -102,6 +102,21 @@ impl EndpointConfig {
         &self.key
     }
 
+    /// The value of the label `name`, if it has one.
+    pub fn label_value(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The same endpoint under another key.
+    #[cfg(feature = "client")]
+    pub(crate) fn with_key(mut self, key: Key) -> Self {
+        self.key = key;
+        self
+    }
+
     pub(crate) fn weight_value(&self) -> f64 {
         self.weight
     }

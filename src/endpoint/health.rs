@@ -248,6 +248,22 @@ impl HealthCell<'_> {
         raw & 3 != COOLING || self.until(raw) <= now.get()
     }
 
+    /// Whether a request may pass now: in panic mode (`ignore_health`) only a cooldown in
+    /// force keeps it out, else [`allows`](Self::allows).
+    #[inline]
+    pub(crate) fn lets_through(
+        self,
+        now: &LazyNow,
+        ignore_health: bool,
+        include_held: bool,
+    ) -> bool {
+        if ignore_health {
+            self.allows_in_panic(now)
+        } else {
+            self.allows(now, include_held)
+        }
+    }
+
     /// Whether a cooldown is in force at `now`; when it ends if so.
     pub(crate) fn cooling_until(self, now: Instant) -> Option<Instant> {
         let raw = self.word.0.load(SeqCst);

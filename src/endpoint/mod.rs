@@ -16,6 +16,7 @@
 
 mod capabilities;
 mod config;
+mod counted;
 mod counters;
 mod events;
 mod ewma;
@@ -290,55 +291,6 @@ impl Endpoint {
         self.admission.slots.outstanding()
     }
 
-    /// Requests that completed or failed here.
-    pub fn requests(&self) -> u64 {
-        self.completions.counters.requests()
-    }
-
-    /// Requests that failed here.
-    pub fn failures(&self) -> u64 {
-        self.completions.counters.failures()
-    }
-
-    /// Requests whose caller gave up before they finished (a response body dropped before its
-    /// end, a response future dropped before its head): released, neither a success nor a
-    /// failure.
-    pub fn cancelled(&self) -> u64 {
-        self.timings.read_cancelled()
-    }
-
-    /// Counts a request its caller gave up.
-    pub(crate) fn count_cancelled(&self) {
-        self.timings.cancelled();
-    }
-
-    /// The histogram of times to first byte of successful responses, as read now.
-    pub fn ttfb_histogram(&self) -> HistogramSnapshot {
-        self.timings.read_ttfb()
-    }
-
-    /// The histogram of durations, from pick to the end of the response, of the requests
-    /// that finished here (successes and failures; not those cancelled), as read now.
-    pub fn duration_histogram(&self) -> HistogramSnapshot {
-        self.timings.read_duration()
-    }
-
-    /// How many times the health layer ejected it for `cause`.
-    pub fn ejections(&self, cause: EjectionCause) -> u64 {
-        self.events.ejections(cause)
-    }
-
-    /// How many times the health layer held its weight at the floor instead of ejecting it
-    /// (the pool was at its maximum ejected share).
-    pub fn holds(&self) -> u64 {
-        self.events.holds()
-    }
-
-    /// How many times a rate limit made it cool down.
-    pub fn cooldowns(&self) -> u64 {
-        self.events.cooldowns()
-    }
-
     /// The health events' counters, for the health layer.
     pub(crate) fn events(&self) -> &Events {
         &self.events
@@ -546,23 +498,6 @@ impl Endpoint {
             && !self.health_cell().allows(&LazyNow::at(now), false)
     }
 
-    /// Whether the health lets a request through now; see [`HealthCell::allows`].
-    #[inline]
-    pub(crate) fn health_allows(&self, now: &LazyNow, include_held: bool) -> bool {
-        self.health_cell().allows(now, include_held)
-    }
-
-    /// Whether the health lets a request through now; in panic mode (`ignore_health`) only a
-    /// cooldown in force keeps it out.
-    #[inline]
-    fn health_lets_through(&self, now: &LazyNow, ignore_health: bool, include_held: bool) -> bool {
-        if ignore_health {
-            self.health_cell().allows_in_panic(now)
-        } else {
-            self.health_allows(now, include_held)
-        }
-    }
-
     /// When the cooldown in force at `now` ends, if one is.
     pub(crate) fn cooling_until(&self, now: Instant) -> Option<Instant> {
         self.health_cell().cooling_until(now)
@@ -597,7 +532,9 @@ impl Endpoint {
     ) -> bool {
         self.admission.weight.load(SeqCst) != 0
             && !self.admission.slots.is_removed()
-            && self.health_lets_through(now, ignore_health, include_held)
+            && self
+                .health_cell()
+                .lets_through(now, ignore_health, include_held)
     }
 
     /// The pick's first question, from one load and one comparison: the in-flight count if
@@ -633,7 +570,8 @@ impl Endpoint {
             // Open but for its report, or the gate is about to open.
             return Some((load, weight));
         }
-        self.health_lets_through(now, ignore_health, include_held)
+        self.health_cell()
+            .lets_through(now, ignore_health, include_held)
             .then(|| (load, self.effective_weight(now)))
     }
 

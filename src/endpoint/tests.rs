@@ -1,6 +1,13 @@
 //! Tests of the endpoint's live state: the loom models of its trial permits, the gate, and
 //! the pool's ejected count.
 
+impl super::Endpoint {
+    /// Whether the health lets a request through at `now`, as the pick asks it.
+    pub(crate) fn health_allows(&self, now: &crate::clock::LazyNow, include_held: bool) -> bool {
+        self.health_cell().allows(now, include_held)
+    }
+}
+
 #[cfg(loom)]
 mod loom_tests {
     //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`BodyTooLarge`] | 413 |
 //! | [`RequestBodyError`] | 400 |
+//! | [`BuffersFull`]: the request bodies in flight hold the memory budget | 503, `Retry-After: 1` |
 //! | [`BadRequest`](crate::route::BadRequest): a body routing cannot read | 400 (`invalid_request_body`) |
 //! | [`Unsatisfiable`]: no endpoint serves the model | 404 (`model_not_found`) |
 //! | [`Unsatisfiable`]: the context window, or other requirements | 400 |
@@ -56,7 +57,7 @@ pub use self::{
 };
 
 use crate::{
-    buffered::{BodyTooLarge, RequestBodyError},
+    buffered::{BodyTooLarge, BuffersFull, RequestBodyError},
     capability::{Unmet, Unsatisfiable},
     error::{
         Attempt, AttemptFailure, AttemptsFailed, BoxError, ConfigError, EndpointError, GaveUp,
@@ -122,6 +123,14 @@ impl ErrorReply {
                 format!("the request body exceeds the limit of {} bytes", e.limit()),
             )
             .code("request_too_large");
+        }
+        if error.is::<BuffersFull>() {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway holds as many request bodies as it can; try again shortly",
+            )
+            .retry_after(Some(Duration::from_secs(1)))
+            .code("overloaded");
         }
         if error.is::<RequestBodyError>() {
             return Self::new(

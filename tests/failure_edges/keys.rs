@@ -35,6 +35,9 @@ async fn errors_metrics_and_logs_show_no_credentials_and_name_each_endpoint_once
         .with_ansi(false)
         .finish();
     let _logging = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads may have met the log's call site with no subscriber first: ask
+    // every call site again, now that this thread has one.
+    tracing::callsite::rebuild_interest_cache();
 
     // Two upstreams whose URLs carry credentials, both refusing connections.
     let pool: Pool<HttpService> = Pool::new();

@@ -84,18 +84,18 @@ async fn cooling_endpoints_get_no_request_before_their_time_even_in_panic_mode()
 
 #[tokio::test]
 async fn the_gateway_answers_429_with_retry_after_when_every_upstream_cools_down() {
-    let mut specs = Vec::new();
+    let mut gw = gateway::Gateway::default();
     let mut servers = Vec::new();
     for i in 0..2 {
         let s = ModelServer::spawn(Spec::new(format!("m{i}"), ms(1), ms(1))).await;
         s.set_mode(Mode::RateLimit(60));
-        specs.push(gateway::parse_upstream(&s.uri().to_string()).unwrap());
+        gw.upstreams
+            .push(gateway::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
         servers.push(s);
     }
-    let pool = gateway::pool(&specs).unwrap();
+    let (app, _pool) = gw.build().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = gateway::app(pool);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let client = Upstream::client();
     let mut last = None;

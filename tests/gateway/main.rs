@@ -1,4 +1,6 @@
-//! The OpenAI-compatible gateway example, started on loopback and driven by a real HTTP client.
+//! The OpenAI-compatible gateway example, started on loopback and driven by a real HTTP client:
+//! completions streamed and not, `/v1/models` and `/metrics`, HTTPS upstreams of both formats,
+//! a configuration file, and the hardening of what it forwards, shows and holds.
 #![allow(unreachable_pub)]
 
 #[path = "../../examples/support/gateway.rs"]
@@ -6,25 +8,41 @@ mod gateway;
 mod metrics;
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
+#[allow(dead_code)]
+#[path = "../client/support.rs"]
+mod support;
+
+mod config;
+mod hardening;
+mod https;
 
 use std::{net::SocketAddr, sync::atomic::Ordering::SeqCst, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tower_ai_balance::Pool;
+use tower_ai_balance::{client, Pool};
 
 use crate::model_server::{ModelServer, Spec, Upstream};
 
+/// A gateway serving on an ephemeral loopback port.
+pub async fn serve(gw: gateway::Gateway) -> (SocketAddr, Pool<client::Upstream>) {
+    let (app, pool) = gw.build().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, pool)
+}
+
 struct Running {
     addr: SocketAddr,
-    pool: Pool<Upstream>,
+    pool: Pool<client::Upstream>,
     servers: Vec<Option<ModelServer>>,
 }
 
 async fn start(n: usize) -> Running {
     let mut servers = Vec::new();
-    let mut specs = Vec::new();
+    let mut gw = gateway::Gateway::default();
     for i in 0..n {
         let s = ModelServer::spawn(Spec::new(
             format!("m{i}"),
@@ -32,16 +50,12 @@ async fn start(n: usize) -> Running {
             Duration::from_millis(5),
         ))
         .await;
-        specs.push(
+        gw.upstreams.push(
             gateway::parse_upstream(&format!("{},models=sim|llama,tier=0", s.uri())).unwrap(),
         );
         servers.push(Some(s));
     }
-    let pool = gateway::pool(&specs).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = gateway::app(pool.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, pool) = serve(gw).await;
     Running {
         addr,
         pool,
@@ -49,7 +63,15 @@ async fn start(n: usize) -> Running {
     }
 }
 
-fn completion(addr: SocketAddr, tokens: u64, stream: bool) -> Request<Full<Bytes>> {
+/// The whole answer of a request to the gateway.
+pub async fn send(request: Request<Full<Bytes>>) -> (http::response::Parts, Bytes) {
+    let response = Upstream::client().request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.unwrap().to_bytes())
+}
+
+/// A chat completion of `tokens` tokens for model `sim`, with the client's own key.
+pub fn completion(addr: SocketAddr, tokens: u64, stream: bool) -> Request<Full<Bytes>> {
     let body = serde_json::json!({
         "model": "sim", "stream": stream, "max_tokens": tokens,
         "messages": [{"role": "user", "content": "Say something."}],
@@ -61,7 +83,8 @@ fn completion(addr: SocketAddr, tokens: u64, stream: bool) -> Request<Full<Bytes
         .unwrap()
 }
 
-async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+/// A `GET` of `path` from the gateway: its status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
     let request = Request::get(format!("http://{addr}{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -189,7 +212,7 @@ async fn an_upstream_shut_down_mid_test_is_routed_around() {
 }
 
 /// Checks the Prometheus text exposition format, line by line.
-fn parse_prometheus(text: &str) -> Result<usize, String> {
+pub fn parse_prometheus(text: &str) -> Result<usize, String> {
     let valid_name = |n: &str| {
         !n.is_empty()
             && n.chars()

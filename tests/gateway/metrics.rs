@@ -17,7 +17,7 @@ use crate::{
 /// Three upstreams behind the gateway's own pool and routes.
 async fn start() -> (SocketAddr, Vec<ModelServer>) {
     let mut servers = Vec::new();
-    let mut specs = Vec::new();
+    let mut gw = gateway::Gateway::default();
     for i in 0..3 {
         let s = ModelServer::spawn(Spec::new(
             format!("m{i}"),
@@ -25,14 +25,11 @@ async fn start() -> (SocketAddr, Vec<ModelServer>) {
             Duration::from_millis(1),
         ))
         .await;
-        specs.push(gateway::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
+        gw.upstreams
+            .push(gateway::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
         servers.push(s);
     }
-    let pool = gateway::pool(&specs).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = gateway::app(pool);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, _pool) = crate::serve(gw).await;
     (addr, servers)
 }
 

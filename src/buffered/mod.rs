@@ -7,6 +7,14 @@
 //! `content-length` or as it is read, fails the request with [`BodyTooLarge`] (an HTTP
 //! `413` by [`http_error`](crate::http_error)) and reaches no upstream.
 //!
+//! A gateway holds every body in memory until its request is done (for a retry, and while the
+//! upstream reads it), so the bodies in flight together need a bound as well:
+//! [`total_limit`](BufferBodyLayer::total_limit) caps the bytes all of a layer's bodies hold at
+//! once. A body's share is taken before it is read (its `content-length`, or chunk by chunk as
+//! it arrives) and given back when the last copy of the buffer is dropped; a body that does not
+//! fit fails at once with [`BuffersFull`] (an HTTP `503` with `Retry-After`), unread. Each body
+//! is read into one buffer of its final size (when its length is declared) and never copied.
+//!
 //! [`Replay`]: crate::failover::Replay
 //!
 //! # Example
@@ -49,15 +57,18 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{header, request::Parts, HeaderValue, Request};
 use http_body::Body;
-use http_body_util::{combinators::Collect, BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use self::budget::{Budget, Held, Reservation};
 use crate::error::BoxError;
+
+mod budget;
 
 /// A request body over the limit of a [`BufferBodyLayer`]; it was not sent on.
 #[derive(Debug, Clone)]
@@ -88,6 +99,32 @@ impl fmt::Display for BodyTooLarge {
 
 impl std::error::Error for BodyTooLarge {}
 
+/// The request bodies in flight already hold the [`total_limit`](BufferBodyLayer::total_limit)
+/// of a [`BufferBodyLayer`]: this one was refused, unread. Worth trying again soon.
+#[derive(Debug, Clone)]
+pub struct BuffersFull {
+    total: usize,
+}
+
+impl BuffersFull {
+    /// The total limit, in bytes.
+    pub fn total_limit(&self) -> usize {
+        self.total
+    }
+}
+
+impl fmt::Display for BuffersFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the request bodies in flight hold the limit of {} bytes",
+            self.total
+        )
+    }
+}
+
+impl std::error::Error for BuffersFull {}
+
 /// The request body could not be read (the client went away, or sent a broken body).
 #[derive(Debug)]
 pub struct RequestBodyError {
@@ -108,15 +145,34 @@ impl std::error::Error for RequestBodyError {
 
 /// Buffers request bodies of at most `limit` bytes into [`Full<Bytes>`]. See the
 /// [module docs](self).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BufferBodyLayer {
     limit: usize,
+    budget: Option<Budget>,
 }
 
 impl BufferBodyLayer {
     /// Buffers bodies of at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Self { limit }
+        Self {
+            limit,
+            budget: None,
+        }
+    }
+
+    /// Bodies in flight hold at most `bytes` together, across every service this layer builds
+    /// and their clones; a body that does not fit is refused with [`BuffersFull`]. A
+    /// `total_limit` below the per-body limit lowers that too. Without it, only the per-body
+    /// limit holds.
+    pub fn total_limit(mut self, bytes: usize) -> Self {
+        self.budget = Some(Budget::new(bytes));
+        self
+    }
+
+    /// How many bytes the bodies this layer's services buffered hold now (0 without a
+    /// [`total_limit`](Self::total_limit)): a gauge for metrics.
+    pub fn buffered_bytes(&self) -> usize {
+        self.budget.as_ref().map_or(0, Budget::used)
     }
 }
 
@@ -124,7 +180,11 @@ impl<S> Layer<S> for BufferBodyLayer {
     type Service = BufferBody<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BufferBody::new(inner, self.limit)
+        BufferBody {
+            inner,
+            limit: self.limit,
+            budget: self.budget.clone(),
+        }
     }
 }
 
@@ -133,12 +193,17 @@ impl<S> Layer<S> for BufferBodyLayer {
 pub struct BufferBody<S> {
     inner: S,
     limit: usize,
+    budget: Option<Budget>,
 }
 
 impl<S> BufferBody<S> {
     /// Buffers the bodies of requests to `inner`, at most `limit` bytes each.
     pub fn new(inner: S, limit: usize) -> Self {
-        Self { inner, limit }
+        Self {
+            inner,
+            limit,
+            budget: None,
+        }
     }
 
     /// A layer of this service.
@@ -183,26 +248,79 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let too_large = declared.is_some_and(|n| n > self.limit as u64)
-            || request.body().size_hint().lower() > self.limit as u64;
-        let state = if too_large {
-            State::Refused {
-                error: Some(BodyTooLarge::new(self.limit).into()),
-            }
-        } else {
-            // The service polled ready takes the call; a clone stays for the next one.
-            let clone = self.inner.clone();
-            let inner = std::mem::replace(&mut self.inner, clone);
-            let (parts, body) = request.into_parts();
-            State::Collecting {
-                collect: Limited::new(body, self.limit).collect(),
+        let hint = request.body().size_hint();
+        let refused = |error: BoxError| ResponseFuture {
+            state: State::Refused { error: Some(error) },
+        };
+        let limit = self
+            .limit
+            .min(self.budget.as_ref().map_or(usize::MAX, Budget::max));
+        if declared.is_some_and(|n| n > limit as u64) || hint.lower() > limit as u64 {
+            return refused(BodyTooLarge::new(limit).into());
+        }
+        // The body's share is taken before it is read: its whole declared length at once (the
+        // buffer is made that size), else as it arrives.
+        let expected = declared.or(hint.exact()).unwrap_or(0) as usize;
+        let mut reservation = Reservation::new(self.budget.as_ref());
+        if !reservation.grow(expected) {
+            return refused(self.full());
+        }
+        // The service polled ready takes the call; a clone stays for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = request.into_parts();
+        ResponseFuture {
+            state: State::Reading {
+                body,
+                buffer: Some(Held {
+                    data: Vec::with_capacity(expected),
+                    reservation,
+                }),
                 parts: Some(parts),
                 inner: Some(inner),
-                limit: self.limit,
-            }
-        };
-        ResponseFuture { state }
+                limit,
+                total: self.budget.as_ref().map_or(0, Budget::max),
+            },
+        }
     }
+}
+
+impl<S> BufferBody<S> {
+    fn full(&self) -> BoxError {
+        BuffersFull {
+            total: self.budget.as_ref().map_or(0, Budget::max),
+        }
+        .into()
+    }
+}
+
+/// Appends `data` to `buffer`, growing it (and its reservation) as needed, within `limit`.
+fn append(
+    buffer: &mut Held,
+    mut data: impl Buf,
+    limit: usize,
+    total: usize,
+) -> Result<(), BoxError> {
+    let needed = buffer.data.len().saturating_add(data.remaining());
+    if needed > limit {
+        return Err(BodyTooLarge::new(limit).into());
+    }
+    let capacity = buffer.data.capacity();
+    if needed > capacity {
+        // Doubling, within the limit: few reallocations for a body of unknown length.
+        let wanted = needed.max(capacity.saturating_mul(2).min(limit));
+        if !buffer.reservation.grow(wanted - capacity) {
+            return Err(BuffersFull { total }.into());
+        }
+        buffer.data.reserve_exact(wanted - buffer.data.len());
+    }
+    while data.has_remaining() {
+        let chunk = data.chunk();
+        let n = chunk.len();
+        buffer.data.extend_from_slice(chunk);
+        data.advance(n);
+    }
+    Ok(())
 }
 
 pin_project! {
@@ -227,12 +345,14 @@ pin_project! {
         B::Error: Into<BoxError>,
     {
         Refused { error: Option<BoxError> },
-        Collecting {
+        Reading {
             #[pin]
-            collect: Collect<Limited<B>>,
+            body: B,
+            buffer: Option<Held>,
             parts: Option<Parts>,
             inner: Option<S>,
             limit: usize,
+            total: usize,
         },
         Calling {
             #[pin]
@@ -271,22 +391,38 @@ where
                         .unwrap_or_else(|| "polled after completion".into());
                     return Poll::Ready(Err(error));
                 }
-                StateProj::Collecting {
-                    collect,
+                StateProj::Reading {
+                    mut body,
+                    buffer,
                     parts,
                     inner,
                     limit,
+                    total,
                 } => {
-                    let bytes = match ready!(collect.poll(cx)) {
-                        Ok(collected) => collected.to_bytes(),
-                        Err(e) if e.is::<LengthLimitError>() => {
-                            return Poll::Ready(Err(BodyTooLarge::new(*limit).into()))
-                        }
-                        Err(e) => return Poll::Ready(Err(RequestBodyError { source: e }.into())),
-                    };
-                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                    let Some(held) = buffer.as_mut() else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
+                    match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                if let Err(e) = append(held, data, *limit, *total) {
+                                    return Poll::Ready(Err(e));
+                                }
+                            }
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            let source = e.into();
+                            return Poll::Ready(Err(RequestBodyError { source }.into()));
+                        }
+                        None => {}
+                    }
+                    let (Some(held), Some(mut parts), Some(mut inner)) =
+                        (buffer.take(), parts.take(), inner.take())
+                    else {
+                        return Poll::Ready(Err("polled after completion".into()));
+                    };
+                    let bytes = Bytes::from_owner(held);
                     // The body is now whole: its length is known and it is not chunked.
                     parts.headers.remove(header::TRANSFER_ENCODING);
                     parts
@@ -395,6 +531,79 @@ mod tests {
             .unwrap_err();
         assert!(error.is::<BodyTooLarge>());
         assert_eq!(calls.load(SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn bodies_in_flight_hold_at_most_the_total_limit_until_their_last_copy_drops() {
+        // The inner service keeps each body until told to let go, as an upstream that is
+        // still reading, or a replay kept for a retry, would.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let release = Arc::clone(&gate);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let inner = service_fn(move |request: Request<Full<Bytes>>| {
+            counted.fetch_add(1, SeqCst);
+            let gate = Arc::clone(&gate);
+            async move {
+                let _open = gate.acquire().await;
+                drop(request);
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        });
+        let layer = BufferBodyLayer::new(100).total_limit(150);
+        let svc = layer.layer(inner);
+        let sized = |n: usize| {
+            let mut request = Request::new(chunks(vec![Ok("x"); n]));
+            request
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            request
+        };
+        // 80 bytes declared: taken at once, before the body is read.
+        let first = tokio::spawn(svc.clone().oneshot(sized(80)));
+        while calls.load(SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(layer.buffered_bytes(), 80);
+        // 80 more do not fit; 70 do. A chunked body is counted as it arrives.
+        let refused = svc.clone().oneshot(sized(80)).await.unwrap_err();
+        assert_eq!(
+            refused.downcast_ref::<BuffersFull>().unwrap().total_limit(),
+            150
+        );
+        assert_eq!(
+            crate::http_error::openai_response(&refused).status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let over = svc
+            .clone()
+            .oneshot(Request::new(chunks(vec![Ok("0123456789"); 8])))
+            .await
+            .unwrap_err();
+        assert!(over.is::<BuffersFull>(), "{over}");
+        assert_eq!(
+            layer.buffered_bytes(),
+            80,
+            "the refused bodies hold nothing"
+        );
+        let second = tokio::spawn(svc.clone().oneshot(sized(70)));
+        while calls.load(SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(layer.buffered_bytes(), 150);
+        release.add_permits(2);
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(layer.buffered_bytes(), 0, "every share given back");
+        assert_eq!(calls.load(SeqCst), 2);
+        // Above the total, a body is too large whatever the per-body limit says.
+        let error = BufferBodyLayer::new(1000)
+            .total_limit(10)
+            .layer(echo(0).0)
+            .oneshot(sized(11))
+            .await
+            .unwrap_err();
+        assert_eq!(error.downcast_ref::<BodyTooLarge>().unwrap().limit(), 10);
     }
 
     #[tokio::test]
