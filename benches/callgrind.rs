@@ -6,14 +6,18 @@
 //! valgrind --tool=callgrind target/release/deps/callgrind-<hash> stack   # or balance, pick
 //! ```
 //!
-//! - `stack`: 20,000 requests through Failover, StreamAffinity, HealthFilter and Balance over 8
-//!   always-ready endpoints, one at a time on a current-thread runtime;
+//! - `stack-real`: 20,000 realistic requests (a chat POST with six headers and a 300-byte JSON
+//!   body, to an endpoint cloned per request, its six-event SSE answer read to the end; see
+//!   `support/real.rs`) through Failover, StreamAffinity, HealthFilter and Balance over 8
+//!   endpoints, one at a time on a current-thread runtime;
+//! - `balance-real`: the same through `Balance` alone; `direct-real`: the same to one endpoint;
+//! - `stack`: 20,000 minimal requests (`Request<()>`, an empty answer) through the four layers;
 //! - `balance`: the same through `Balance` alone;
 //! - `pick`: 1,000,000 picks by power of two choices at 1,000 endpoints with two filters (an
 //!   `Exclude` of two and one ejected endpoint).
 //!
 //! Divide the total by the count (setup is a few percent). Run without an argument (as `cargo
-//! bench` does), it does all three once and prints nothing.
+//! bench` does), it does each once and prints nothing.
 
 use std::{hint::black_box, time::Duration};
 
@@ -31,6 +35,38 @@ use rng::ThreadRng;
 
 #[path = "support/endpoint.rs"]
 mod endpoint;
+
+#[path = "support/real.rs"]
+mod real;
+
+async fn real_requests<S, B>(mut svc: S, n: usize)
+where
+    S: Service<Request<http_body_util::Full<bytes::Bytes>>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    for i in 0..n {
+        let request = real::request(i as u64);
+        let response = svc.ready().await.unwrap().call(request).await.unwrap();
+        black_box(real::read_to_end(response).await);
+    }
+}
+
+fn real_stack(which: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = real::pool(8);
+    rt.block_on(async move {
+        match which {
+            "four" => real_requests(real::four_layers(pool), 20_000).await,
+            "balance" => real_requests(BalanceLayer::new().layer(pool), 20_000).await,
+            _ => real_requests(real::Upstream::new(), 20_000).await,
+        }
+    });
+}
 
 async fn requests<S>(mut svc: S, n: usize)
 where
@@ -100,11 +136,17 @@ fn slots() {
 
 fn main() {
     match std::env::args().nth(1).as_deref() {
+        Some("stack-real") => real_stack("four"),
+        Some("balance-real") => real_stack("balance"),
+        Some("direct-real") => real_stack("direct"),
         Some("stack") => stack(true),
         Some("balance") => stack(false),
         Some("pick") => picks(),
         Some("slot") => slots(),
         _ => {
+            real_stack("four");
+            real_stack("balance");
+            real_stack("direct");
             stack(true);
             stack(false);
             picks();

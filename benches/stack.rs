@@ -4,13 +4,24 @@
 //! `tower-ai-balance` is `Balance` alone; `four layers` is Failover, StreamAffinity,
 //! HealthFilter and Balance.
 //!
-//! `cargo bench --bench stack`. Each iteration is one request; the summary at the end prints
-//! each contender's time per request and its ratio to the direct call.
+//! Two workloads, side by side in one run:
+//! - `stack-real`, the one that counts: a chat-completions POST with six headers and a 300-byte
+//!   JSON body, an endpoint that holds an `Arc` and is cloned per request as hyper's client is,
+//!   and a six-event SSE answer that the caller reads to its end (`support/real.rs`);
+//! - `stack`, the minimal one: `Request<()>` to a `Copy` endpoint that answers an empty body,
+//!   which shows the layers' floor.
+//!
+//! `cargo bench --bench stack` (or `-- stack-real` for the realistic group alone). Each
+//! iteration is one request; the summary at the end prints each contender's time per request
+//! and its ratio to the direct call.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
-use http::Request;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
 use tower::{
     balance::p2c,
     buffer::Buffer,
@@ -23,6 +34,9 @@ use tower_ai_balance::BalanceLayer;
 #[path = "support/endpoint.rs"]
 mod endpoint;
 use endpoint::Instant200;
+
+#[path = "support/real.rs"]
+mod real;
 
 const ENDPOINTS: usize = 8;
 const CALLERS: [usize; 2] = [1, 64];
@@ -70,8 +84,83 @@ where
     })
 }
 
+/// Runs `iters` realistic requests split over `callers` tasks, each reading its answer to the
+/// end.
+fn drive_real<S, B>(rt: &tokio::runtime::Runtime, svc: S, callers: usize, iters: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin + Send + 'static,
+    B::Error: std::fmt::Debug,
+{
+    rt.block_on(async move {
+        let per_caller = (iters as usize).div_ceil(callers);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|caller| {
+                let mut svc = svc.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_caller {
+                        let request = real::request((caller + i) as u64);
+                        let response = svc.ready().await.unwrap().call(request).await.unwrap();
+                        std::hint::black_box(real::read_to_end(response).await);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn realistic(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("stack-real");
+    for callers in CALLERS {
+        group.bench_with_input(BenchmarkId::new("direct", callers), &callers, |b, &n| {
+            b.iter_custom(|iters| drive_real(rt, real::Upstream::new(), n, iters))
+        });
+
+        let ours = tower::ServiceBuilder::new()
+            .layer(BalanceLayer::new())
+            .service(real::pool(ENDPOINTS));
+        group.bench_with_input(
+            BenchmarkId::new("tower-ai-balance", callers),
+            &callers,
+            |b, &n| b.iter_custom(|iters| drive_real(rt, ours.clone(), n, iters)),
+        );
+
+        let four = real::four_layers(real::pool(ENDPOINTS));
+        group.bench_with_input(
+            BenchmarkId::new("four layers", callers),
+            &callers,
+            |b, &n| b.iter_custom(|iters| drive_real(rt, four.clone(), n, iters)),
+        );
+
+        group.bench_with_input(
+            BenchmarkId::new("tower p2c + Buffer", callers),
+            &callers,
+            |b, &n| {
+                let services: Vec<_> = (0..ENDPOINTS)
+                    .map(|_| {
+                        PendingRequests::new(real::Upstream::new(), CompleteOnResponse::default())
+                    })
+                    .collect();
+                let buffered = rt.block_on(async {
+                    Buffer::new(p2c::Balance::new(ServiceList::new(services)), 1024)
+                });
+                b.iter_custom(|iters| drive_real(rt, buffered.clone(), n, iters))
+            },
+        );
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let rt = runtime();
+    realistic(c, &rt);
     let mut group = c.benchmark_group("stack");
     for callers in CALLERS {
         group.bench_with_input(BenchmarkId::new("direct", callers), &callers, |b, &n| {
@@ -123,7 +212,24 @@ fn main() {
     c.final_summary();
     for n in CALLERS {
         ratios::print(
-            &format!("time per request with {n} concurrent callers, against a direct call"),
+            &format!(
+                "realistic request: time per request with {n} concurrent callers, against a direct call"
+            ),
+            "stack-real",
+            &format!("direct/{n}"),
+            &["tower-ai-balance", "four layers", "tower p2c + Buffer"].map(|s| format!("{s}/{n}")),
+        );
+        ratios::print_overhead(
+            &format!("realistic request, {n} callers: time over the direct call, against tower's"),
+            "stack-real",
+            &format!("direct/{n}"),
+            &format!("tower p2c + Buffer/{n}"),
+            &["tower-ai-balance", "four layers"].map(|s| format!("{s}/{n}")),
+        );
+    }
+    for n in CALLERS {
+        ratios::print(
+            &format!("minimal request: time per request with {n} concurrent callers, against a direct call"),
             "stack",
             &format!("direct/{n}"),
             &["tower-ai-balance", "four layers", "tower p2c + Buffer"].map(|s| format!("{s}/{n}")),

@@ -31,6 +31,42 @@ pub(crate) fn print(title: &str, group: &str, base: &str, others: &[String]) {
     }
 }
 
+/// Prints each benchmark's time over `base` and its ratio to `reference`'s time over `base`:
+/// what a layer adds, against what the reference adds.
+#[allow(dead_code)]
+pub(crate) fn print_overhead(
+    title: &str,
+    group: &str,
+    base: &str,
+    reference: &str,
+    others: &[String],
+) {
+    let (Some(base_ns), Some(reference_ns)) = (mean_ns(group, base), mean_ns(group, reference))
+    else {
+        return;
+    };
+    let reference_over = reference_ns - base_ns;
+    println!("\n{title}");
+    println!("  {:<36} {:>12} {:>8}", "benchmark", "added", "ratio");
+    println!(
+        "  {:<36} {:>12} {:>8}",
+        reference,
+        fmt(reference_over),
+        "1.00"
+    );
+    for id in others {
+        if let Some(ns) = mean_ns(group, id) {
+            let over = ns - base_ns;
+            println!(
+                "  {:<36} {:>12} {:>8.2}",
+                id,
+                fmt(over),
+                over / reference_over
+            );
+        }
+    }
+}
+
 fn fmt(ns: f64) -> String {
     if ns < 1_000.0 {
         format!("{ns:.1} ns")
