@@ -74,7 +74,11 @@ fn served_key<B>(r: &http::Response<B>) -> String {
 #[tokio::test]
 async fn an_endpoint_returning_500s_is_ejected_after_the_threshold_and_returns_when_it_heals() {
     let (pool, servers) = http_pool(3, ms(1), ms(1)).await;
-    let svc = stack(&pool, policy());
+    // An ejection long enough that the 60 requests end inside it on a slow machine too.
+    let mut long = policy();
+    long.base_ejection = Duration::from_secs(2);
+    long.max_ejection = Duration::from_secs(4);
+    let svc = stack(&pool, long);
     servers[0].set_mode(Mode::Fail);
     let mut keys = Vec::new();
     for _ in 0..60 {
@@ -96,7 +100,7 @@ async fn an_endpoint_returning_500s_is_ejected_after_the_threshold_and_returns_w
 
     // It heals; once the ejection ends, trial requests bring it back.
     servers[0].set_mode(Mode::Normal);
-    tokio::time::sleep(ms(350)).await;
+    tokio::time::sleep(ms(2050)).await;
     let mut back = 0;
     for _ in 0..60 {
         let (key, status) = send(&svc).await.unwrap();
