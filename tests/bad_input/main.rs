@@ -96,7 +96,7 @@ async fn every_endpoint_ejected_without_panic_mode_is_a_typed_error() {
     let pool: Pool<Echo> = Pool::new();
     for name in ["a", "b"] {
         let e = pool.insert(name, echo(name)).unwrap();
-        e.set_health(Health::CoolingDown {
+        e.set_health(Health::Ejected {
             until: tokio::time::Instant::now() + Duration::from_secs(9),
         });
     }
@@ -109,4 +109,33 @@ async fn every_endpoint_ejected_without_panic_mode_is_a_typed_error() {
         .expect_err("none available");
     let e = e.downcast_ref::<NoEndpoints>().expect("NoEndpoints");
     assert!(e.retry_after().unwrap() > Duration::from_secs(8));
+}
+
+#[tokio::test]
+async fn every_endpoint_cooling_down_is_a_typed_rate_limit_whatever_panic_mode_says() {
+    for panic_mode in [false, true] {
+        let pool: Pool<Echo> = Pool::new();
+        for name in ["a", "b"] {
+            let e = pool.insert(name, echo(name)).unwrap();
+            e.set_health(Health::CoolingDown {
+                until: tokio::time::Instant::now() + Duration::from_secs(9),
+            });
+        }
+        let svc = ServiceBuilder::new()
+            .layer(
+                BalanceLayer::builder()
+                    .panic_mode(panic_mode)
+                    .build()
+                    .unwrap(),
+            )
+            .service(pool);
+        let e = svc
+            .oneshot(Request::new(Full::new(Bytes::new())))
+            .await
+            .expect_err("none available");
+        let e = e
+            .downcast_ref::<tower_ai_balance::RateLimited>()
+            .unwrap_or_else(|| panic!("{e}"));
+        assert!(e.retry_after() > Duration::from_secs(8));
+    }
 }
