@@ -13,5 +13,4 @@ mod support;
 
 mod extremes;
 mod failover_promises;
-mod keys;
 mod rate_limits;
