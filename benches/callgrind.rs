@@ -61,7 +61,7 @@ fn real_stack(which: &str) {
     let pool = real::pool(8);
     rt.block_on(async move {
         match which {
-            "four" => real_requests(real::four_layers(pool), 20_000).await,
+            "four" => real_requests(endpoint::four_layers(pool), 20_000).await,
             "balance" => real_requests(BalanceLayer::new().layer(pool), 20_000).await,
             _ => real_requests(real::Upstream::new(), 20_000).await,
         }

@@ -132,7 +132,7 @@ fn realistic(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             |b, &n| b.iter_custom(|iters| drive_real(rt, ours.clone(), n, iters)),
         );
 
-        let four = real::four_layers(real::pool(ENDPOINTS));
+        let four = endpoint::four_layers(real::pool(ENDPOINTS));
         group.bench_with_input(
             BenchmarkId::new("four layers", callers),
             &callers,

@@ -37,17 +37,23 @@ impl Service<Request<()>> for Instant200 {
 
 /// A pool of `n` such endpoints.
 pub(crate) fn pool(n: usize) -> Pool<Instant200> {
+    pool_of(n, || Instant200)
+}
+
+/// A pool of `n` endpoints made by `make`.
+pub(crate) fn pool_of<S: Clone>(n: usize, make: impl Fn() -> S) -> Pool<S> {
     let pool = Pool::new();
     for i in 0..n {
-        pool.insert(format!("e{i}"), Instant200).unwrap();
+        pool.insert(format!("e{i}"), make()).unwrap();
     }
     pool
 }
 
 /// The four layers, with their defaults: Failover, StreamAffinity, HealthFilter, Balance.
-pub(crate) type FourLayers = Failover<StreamAffinity<HealthFilter<Balance<Instant200>>, Header>>;
+pub(crate) type FourLayers<S = Instant200> =
+    Failover<StreamAffinity<HealthFilter<Balance<S>>, Header>>;
 
-pub(crate) fn four_layers(pool: Pool<Instant200>) -> FourLayers {
+pub(crate) fn four_layers<S: Clone>(pool: Pool<S>) -> FourLayers<S> {
     tower::ServiceBuilder::new()
         .layer(FailoverLayer::new())
         .layer(StreamAffinityLayer::header(http::HeaderName::from_static(

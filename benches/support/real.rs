@@ -16,12 +16,7 @@ use http::{header, Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use tower::Service;
-use tower_ai_balance::{
-    affinity::{Header, StreamAffinityLayer},
-    failover::{Failover, FailoverLayer},
-    health::HealthFilterLayer,
-    Balance, BalanceLayer, HealthFilter, Pool, StreamAffinity,
-};
+use tower_ai_balance::Pool;
 
 /// A chat request of 300 bytes, as clients send them.
 pub(crate) const BODY: &[u8] = br#"{"model":"llama-3.1-8b-instruct","messages":[{"role":"system","content":"You are a helpful assistant. Answer briefly."},{"role":"user","content":"What is the capital of France, and what river runs through it? Give one sentence."}],"stream":true,"max_tokens":256,"temperature":0.7,"user":"u-1842"}"#;
@@ -146,23 +141,5 @@ impl Body for Sse {
 
 /// A pool of `n` such endpoints.
 pub(crate) fn pool(n: usize) -> Pool<Upstream> {
-    let pool = Pool::new();
-    for i in 0..n {
-        pool.insert(format!("e{i}"), Upstream::new()).unwrap();
-    }
-    pool
-}
-
-/// The four layers, with their defaults: Failover, StreamAffinity, HealthFilter, Balance.
-pub(crate) type FourLayers = Failover<StreamAffinity<HealthFilter<Balance<Upstream>>, Header>>;
-
-pub(crate) fn four_layers(pool: Pool<Upstream>) -> FourLayers {
-    tower::ServiceBuilder::new()
-        .layer(FailoverLayer::new())
-        .layer(StreamAffinityLayer::header(http::HeaderName::from_static(
-            "x-session-id",
-        )))
-        .layer(HealthFilterLayer::new())
-        .layer(BalanceLayer::new())
-        .service(pool)
+    super::endpoint::pool_of(n, Upstream::new)
 }
