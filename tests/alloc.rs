@@ -1,11 +1,6 @@
 //! A pick allocates nothing: counted with a global allocator that counts this thread's
 //! allocations.
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
-};
-
 use tower_ai_balance::{
     hints::{Exclude, WithHints},
     load::LoadGuard,
@@ -13,45 +8,9 @@ use tower_ai_balance::{
     Balance, EndpointConfig, Health, Pool,
 };
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations_during(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
-
-#[test]
-fn the_counter_sees_an_allocation() {
-    assert_eq!(
-        allocations_during(|| drop(std::hint::black_box(Vec::<u8>::with_capacity(8)))),
-        1
-    );
-}
+#[path = "support/counting.rs"]
+mod counting;
+use counting::allocations_during;
 
 /// A service that costs nothing to clone.
 #[derive(Clone, Copy)]
