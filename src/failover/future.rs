@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::{
     attempts::{give_up, Attempts, Stop},
     context::Context as Shared,
-    replay::Head,
+    head_copy::HeadCopy,
     step::{judge, Failed, Step},
     Replay, ResponseBody,
 };
@@ -63,9 +63,9 @@ pin_project! {
     }
 }
 
-/// What a retry needs from the first attempt: the head and a copy of the body.
+/// What a retry needs from the first attempt: a copy of the head and of the body.
 pub(crate) struct Retry<B> {
-    pub(crate) head: Head,
+    pub(crate) head: HeadCopy,
     pub(crate) template: B,
 }
 
@@ -161,7 +161,13 @@ where
                     Step::Retry(failed) => failed,
                 };
                 let retry = retry.take().expect("polled after completion");
-                let Retry { head, template } = match retry {
+                // A head copy that no longer parses cannot be sent again either.
+                let retry = retry.and_then(|Retry { head, template }| {
+                    head.into_head()
+                        .map(|head| (head, template))
+                        .ok_or(Stop::NotReplayable)
+                });
+                let (head, template) = match retry {
                     Ok(retry) => retry,
                     Err(stop) => {
                         // The in-place attempt is never hedged: one failure.

@@ -91,6 +91,7 @@ mod continuation;
 mod error_event;
 mod first_chunk;
 mod future;
+mod head_copy;
 mod hedge;
 mod layer;
 mod replay;

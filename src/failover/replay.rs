@@ -147,17 +147,6 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    /// A copy of a request's head.
-    pub(crate) fn from_request<B>(request: &Request<B>) -> Self {
-        Self {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-            extensions: request.extensions().clone(),
-        }
-    }
-
     /// The endpoints the caller itself excluded (its own [`Exclude`] hint): every attempt
     /// keeps them out, beside those already tried.
     pub(crate) fn exclude(&self) -> Exclude {

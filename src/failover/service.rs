@@ -13,6 +13,7 @@ use super::{
     attempts::{Attempts, Stop},
     context::Context,
     future::Retry,
+    head_copy::HeadCopy,
     replay::Head,
     settings::Settings,
     Replay, ResponseFuture,
@@ -68,7 +69,7 @@ where
             // and of the body, made only if a retry could be sent.
             let retry = Stop::before_retry(settings.attempts, 1, || request.body().replay()).map(
                 |template| Retry {
-                    head: Head::from_request(&request),
+                    head: HeadCopy::of(&request),
                     template,
                 },
             );
