@@ -65,6 +65,38 @@ impl fmt::Display for NoEndpoints {
 
 impl std::error::Error for NoEndpoints {}
 
+/// Every endpoint that could serve the request has spent its provider quota (requests or
+/// tokens per minute, see [`Quota`](crate::endpoint::Quota)) and the request could not wait
+/// for it: says when quota returns for a request of its size.
+#[derive(Debug, Clone)]
+pub struct QuotaExhausted {
+    retry_after: Duration,
+}
+
+impl QuotaExhausted {
+    pub(crate) fn new(retry_after: Duration) -> Self {
+        Self { retry_after }
+    }
+
+    /// How long until an endpoint's quota has room for the request.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for QuotaExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "quota exhausted: every endpoint that could serve has spent its requests or tokens \
+             per minute (quota returns in {:?})",
+            self.retry_after
+        )
+    }
+}
+
+impl std::error::Error for QuotaExhausted {}
+
 /// Every endpoint that could serve the request is cooling down after a rate limit (a 429, a
 /// 529, a 503 with `Retry-After`): none is sent a request before its time, panic mode or not.
 /// Says when the first comes back.

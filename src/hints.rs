@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use http::Extensions;
 
-pub use crate::capability::Require;
+pub use crate::{capability::Require, endpoint::Tokens};
 use crate::{classify::Outcome, endpoint::Endpoint};
 
 /// A request (or response) that can carry routing hints.

@@ -142,7 +142,10 @@ pub use crate::{
     affinity::{StreamAffinity, StreamAffinityLayer},
     balance::{Balance, BalanceLayer},
     endpoint::{Endpoint, EndpointConfig, Health, Key},
-    error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, RateLimited, Timeout},
+    error::{
+        BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, QuotaExhausted, RateLimited,
+        Timeout,
+    },
     failover::{Failover, FailoverLayer},
     health::{HealthFilter, HealthFilterLayer, HealthPolicy},
     pool::Pool,

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     clock::later,
     error::{BoxError, EndpointError, Overloaded, Timeout},
-    hints::{AttemptTimeout, Cost, Hinted},
+    hints::{AttemptTimeout, Cost, Hinted, Tokens},
     load::{Completion, LoadGuard, TrackLoad},
 };
 
@@ -135,10 +135,12 @@ where
     {
         let timeout = attempt_timeout(&request, chooser.config.timeout);
         let cost = request.extensions().get::<Cost>().map_or(1, |c| c.0);
-        let Some(place) = chooser
-            .pool
-            .waiters()
-            .join(queue.max_waiting, cost, wants(&request))
+        let tokens = request.extensions().get::<Tokens>().copied();
+        let Some(place) =
+            chooser
+                .pool
+                .waiters()
+                .join(queue.max_waiting, cost, tokens, wants(&request))
         else {
             return Self::failed(Overloaded::new(None).into());
         };
@@ -240,6 +242,8 @@ fn timed_out<T>(
 /// slot, and names the endpoint and the verdict in the error.
 fn fail(guard: &mut Option<LoadGuard>, error: BoxError, completion: &Completion) -> BoxError {
     let mut guard = guard.take().expect("polled after completion");
+    // No response: the upstream did not count it.
+    guard.release_quota();
     let verdict = completion.classify.classify_error(&*error);
     guard.judge(verdict);
     let endpoint = Arc::clone(guard.endpoint());

@@ -99,7 +99,7 @@ impl<S: Clone, Req: Hinted> Waiting<S, Req> {
                         return Poll::Ready(Ok((choice, request)));
                     }
                     Err(NoSlot::Unavailable(e)) => return Poll::Ready(Err(e)),
-                    Err(NoSlot::AllFull) => {}
+                    Err(NoSlot::AllFull | NoSlot::Quota(_)) => {}
                 }
             }
             if this.sleep.poll(cx).is_ready() {
@@ -121,8 +121,9 @@ impl<S: Clone> Chooser<S> {
             .iter()
             .find(|e| std::sync::Arc::ptr_eq(e.endpoint(), grant.endpoint()))?;
         let service = entry.service().clone();
-        let (endpoint, cost, trial) = grant.claim();
-        let guard = LoadGuard::granted(endpoint, cost, Instant::now(), trial);
+        let (endpoint, cost, trial, reservation) = grant.claim();
+        let mut guard = LoadGuard::granted(endpoint, cost, Instant::now(), trial);
+        guard.hold_quota(reservation);
         let hints = request.extensions();
         let mut choice = self.picked(hints, (service, guard));
         if let Some(require) = hints.get::<Require>() {
@@ -133,7 +134,7 @@ impl<S: Clone> Chooser<S> {
     }
 
     /// The queue's timer went off: offers the endpoints whose ejection or cooldown has ended,
-    /// and sets the timer for the next one.
+    /// or whose quota has room again, and sets the timer for the next one.
     fn offer_due(&self) {
         let now = Instant::now();
         let snapshot = self.pool.load();
@@ -141,8 +142,16 @@ impl<S: Clone> Chooser<S> {
         let mut next: Option<Instant> = None;
         for entry in snapshot.entries() {
             let e = entry.endpoint();
-            let Some(at) = e.available_at() else {
-                continue;
+            let at = match (e.available_at(), e.has_quota()) {
+                (Some(at), _) => at,
+                (None, true) => match e.quota_returns(now) {
+                    Some(at) => at,
+                    None => {
+                        queue.offer(e);
+                        continue;
+                    }
+                },
+                (None, false) => continue,
             };
             if at <= now {
                 queue.offer(e);

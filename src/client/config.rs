@@ -258,6 +258,12 @@ impl UpstreamConfig {
         self.endpoint(move |c| c.max_concurrency(max))
     }
 
+    /// The provider's quota for this upstream's key: requests and tokens per minute (see
+    /// [`EndpointConfig::quota`]). Its responses' rate-limit headers correct it.
+    pub fn quota(self, quota: crate::endpoint::Quota) -> Self {
+        self.endpoint(move |c| c.quota(quota.clone()))
+    }
+
     /// Any other endpoint setting (context window, provider, price, labels).
     pub fn endpoint(
         mut self,

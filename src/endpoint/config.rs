@@ -3,7 +3,7 @@
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
-use super::{Capabilities, Key};
+use super::{quota::Quota, Capabilities, Key};
 
 /// How to add an endpoint: its key and metadata. Validated when the pool takes it.
 ///
@@ -19,6 +19,7 @@ pub struct EndpointConfig {
     pub(super) tier: u32,
     pub(super) labels: Vec<(Arc<str>, Arc<str>)>,
     pub(super) capabilities: Capabilities,
+    pub(super) quota: Option<Quota>,
 }
 
 impl EndpointConfig {
@@ -31,6 +32,7 @@ impl EndpointConfig {
             tier: 0,
             labels: Vec::new(),
             capabilities: Capabilities::default(),
+            quota: None,
         }
     }
 
@@ -97,6 +99,19 @@ impl EndpointConfig {
         self
     }
 
+    /// The provider's quota for it: requests and tokens per minute. Picks treat it as full
+    /// while a request would exceed a limit, and the provider's rate-limit headers, when its
+    /// responses carry them, correct what is left.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Its quota, if it has one.
+    pub fn quota_value(&self) -> Option<&Quota> {
+        self.quota.as_ref()
+    }
+
     /// The key.
     pub fn key(&self) -> &Key {
         &self.key
@@ -133,6 +148,9 @@ impl EndpointConfig {
                 name: "price",
                 reason: "must be finite and at least 0",
             });
+        }
+        if let Some((name, reason)) = self.quota.as_ref().and_then(Quota::invalid) {
+            return Err(ConfigError::InvalidSetting { name, reason });
         }
         if self.max_concurrency == Some(0) {
             return Err(ConfigError::ZeroMaxConcurrency {

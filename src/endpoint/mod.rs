@@ -24,8 +24,13 @@ mod health;
 mod key;
 mod layer_events;
 mod pool_state;
+mod quota;
+mod quota_headers;
+#[cfg(all(test, not(loom)))]
+mod quota_tests;
 mod report;
 mod reporting;
+mod reservation;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -48,12 +53,15 @@ pub use self::{
     health::Health,
     key::{Key, Redacted},
     layer_events::LayerCounts,
+    quota::{Quota, QuotaKind, QuotaLevel, Tokens},
+    reservation::Reservation,
     timings::{HistogramSnapshot, BUCKETS},
 };
 pub(crate) use self::{
     config::check_weight,
     layer_events::LayerEvents,
     pool_state::PoolState,
+    quota_headers::read as read_quota_headers,
     wait_queue::{Grant, Place, Turn, WaitQueue, Wants},
 };
 use self::{
@@ -61,6 +69,7 @@ use self::{
     events::Events,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
+    quota::QuotaState,
     report::{ReportWord, Reported},
     slots::{Acquired, Slots, NO_LIMIT},
     timings::Timings,
@@ -76,6 +85,9 @@ pub struct Endpoint {
     key_hash: u64,
     tier: u32,
     recovery: Recovery,
+    /// The provider's quota, if any: an endpoint with one is always gated, so the pick reads
+    /// it only through `gated_view`.
+    quota: Option<Box<QuotaState>>,
 
     key: Key,
     labels: Box<[(Arc<str>, Arc<str>)]>,
@@ -170,10 +182,11 @@ impl Endpoint {
     ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         let weight = normalize(config.weight);
+        let quota = config.quota.clone().and_then(QuotaState::new);
         pool.joined();
         Ok(Arc::new_cyclic(|me| Self {
             admission: Admission {
-                slots: Slots::new(weight == 0.0),
+                slots: Slots::new(weight == 0.0 || quota.is_some()),
                 weight: AtomicU64::new(weight.to_bits()),
                 health: HealthWord::new(),
                 max_concurrency: config
@@ -186,6 +199,7 @@ impl Endpoint {
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
             tier: config.tier,
             recovery: Recovery::new(),
+            quota,
             key: config.key,
             labels: config.labels.into_boxed_slice(),
             capabilities: config.capabilities,
@@ -224,6 +238,7 @@ impl Endpoint {
             tier: self.tier,
             labels: self.labels.to_vec(),
             capabilities: self.capabilities.clone(),
+            quota: self.quota.as_deref().map(|q| q.config().clone()),
         }
     }
 
@@ -555,11 +570,16 @@ impl Endpoint {
         now: &LazyNow,
         ignore_health: bool,
         include_held: bool,
+        tokens: Option<Tokens>,
     ) -> Option<(usize, f64)> {
         let in_flight = self
             .admission
             .slots
             .gated_room(self.admission.max_concurrency)?;
+        if self.quota.is_some() && self.quota_wait(tokens, now.get()).is_some() {
+            // Its quota has no room for this request: as full as at its limit.
+            return None;
+        }
         let weight = self.weight();
         if weight == 0.0 {
             // Drained by weight 0.

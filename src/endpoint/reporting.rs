@@ -11,10 +11,11 @@ use crate::{clock::LazyNow, report::LoadReport, sync::Ordering::SeqCst};
 
 /// The endpoint's side of its load reports.
 impl Endpoint {
-    /// Whether health, weight and reports let every pick through from the in-flight word
-    /// alone: `Healthy`, weight above 0, no load report to read.
+    /// Whether health, weight, reports and quota let every pick through from the in-flight
+    /// word alone: `Healthy`, weight above 0, no load report to read, no quota.
     pub(super) fn plainly_open(&self) -> bool {
-        self.is_healthy()
+        self.quota.is_none()
+            && self.is_healthy()
             && self.admission.weight.load(SeqCst) != 0
             && !self.admission.report.present()
     }

@@ -23,7 +23,7 @@ use crate::{
     endpoint::Endpoint,
     error::{
         Attempt, AttemptsFailed, BoxError, GaveUp, NoEndpoints, NotReplayable, Overloaded,
-        RateLimited,
+        QuotaExhausted, RateLimited,
     },
     hints::{Exclude, FirstChunkJudged, Judged, Picked, Served},
 };
@@ -66,7 +66,10 @@ impl Stop {
             Stop::Attempts | Stop::Budget | Stop::NotReplayable => true,
             Stop::Deadline => false,
             Stop::Error(e) => {
-                e.is::<NoEndpoints>() || e.is::<RateLimited>() || e.is::<Overloaded>()
+                e.is::<NoEndpoints>()
+                    || e.is::<RateLimited>()
+                    || e.is::<Overloaded>()
+                    || e.is::<QuotaExhausted>()
             }
         }
     }
@@ -101,6 +104,8 @@ fn gave_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
                 no_endpoints.retry_after()
             } else if let Some(limited) = error.downcast_ref::<RateLimited>() {
                 Some(limited.retry_after())
+            } else if let Some(quota) = error.downcast_ref::<QuotaExhausted>() {
+                Some(quota.retry_after())
             } else {
                 return error;
             };

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use crate::endpoint::{EjectionCause, HistogramSnapshot, LayerCounts, BUCKETS};
-use crate::endpoint::{Endpoint, Health};
+use crate::endpoint::{Endpoint, Health, QuotaLevel};
 
 /// The states of the `ai_balance_health` gauge, one series each.
 pub const HEALTH_STATES: [&str; 5] = ["healthy", "ejected", "cooling_down", "slow_start", "held"];
@@ -80,6 +80,10 @@ pub struct EndpointMetrics {
     pub holds: u64,
     /// Cooldowns after a rate limit.
     pub cooldowns: u64,
+    /// Its provider quota's limits and what is left of them (empty without a quota).
+    pub quota: Vec<QuotaLevel>,
+    /// Times a pick found its quota spent for a request.
+    pub quota_refusals: u64,
 }
 
 impl EndpointMetrics {
@@ -103,6 +107,8 @@ impl EndpointMetrics {
             ejections: EjectionCause::ALL.map(|cause| endpoint.ejections(cause)),
             holds: endpoint.holds(),
             cooldowns: endpoint.cooldowns(),
+            quota: endpoint.quota_levels(now),
+            quota_refusals: endpoint.quota_refusals() as u64,
         }
     }
 

@@ -169,6 +169,54 @@ impl PoolMetrics {
                 let _ = writeln!(out, "ai_balance_{name}{{{labels}}} {}", value(m));
             }
         }
+        type Level = fn(&crate::endpoint::QuotaLevel) -> u64;
+        let quota: [(&str, &str, Level); 4] = [
+            (
+                "quota_limit",
+                "The endpoint's provider quota per minute, by what it counts.",
+                |q| q.limit,
+            ),
+            (
+                "quota_used",
+                "Quota spent and not yet refilled (reserved by requests in flight included).",
+                |q| q.used,
+            ),
+            (
+                "quota_remaining",
+                "Quota that could be spent at once now.",
+                |q| q.remaining,
+            ),
+            (
+                "quota_in_flight",
+                "Quota reserved by requests in flight, not yet corrected to their usage.",
+                |q| q.in_flight,
+            ),
+        ];
+        for (name, help, value) in quota {
+            header(&mut out, name, "gauge", help);
+            for (labels, m) in &labelled {
+                for q in &m.quota {
+                    let kind = q.kind.as_str();
+                    let _ = writeln!(
+                        out,
+                        "ai_balance_{name}{{{labels},kind=\"{kind}\"}} {}",
+                        value(q)
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "quota_refusals_total",
+            "counter",
+            "Times a pick found the endpoint's quota spent for a request.",
+        );
+        for (labels, m) in &labelled {
+            if !m.quota.is_empty() {
+                let n = m.quota_refusals;
+                let _ = writeln!(out, "ai_balance_quota_refusals_total{{{labels}}} {n}");
+            }
+        }
         for (name, help, value) in layer_families(&self.layers) {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "ai_balance_{name} {value}");

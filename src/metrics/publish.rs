@@ -79,6 +79,16 @@ fn publish_endpoint(m: &EndpointMetrics) {
     }
     metrics::counter!("ai_balance_holds_total", &labels).absolute(m.holds);
     metrics::counter!("ai_balance_cooldowns_total", &labels).absolute(m.cooldowns);
+    for q in &m.quota {
+        let labels = with(&labels, "kind", q.kind.as_str());
+        metrics::gauge!("ai_balance_quota_limit", &labels).set(q.limit as f64);
+        metrics::gauge!("ai_balance_quota_used", &labels).set(q.used as f64);
+        metrics::gauge!("ai_balance_quota_remaining", &labels).set(q.remaining as f64);
+        metrics::gauge!("ai_balance_quota_in_flight", &labels).set(q.in_flight as f64);
+    }
+    if !m.quota.is_empty() {
+        metrics::counter!("ai_balance_quota_refusals_total", &labels).absolute(m.quota_refusals);
+    }
 }
 
 #[cfg(all(test, not(loom)))]
