@@ -117,6 +117,9 @@ pub struct Spec {
     pub metrics: Engine,
     /// The KV cache's size in tokens, for the usage `/metrics` reports.
     pub kv_tokens: u64,
+    /// Quota mode: requests and tokens per sliding minute, per API key (see the section at
+    /// the end).
+    pub quota: Option<ServerQuota>,
 }
 
 impl Spec {
@@ -128,7 +131,15 @@ impl Spec {
             batch: usize::MAX,
             metrics: Engine::Vllm,
             kv_tokens: 65_536,
+            quota: None,
         }
+    }
+
+    /// Enforces `rpm` requests and `tpm` tokens per sliding minute per API key, and sends the
+    /// provider's rate-limit headers (OpenAI's or Anthropic's, by the path).
+    pub fn quota(mut self, rpm: u64, tpm: u64) -> Self {
+        self.quota = Some(ServerQuota { rpm, tpm });
+        self
     }
 
     /// Answers `/metrics` with this engine's metric names.
@@ -190,6 +201,12 @@ pub struct Stats {
     pub ws_closes: parking_lot::Mutex<Vec<Option<u16>>>,
     /// WebSocket: the last handshake's `Sec-WebSocket-Protocol`, as received.
     pub ws_protocols: parking_lot::Mutex<Option<String>>,
+    /// Quota mode: what each API key was served, when, in tokens.
+    quota_log: parking_lot::Mutex<std::collections::HashMap<String, QuotaLog>>,
+    /// Quota mode: requests refused with 429 for want of quota.
+    pub quota_refused: AtomicU64,
+    /// Quota mode: the most tokens any key was served in a sliding minute.
+    pub quota_peak_tokens: AtomicU64,
 }
 
 /// How many sessions a server's cache holds before it starts again.
@@ -336,14 +353,24 @@ fn serve(
                 let upgrade = UpgradeSlot::default();
                 let svc = service_fn({
                     let (s, sp, upgrade) = (Arc::clone(&s), sp.clone(), Arc::clone(&upgrade));
-                    move |req| {
-                        handle(
+                    move |req: Request<Incoming>| {
+                        let key = api_key(&req);
+                        let anthropic = req.uri().path() == "/v1/messages";
+                        let (s, sp) = (Arc::clone(&s), sp.clone());
+                        let answer = handle(
                             req,
                             Arc::clone(&s),
                             Mode::decode(m.load(SeqCst)),
                             sp.clone(),
                             Arc::clone(&upgrade),
-                        )
+                        );
+                        async move {
+                            let mut r = answer.await?;
+                            if let (Some(q), true) = (sp.quota, r.status().is_success()) {
+                                let _ = quota_headers(&s, q, &key, anthropic, r.headers_mut());
+                            }
+                            Ok::<_, std::io::Error>(r)
+                        }
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -424,6 +451,7 @@ async fn handle(
             }
         });
     }
+    let key = api_key(&req);
     let session = req
         .headers()
         .get("x-session-id")
@@ -439,6 +467,15 @@ async fn handle(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let streaming = json["stream"].as_bool().unwrap_or(false);
     let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);
+    if let Some(refused) = quota_take(
+        &stats,
+        &spec,
+        &key,
+        body.len() as u64 / 4 + 1 + tokens,
+        false,
+    ) {
+        return Ok(refused);
+    }
     match mode {
         Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
         Mode::Unavailable => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
@@ -700,6 +737,7 @@ async fn handle_messages(
             "anthropic-version: header is required",
         ));
     }
+    let key = api_key(&req);
     let body = req
         .into_body()
         .collect()
@@ -724,6 +762,15 @@ async fn handle_messages(
             "model, max_tokens and messages are required",
         ));
     };
+    if let Some(refused) = quota_take(
+        &stats,
+        &spec,
+        &key,
+        body.len() as u64 / 4 + 1 + max_tokens,
+        true,
+    ) {
+        return Ok(refused);
+    }
     if messages
         .iter()
         .any(|m| !matches!(m["role"].as_str(), Some("user" | "assistant")))
@@ -1163,4 +1210,161 @@ async fn realtime_session(upgrade: RealtimeUpgrade, stats: Arc<Stats>, spec: Spe
             _ => {}
         }
     }
+}
+
+// --- Quota mode: a hosted provider's requests and tokens per minute ---------------------
+//
+// With `Spec::quota(rpm, tpm)`, each API key (`authorization` or `x-api-key`; none is a key
+// too) may be served at most `rpm` requests and `tpm` tokens in any sliding 60 seconds, as a
+// log of what it was served. A request counts its prompt (a quarter of its body's bytes, plus
+// one) and its `max_tokens` when it arrives, as OpenAI counts it. Beyond the quota it is
+// answered 429 in its format (OpenAI's `rate_limit_exceeded`, Anthropic's `rate_limit_error`)
+// with `retry-after`; every answer carries the provider's headers: OpenAI's
+// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (resets as `1s`, `20ms`) or
+// Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (RFC 3339).
+
+/// Requests and tokens per sliding minute, per API key.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerQuota {
+    pub rpm: u64,
+    pub tpm: u64,
+}
+
+/// What one key was served: (when, tokens), oldest first.
+type QuotaLog = std::collections::VecDeque<(tokio::time::Instant, u64)>;
+
+const QUOTA_WINDOW: Duration = Duration::from_secs(60);
+
+fn api_key<B>(req: &Request<B>) -> String {
+    ["authorization", "x-api-key"]
+        .iter()
+        .find_map(|h| req.headers().get(*h))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The key's log with what left the window dropped: (requests, tokens) in it.
+fn quota_window(log: &mut QuotaLog, now: tokio::time::Instant) -> (u64, u64) {
+    while log.front().is_some_and(|(t, _)| *t + QUOTA_WINDOW <= now) {
+        log.pop_front();
+    }
+    (log.len() as u64, log.iter().map(|(_, n)| n).sum())
+}
+
+/// Counts a request of `tokens` for `key`, or refuses it with the format's 429.
+fn quota_take(
+    stats: &Stats,
+    spec: &Spec,
+    key: &str,
+    tokens: u64,
+    anthropic: bool,
+) -> Option<Response<Body>> {
+    let q = spec.quota?;
+    let now = tokio::time::Instant::now();
+    let mut logs = stats.quota_log.lock();
+    let log = logs.entry(key.to_owned()).or_default();
+    let (requests, used) = quota_window(log, now);
+    if requests < q.rpm && used + tokens <= q.tpm {
+        log.push_back((now, tokens));
+        stats.quota_peak_tokens.fetch_max(used + tokens, SeqCst);
+        return None;
+    }
+    drop(logs);
+    stats.quota_refused.fetch_add(1, SeqCst);
+    let mut r = if anthropic {
+        anthropic_error(
+            429,
+            "rate_limit_error",
+            "Number of tokens has exceeded your per-minute rate limit",
+        )
+    } else {
+        let body = "{\"error\":{\"message\":\"Rate limit reached for tokens per min\",\"type\":\"tokens\",\"code\":\"rate_limit_exceeded\"}}";
+        let mut r = full(StatusCode::TOO_MANY_REQUESTS, body);
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    };
+    let first = quota_headers(stats, q, key, anthropic, r.headers_mut());
+    r.headers_mut()
+        .insert("retry-after", first.as_secs().max(1).into());
+    Some(r)
+}
+
+/// The provider's rate-limit headers for `key` now.
+/// The provider's rate-limit headers for `key` now; returns when the window's oldest entry
+/// leaves it (when a refused request may retry).
+fn quota_headers(
+    stats: &Stats,
+    q: ServerQuota,
+    key: &str,
+    anthropic: bool,
+    h: &mut http::HeaderMap,
+) -> Duration {
+    let now = tokio::time::Instant::now();
+    let mut logs = stats.quota_log.lock();
+    let log = logs.entry(key.to_owned()).or_default();
+    let (requests, tokens) = quota_window(log, now);
+    // The window is whole again when its newest entry leaves it.
+    let reset = log
+        .back()
+        .map_or(Duration::ZERO, |(t, _)| *t + QUOTA_WINDOW - now);
+    // The first entry to leave: when a refused request may retry.
+    let first = log
+        .front()
+        .map_or(Duration::ZERO, |(t, _)| *t + QUOTA_WINDOW - now);
+    drop(logs);
+    let figures = [
+        ("requests", q.rpm, q.rpm.saturating_sub(requests)),
+        ("tokens", q.tpm, q.tpm.saturating_sub(tokens)),
+    ];
+    for (what, limit, remaining) in figures {
+        let (l, r, t, reset) = if anthropic {
+            let at = std::time::SystemTime::now() + reset;
+            (
+                format!("anthropic-ratelimit-{what}-limit"),
+                format!("anthropic-ratelimit-{what}-remaining"),
+                format!("anthropic-ratelimit-{what}-reset"),
+                httpdate_rfc3339(at),
+            )
+        } else {
+            (
+                format!("x-ratelimit-limit-{what}"),
+                format!("x-ratelimit-remaining-{what}"),
+                format!("x-ratelimit-reset-{what}"),
+                format!("{}ms", reset.as_millis()),
+            )
+        };
+        h.insert(http::HeaderName::try_from(l).unwrap(), limit.into());
+        h.insert(http::HeaderName::try_from(r).unwrap(), remaining.into());
+        h.insert(
+            http::HeaderName::try_from(t).unwrap(),
+            reset.parse().unwrap(),
+        );
+    }
+    first
+}
+
+/// A wall-clock time as RFC 3339 in UTC, to the second (`2024-06-01T12:00:30Z`).
+fn httpdate_rfc3339(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }

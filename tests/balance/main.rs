@@ -11,6 +11,8 @@ mod config;
 mod drain;
 mod limits;
 mod queue;
+mod quota;
+mod quota_burst;
 mod streams;
 mod swap;
 mod writers;
