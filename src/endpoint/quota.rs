@@ -439,7 +439,7 @@ impl QuotaState {
     }
 }
 
-/// One limit of an endpoint's quota as it stands ([`Endpoint::quota_levels`]).
+/// One limit of an endpoint's quota as it stands ([`Endpoint::quota_levels`](super::Endpoint::quota_levels)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaLevel {
     /// What it counts.
