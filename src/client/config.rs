@@ -107,6 +107,12 @@ impl UpstreamConfig {
     /// endpoint (as a config file names upstreams: `key = "https://api.example.com/v1"`). The
     /// key becomes the URL as shown, without userinfo and query.
     ///
+    /// Three labels say how it is reached, so that a file can name every upstream: `format`
+    /// (`openai`, the default, or `anthropic`), `key_env` (the environment variable holding
+    /// its key: keys stay out of files; sent as a bearer token, or as Anthropic's `x-api-key`)
+    /// and `upstream_model` (see [`upstream_model`](Self::upstream_model)). A variable that is
+    /// not set, an unknown format or an Anthropic upstream without a key is an error.
+    ///
     /// ```
     /// use tower_ai_balance::{client::UpstreamConfig, EndpointConfig};
     ///
@@ -117,8 +123,9 @@ impl UpstreamConfig {
     /// # Ok::<(), tower_ai_balance::client::ClientError>(())
     /// ```
     pub fn from_endpoint(endpoint: EndpointConfig) -> Result<Self, ClientError> {
-        Ok(Self::new(endpoint.key().as_str())?
-            .endpoint(move |config| endpoint.clone().with_key(config.key().clone())))
+        let label = |name: &str| endpoint.label_value(name).map(str::to_owned);
+        let upstream = super::spec::from_labels(Self::new(endpoint.key().as_str())?, label)?;
+        Ok(upstream.endpoint(move |config| endpoint.clone().with_key(config.key().clone())))
     }
 
     /// The endpoint's key.
