@@ -174,10 +174,11 @@ mod tests {
         let endpoint = EndpointConfig::new("https://h/v1")
             .label("key_env", "TOWER_AI_BALANCE_LABEL_TEST_KEY")
             .tier(2);
-        let u = UpstreamConfig::from_endpoint(endpoint.clone()).unwrap();
+        let u = UpstreamConfig::from_endpoint(endpoint).unwrap();
         assert_eq!(u.credentials[0].1, "Bearer sk-label");
         assert_eq!(crate::Endpoint::new(u.endpoint_config()).unwrap().tier(), 2);
-        let unset = endpoint.label("key_env", "TOWER_AI_BALANCE_LABEL_TEST_UNSET");
+        let unset = EndpointConfig::new("https://h/v1")
+            .label("key_env", "TOWER_AI_BALANCE_LABEL_TEST_UNSET");
         assert!(UpstreamConfig::from_endpoint(unset).is_err());
         let unknown = EndpointConfig::new("https://h/v1").label("format", "cohere");
         assert!(UpstreamConfig::from_endpoint(unknown).is_err());
