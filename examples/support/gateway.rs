@@ -78,7 +78,12 @@ impl Gateway {
         let health = HealthFilterLayer::builder()
             .policy(s.health.clone())
             .build()?;
-        client::spawn_checks(&s, &pool, &health)?;
+        if let Some(probes) = s.probes {
+            client::spawn_probes(&pool, &health, probes.config());
+        }
+        if let Some(scrape) = s.scrape {
+            client::spawn_scrape(&pool, scrape.config()?);
+        }
         let bodies = BufferBodyLayer::new(self.max_body).total_limit(self.max_bodies);
         let chat = ServiceBuilder::new()
             .layer(OpenAiErrorsLayer::new())

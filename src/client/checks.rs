@@ -1,5 +1,5 @@
-//! The background checks a settings file asks of a pool of upstreams: health probes through
-//! each upstream, and the engines' load reports from their `/metrics`.
+//! Background checks of a pool of upstreams: health probes through each upstream, and the
+//! engines' load reports from their `/metrics`.
 
 use std::{
     future::Future,
@@ -17,11 +17,10 @@ use tower_service::Service;
 
 use super::{http_client::Client, service::Upstream};
 use crate::{
-    config::Settings,
     endpoint::Endpoint,
-    engines::{Scraper, ToEndpoints},
-    error::{BoxError, ConfigError},
-    health::HealthFilterLayer,
+    engines::{ScrapeConfig, Scraper, ToEndpoints},
+    error::BoxError,
+    health::{HealthFilterLayer, ProbeConfig},
     pool::{Pool, WeakPool},
 };
 
@@ -29,68 +28,62 @@ use crate::{
 /// OpenAI-compatible server answers it, and an Anthropic upstream's is translated.
 pub const PROBE_PATH: &str = "/v1/models";
 
-/// Starts what `settings` asks to run beside a pool of upstreams, in background tasks that
-/// end once the pool is dropped (call it within a tokio runtime):
+/// Probes every upstream of `pool` in a background task that ends once the pool is dropped
+/// (call it within a tokio runtime; a settings file's [`ProbeSettings`] give `config`): a
+/// `GET` of [`PROBE_PATH`] through each endpoint's own [`Upstream`] (its credentials, its
+/// format), judged by `health`'s policy. A `2xx` within the timeout is a success; a refused
+/// connection, an error answer (a refused key among them) or no answer is a failure, and
+/// enough in a row eject the endpoint.
 ///
-/// - with [`probes`](Settings::probes): a `GET` of [`PROBE_PATH`] through each endpoint's own
-///   [`Upstream`] (its credentials, its format), judged by `health`'s policy: a `2xx` within
-///   the timeout is a success; a refused connection, an error answer (a refused key among
-///   them) or no answer is a failure, and enough in a row eject the endpoint;
-/// - with [`scrape`](Settings::scrape): the engines' load reports, from `/metrics` at the root
-///   of each upstream's host (or the endpoint's label `metrics`, a whole URL), sent without
-///   the upstream's credentials, to the endpoints ([`ToEndpoints`]).
-///
-/// Returns the tasks' handles (abort one to stop it sooner), or the scrape setting refused.
+/// [`ProbeSettings`]: crate::config::ProbeSettings
 ///
 /// ```no_run
-/// use tower_ai_balance::{client::{self, UpstreamConfig, Upstreams}, config::Settings, HealthFilterLayer};
+/// use tower_ai_balance::{client::{self, UpstreamConfig, Upstreams}, health::ProbeConfig, HealthFilterLayer};
 ///
 /// # async fn run() -> Result<(), tower_ai_balance::BoxError> {
-/// let settings: Settings = toml::from_str(r#"
-///     [[endpoints]]
-///     key = "http://10.0.0.5:8000/v1"
-///     [probes]
-///     interval = "5s"
-///     [scrape]
-///     interval = "1s"
-/// "#)?;
-/// let mut upstreams = Upstreams::new();
-/// for e in &settings.endpoints {
-///     upstreams = upstreams.add(UpstreamConfig::from_endpoint(e.clone())?);
-/// }
-/// let pool = upstreams.build_pool()?;
-/// let health = HealthFilterLayer::builder().policy(settings.health.clone()).build()?;
-/// let tasks = client::spawn_checks(&settings, &pool, &health)?;
+/// let pool = Upstreams::new().add(UpstreamConfig::new("http://10.0.0.5:8000/v1")?).build_pool()?;
+/// let health = HealthFilterLayer::new();
+/// client::spawn_probes(&pool, &health, ProbeConfig::default());
 /// # Ok(())
 /// # }
 /// ```
-pub fn spawn_checks(
-    settings: &Settings,
+pub fn spawn_probes(
     pool: &Pool<Upstream>,
     health: &HealthFilterLayer,
-) -> Result<Vec<JoinHandle<()>>, ConfigError> {
-    let mut tasks = Vec::new();
-    if let Some(scrape) = &settings.scrape {
-        let config = scrape.config()?;
-        let Some(client) = pool
-            .endpoints()
-            .first()
-            .and_then(|e| pool.service(e.key().as_str()))
-        else {
-            return Ok(tasks); // no upstream to scrape (nor to probe)
-        };
-        let weak = pool.downgrade();
-        let scraper = Scraper::new(Fetch(client.client().clone()))
-            .config(config)
-            .target(move |e| metrics_target(&weak, e));
-        tasks.push(scraper.spawn(pool, ToEndpoints));
-    }
-    if let Some(probes) = &settings.probes {
-        let weak = pool.downgrade();
-        let probe = move |e: Arc<Endpoint>| probe(weak.upgrade(), e);
-        tasks.push(health.spawn_probes(pool, probe, probes.config()));
-    }
-    Ok(tasks)
+    config: ProbeConfig,
+) -> JoinHandle<()> {
+    let weak = pool.downgrade();
+    let probe = move |e: Arc<Endpoint>| probe(weak.upgrade(), e);
+    health.spawn_probes(pool, probe, config)
+}
+
+/// Scrapes the engines' load reports for every upstream of `pool` in a background task that
+/// ends once the pool is dropped (call it within a tokio runtime; a settings file's
+/// [`ScrapeSettings`] give `config`), and hands them to the endpoints ([`ToEndpoints`]). Each
+/// upstream's metrics are at `/metrics` at the root of its host (where vLLM, SGLang and TGI
+/// serve them, whatever the base path), or at the endpoint's label `metrics` (a whole URL);
+/// they are asked through the upstreams' client, without the upstream's credentials.
+///
+/// [`ScrapeSettings`]: crate::config::ScrapeSettings
+///
+/// ```no_run
+/// use tower_ai_balance::{client::{self, UpstreamConfig, Upstreams}, engines::ScrapeConfig};
+///
+/// # async fn run() -> Result<(), tower_ai_balance::BoxError> {
+/// let pool = Upstreams::new().add(UpstreamConfig::new("http://10.0.0.5:8000/v1")?).build_pool()?;
+/// client::spawn_scrape(&pool, ScrapeConfig::default()); // http://10.0.0.5:8000/metrics
+/// # Ok(())
+/// # }
+/// ```
+pub fn spawn_scrape(pool: &Pool<Upstream>, config: ScrapeConfig) -> JoinHandle<()> {
+    let client = (pool.endpoints().first())
+        .and_then(|e| pool.service(e.key().as_str()))
+        .map(|upstream| upstream.client().clone());
+    let weak = pool.downgrade();
+    Scraper::new(Fetch(client))
+        .config(config)
+        .target(move |e| metrics_target(&weak, e))
+        .spawn(pool, ToEndpoints)
 }
 
 /// Whether the endpoint's upstream answers [`PROBE_PATH`] with a success.
@@ -125,10 +118,10 @@ fn metrics_target(pool: &WeakPool<Upstream>, endpoint: &Endpoint) -> Option<Uri>
     upstream.base().at_root("/metrics")
 }
 
-/// The scraper's fetch: a plain `GET` of an absolute URI through the shared client, with no
-/// upstream's credentials.
+/// The scraper's fetch: a plain `GET` of an absolute URI through the upstreams' client, with
+/// no upstream's credentials (none for a pool that had no upstream at the start).
 #[derive(Clone)]
-struct Fetch(Client);
+struct Fetch(Option<Client>);
 
 impl Service<Request<Empty<Bytes>>> for Fetch {
     type Response = Response<Incoming>;
@@ -141,7 +134,10 @@ impl Service<Request<Empty<Bytes>>> for Fetch {
 
     fn call(&mut self, request: Request<Empty<Bytes>>) -> Self::Future {
         let request = request.map(|body| body.map_err(|never| match never {}).boxed_unsync());
-        let pooled = self.0.pooled.clone();
-        Box::pin(async move { Ok(pooled.request(request).await?) })
+        let pooled = self.0.as_ref().map(|client| client.pooled.clone());
+        Box::pin(async move {
+            let pooled = pooled.ok_or("no client to scrape with")?;
+            Ok(pooled.request(request).await?)
+        })
     }
 }

@@ -103,31 +103,6 @@ impl UpstreamConfig {
         })
     }
 
-    /// An upstream at the URL an endpoint's key holds, with every other setting of the
-    /// endpoint (as a config file names upstreams: `key = "https://api.example.com/v1"`). The
-    /// key becomes the URL as shown, without userinfo and query.
-    ///
-    /// Three labels say how it is reached, so that a file can name every upstream: `format`
-    /// (`openai`, the default, or `anthropic`), `key_env` (the environment variable holding
-    /// its key: keys stay out of files; sent as a bearer token, or as Anthropic's `x-api-key`)
-    /// and `upstream_model` (see [`upstream_model`](Self::upstream_model)). A variable that is
-    /// not set, an unknown format or an Anthropic upstream without a key is an error.
-    ///
-    /// ```
-    /// use tower_ai_balance::{client::UpstreamConfig, EndpointConfig};
-    ///
-    /// let endpoint = EndpointConfig::new("https://user:secret@llm.internal/v1").tier(1).model("gpt-4o");
-    /// let upstream = UpstreamConfig::from_endpoint(endpoint)?;
-    /// assert_eq!(upstream.key().as_str(), "https://llm.internal/v1");
-    /// assert_eq!(upstream.endpoint_config().key().as_str(), "https://llm.internal/v1");
-    /// # Ok::<(), tower_ai_balance::client::ClientError>(())
-    /// ```
-    pub fn from_endpoint(endpoint: EndpointConfig) -> Result<Self, ClientError> {
-        let label = |name: &str| endpoint.label_value(name).map(str::to_owned);
-        let upstream = super::spec::from_labels(Self::new(endpoint.key().as_str())?, label)?;
-        Ok(upstream.endpoint(move |config| endpoint.clone().with_key(config.key().clone())))
-    }
-
     /// The endpoint's key.
     pub fn key(&self) -> &Key {
         &self.key

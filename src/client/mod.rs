@@ -11,7 +11,7 @@
 //! [`Upstreams`] builds a whole [`Pool`](crate::Pool) from a list of [`UpstreamConfig`]s
 //! (each from code, from a command-line line by `FromStr`, or from a settings file's endpoint
 //! with [`UpstreamConfig::from_endpoint`]), [`ModelList`] answers `GET /v1/models` for it,
-//! `spawn_checks` (feature `serde`) starts a settings file's probes and metrics scrape, and
+//! [`spawn_probes`] and [`spawn_scrape`] check its upstreams in the background, and
 //! [`http_error::openai_response`](crate::http_error::openai_response) turns the stack's
 //! errors into the answers an OpenAI client expects.
 //!
@@ -46,7 +46,6 @@
 //! ```
 
 mod body;
-#[cfg(feature = "serde")]
 mod checks;
 mod config;
 mod error;
@@ -58,10 +57,9 @@ mod spec;
 mod upstreams;
 mod url;
 
-#[cfg(feature = "serde")]
-pub use self::checks::{spawn_checks, PROBE_PATH};
 pub use self::{
     body::ResponseBody,
+    checks::{spawn_probes, spawn_scrape, PROBE_PATH},
     config::{Format, UpstreamConfig},
     error::{ClientError, ResponseTooLarge},
     headers::FORWARDED,

@@ -125,13 +125,11 @@ impl Upstream {
     }
 
     /// The client it sends through.
-    #[cfg(feature = "serde")]
     pub(crate) fn client(&self) -> &Client {
         &self.inner.client
     }
 
     /// Its base URL.
-    #[cfg(feature = "serde")]
     pub(crate) fn base(&self) -> &BaseUrl {
         &self.inner.base
     }

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use super::{config::UpstreamConfig, error::ClientError};
+use crate::endpoint::EndpointConfig;
 
 fn invalid(option: &str, reason: impl Into<String>) -> ClientError {
     ClientError::InvalidOption {
@@ -46,13 +47,40 @@ pub(super) fn provider(
 
 /// The labels of an endpoint read from a file (see
 /// [`UpstreamConfig::from_endpoint`]): `format`, `key_env` and `upstream_model`.
-pub(super) fn from_labels(
+fn from_labels(
     upstream: UpstreamConfig,
     label: impl Fn(&str) -> Option<String>,
 ) -> Result<UpstreamConfig, ClientError> {
     let key = label("key_env").map(|var| env(&var)).transpose()?;
     let (format, model) = (label("format"), label("upstream_model"));
     provider(upstream, format.as_deref(), key, model.as_deref())
+}
+
+impl UpstreamConfig {
+    /// An upstream at the URL an endpoint's key holds, with every other setting of the
+    /// endpoint (as a config file names upstreams: `key = "https://api.example.com/v1"`). The
+    /// key becomes the URL as shown, without userinfo and query.
+    ///
+    /// Three labels say how it is reached, so that a file can name every upstream: `format`
+    /// (`openai`, the default, or `anthropic`), `key_env` (the environment variable holding
+    /// its key: keys stay out of files; sent as a bearer token, or as Anthropic's `x-api-key`)
+    /// and `upstream_model` (see [`upstream_model`](Self::upstream_model)). A variable that is
+    /// not set, an unknown format or an Anthropic upstream without a key is an error.
+    ///
+    /// ```
+    /// use tower_ai_balance::{client::UpstreamConfig, EndpointConfig};
+    ///
+    /// let endpoint = EndpointConfig::new("https://user:secret@llm.internal/v1").tier(1).model("gpt-4o");
+    /// let upstream = UpstreamConfig::from_endpoint(endpoint)?;
+    /// assert_eq!(upstream.key().as_str(), "https://llm.internal/v1");
+    /// assert_eq!(upstream.endpoint_config().key().as_str(), "https://llm.internal/v1");
+    /// # Ok::<(), tower_ai_balance::client::ClientError>(())
+    /// ```
+    pub fn from_endpoint(endpoint: EndpointConfig) -> Result<Self, ClientError> {
+        let label = |name: &str| endpoint.label_value(name).map(str::to_owned);
+        let upstream = from_labels(Self::new(endpoint.key().as_str())?, label)?;
+        Ok(upstream.endpoint(move |config| endpoint.clone().with_key(config.key().clone())))
+    }
 }
 
 /// `URL[,key=KEY|key=env:VAR][,format=openai|anthropic][,model=UPSTREAM_MODEL][,tier=N]
@@ -106,7 +134,6 @@ impl FromStr for UpstreamConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::EndpointConfig;
 
     fn parse(spec: &str) -> Result<UpstreamConfig, ClientError> {
         spec.parse()

@@ -75,7 +75,6 @@ impl BaseUrl {
 
     /// `path` at the root of the upstream's host (`https://h:8443/v1` and `/metrics` make
     /// `https://h:8443/metrics`), without the base's path and query.
-    #[cfg(feature = "serde")]
     pub(crate) fn at_root(&self, path: &str) -> Option<Uri> {
         Uri::builder()
             .scheme(self.scheme.clone())
