@@ -66,6 +66,8 @@
 //! - [`report`]: what an engine says about its own load.
 //! - [`engines`]: where load reports come from: Prometheus scrapes of vLLM and SGLang, ORCA
 //!   response headers.
+//! - `usage` (feature `openai`): the token usage of OpenAI and Anthropic answers, read from
+//!   their bodies as they pass.
 //! - `websocket` (feature `websocket`): WebSocket sessions proxied to endpoints of the pool,
 //!   each holding its endpoint's slot for the whole session.
 //!
@@ -73,7 +75,7 @@
 //!
 //! - `openai` (off by default): helpers for the OpenAI chat-completions format: the mid-stream
 //!   continuation policy [`failover::OpenAiChat`] and the request reader
-//!   [`route::OpenAiRules`]. Adds `serde_json`.
+//!   [`route::OpenAiRules`], and the token usage reader `usage`. Adds `serde_json`.
 //! - `metrics` (off by default): [`metrics::PoolMetrics::publish`] writes the pool's state through
 //!   the `metrics` crate. Adds `metrics`.
 //! - `client` (off by default): `client::Upstream`, an endpoint service for an HTTP(S)
@@ -131,6 +133,8 @@ pub mod report;
 mod rng;
 pub mod route;
 mod sync;
+#[cfg(feature = "openai")]
+pub mod usage;
 #[cfg(feature = "websocket")]
 pub mod websocket;
 
