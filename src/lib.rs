@@ -59,6 +59,8 @@
 //! - [`http_error`]: those errors as the HTTP answers an OpenAI client expects.
 //! - [`buffered`]: request bodies (axum's, hyper's) read into replayable ones, within a limit.
 //! - [`metrics`]: every endpoint's state at one moment, and its Prometheus text.
+//! - `metering` (feature `openai`): the `Metering` layer: the tokens of each answer, counted
+//!   at its endpoint per model.
 //! - `client` (feature `client`): HTTP(S) upstreams as endpoint services, and a pool from a
 //!   list of URLs.
 //! - `anthropic` (feature `anthropic`): OpenAI chat completions served by Anthropic Messages
@@ -123,6 +125,8 @@ pub mod hints;
 pub mod http_error;
 mod json;
 pub mod load;
+#[cfg(feature = "openai")]
+pub mod metering;
 pub mod metrics;
 mod peek;
 mod per_clone;

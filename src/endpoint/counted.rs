@@ -1,5 +1,5 @@
 //! What an endpoint has counted, as metrics read it: requests, failures and cancellations,
-//! the latency histograms, and the health events.
+//! the latency histograms, the health events, and (with `openai`) the tokens of its answers.
 
 use super::{EjectionCause, Endpoint, HistogramSnapshot};
 
@@ -52,5 +52,22 @@ impl Endpoint {
     /// How many times a rate limit made it cool down.
     pub fn cooldowns(&self) -> u64 {
         self.events.cooldowns()
+    }
+
+    /// Counts the tokens of an answer it gave for `model` (the model the request was served
+    /// as; `None` when the request named none). The
+    /// [`MeteringLayer`](crate::metering::MeteringLayer) calls it with the usage it reads.
+    #[cfg(feature = "openai")]
+    pub fn count_usage(&self, model: Option<&str>, usage: &crate::usage::Usage) {
+        self.tokens.count(model, usage);
+    }
+
+    /// The tokens its answers used, per model: each of its configured models (or, when it
+    /// has none, each model learned as it was counted, at most
+    /// [`LEARNED_MODELS`](super::LEARNED_MODELS)), then the rest as
+    /// [`OTHER_MODEL`](super::OTHER_MODEL).
+    #[cfg(feature = "openai")]
+    pub fn tokens(&self) -> Vec<super::ModelTokens> {
+        self.tokens.read()
     }
 }
