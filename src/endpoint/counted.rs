@@ -55,11 +55,17 @@ impl Endpoint {
     }
 
     /// Counts the tokens of an answer it gave for `model` (the model the request was served
-    /// as; `None` when the request named none). The
+    /// as; `None` when the request named none): `input` (cached ones included), `output`, and
+    /// `cached_input` of the input read from a prompt cache. The
     /// [`MeteringLayer`](crate::metering::MeteringLayer) calls it with the usage it reads.
     #[cfg(feature = "openai")]
-    pub fn count_usage(&self, model: Option<&str>, usage: &crate::usage::Usage) {
-        self.tokens.count(model, usage);
+    pub fn count_tokens(&self, model: Option<&str>, input: u64, output: u64, cached_input: u64) {
+        let counts = super::tokens::Counts {
+            input,
+            output,
+            cached_input,
+        };
+        self.tokens.count(model, &counts);
     }
 
     /// The tokens its answers used, per model: each of its configured models (or, when it

@@ -9,10 +9,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::{
-    sync::{AtomicU64, Ordering::Relaxed},
-    usage::Usage,
-};
+use crate::sync::{AtomicU64, Ordering::Relaxed};
 
 /// How many model names an endpoint configured with none learns.
 pub const LEARNED_MODELS: usize = 8;
@@ -41,12 +38,20 @@ struct Row {
     cached: AtomicU64,
 }
 
+/// One answer's tokens: input (cached ones included), output, cached input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) input: u64,
+    pub(crate) output: u64,
+    pub(crate) cached_input: u64,
+}
+
 impl Row {
-    fn add(&self, usage: &Usage) {
-        self.input.fetch_add(usage.input_tokens, Relaxed);
-        self.output.fetch_add(usage.output_tokens, Relaxed);
-        if usage.cached_input_tokens > 0 {
-            self.cached.fetch_add(usage.cached_input_tokens, Relaxed);
+    fn add(&self, counts: &Counts) {
+        self.input.fetch_add(counts.input, Relaxed);
+        self.output.fetch_add(counts.output, Relaxed);
+        if counts.cached_input > 0 {
+            self.cached.fetch_add(counts.cached_input, Relaxed);
         }
     }
 
@@ -100,10 +105,10 @@ impl Tokens {
         }
     }
 
-    /// Counts `usage` for `model`; a request that named no model counts for the endpoint's
-    /// only model, if it has exactly one.
-    pub(crate) fn count(&self, model: Option<&str>, usage: &Usage) {
-        self.row(model).add(usage);
+    /// Counts an answer's tokens for `model`; a request that named no model counts for the
+    /// endpoint's only model, if it has exactly one.
+    pub(crate) fn count(&self, model: Option<&str>, counts: &Counts) {
+        self.row(model).add(counts);
     }
 
     fn row(&self, model: Option<&str>) -> &Row {
@@ -141,6 +146,14 @@ impl Tokens {
 mod tests {
     use super::*;
 
+    fn counts(input: u64, output: u64, cached_input: u64) -> Counts {
+        Counts {
+            input,
+            output,
+            cached_input,
+        }
+    }
+
     fn tokens(rows: &[ModelTokens]) -> Vec<(&str, u64, u64, u64)> {
         rows.iter()
             .map(|r| (&*r.model, r.input, r.output, r.cached_input))
@@ -159,10 +172,10 @@ mod tests {
             ],
             "every series from the start"
         );
-        t.count(Some("qwen"), &Usage::new(10, 2).cached(8));
-        t.count(Some("qwen"), &Usage::new(5, 1));
-        t.count(Some("mistral"), &Usage::new(7, 7));
-        t.count(None, &Usage::new(1, 1));
+        t.count(Some("qwen"), &counts(10, 2, 8));
+        t.count(Some("qwen"), &counts(5, 1, 0));
+        t.count(Some("mistral"), &counts(7, 7, 0));
+        t.count(None, &counts(1, 1, 0));
         assert_eq!(
             tokens(&t.read()),
             [
@@ -172,7 +185,7 @@ mod tests {
             ]
         );
         let one = Tokens::new(&[Arc::from("llama")]);
-        one.count(None, &Usage::new(3, 4));
+        one.count(None, &counts(3, 4, 0));
         assert_eq!(
             tokens(&one.read()),
             [("llama", 3, 4, 0), (OTHER_MODEL, 0, 0, 0)],
@@ -185,10 +198,10 @@ mod tests {
         let t = Tokens::new(&[]);
         assert_eq!(tokens(&t.read()), [(OTHER_MODEL, 0, 0, 0)]);
         for i in 0..LEARNED_MODELS + 3 {
-            t.count(Some(&format!("m{i}")), &Usage::new(1, 0));
+            t.count(Some(&format!("m{i}")), &counts(1, 0, 0));
         }
-        t.count(Some("m0"), &Usage::new(1, 0));
-        t.count(None, &Usage::new(0, 5));
+        t.count(Some("m0"), &counts(1, 0, 0));
+        t.count(None, &counts(0, 5, 0));
         let rows = t.read();
         assert_eq!(rows.len(), LEARNED_MODELS + 1);
         assert_eq!(tokens(&rows[..1]), [("m0", 2, 0, 0)]);

@@ -9,7 +9,7 @@ use std::{
 
 use pin_project_lite::pin_project;
 
-use super::{service::Model, Meter, MeteredBody};
+use super::{model::Model, Meter, MeteredBody};
 use crate::{hints::Served, usage::UsageBody};
 
 pin_project! {

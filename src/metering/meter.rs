@@ -25,7 +25,12 @@ impl UsageSink for Meter {
     fn finish(self, usage: Option<Usage>) {
         let Some(usage) = usage else { return };
         if let Some(endpoint) = &self.endpoint {
-            endpoint.count_usage(self.model.as_deref(), &usage);
+            endpoint.count_tokens(
+                self.model.as_deref(),
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+            );
         }
         if !self.span.is_disabled() {
             self.span

@@ -50,6 +50,7 @@
 mod future;
 mod layer;
 mod meter;
+mod model;
 mod service;
 
 pub use self::{future::ResponseFuture, layer::MeteringLayer, meter::Meter, service::Metering};

@@ -1,15 +1,12 @@
 //! [`Metering`]: notes the model a request is sent for and the span it runs in, for the
 //! [`Meter`](super::Meter) its answer's body will carry.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use http::Request;
 use tower_service::Service;
 
-use super::ResponseFuture;
+use super::{model::Model, ResponseFuture};
 use crate::capability::Require;
 
 /// Reads the token usage of each answer as its body passes and counts it at the endpoint
@@ -29,28 +26,6 @@ impl<S> Metering<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
-    }
-}
-
-/// What a request says of its model: the one it needs, or all that will do when it is sent
-/// as the model of the endpoint that takes it.
-#[derive(Debug, Clone, Default)]
-pub(crate) enum Model {
-    #[default]
-    Unnamed,
-    Named(Arc<str>),
-    ServedAs(Box<Require>),
-}
-
-impl Model {
-    fn of(require: Option<&Require>) -> Self {
-        match require {
-            Some(r) if r.renames() => Self::ServedAs(Box::new(r.clone())),
-            Some(Require {
-                model: Some(model), ..
-            }) => Self::Named(Arc::clone(model)),
-            _ => Self::Unnamed,
-        }
     }
 }
 

@@ -314,7 +314,6 @@ mod tests {
     #[cfg(feature = "openai")]
     #[test]
     fn tokens_are_counted_per_endpoint_and_model_from_the_first_scrape() {
-        use crate::usage::Usage;
         let pool = Pool::new();
         let e = pool
             .insert(
@@ -324,9 +323,9 @@ mod tests {
             .unwrap();
         let any = pool.insert("gpu-1", ()).unwrap();
         let before = pool.metrics().prometheus();
-        e.count_usage(Some("qwen"), &Usage::new(100, 20).cached(64));
-        e.count_usage(Some("qwen"), &Usage::new(10, 2));
-        e.count_usage(Some("gpt-x"), &Usage::new(1, 1));
+        e.count_tokens(Some("qwen"), 100, 20, 64);
+        e.count_tokens(Some("qwen"), 10, 2, 0);
+        e.count_tokens(Some("gpt-x"), 1, 1, 0);
         let after = pool.metrics().prometheus();
         assert_eq!(
             series(&before),
@@ -344,7 +343,7 @@ mod tests {
             assert!(after.lines().any(|l| l == line), "{line} in {after}");
         }
         // An endpoint of any model learns the model's name when it first counts it.
-        any.count_usage(Some("mistral"), &Usage::new(5, 5));
+        any.count_tokens(Some("mistral"), 5, 5, 0);
         let learned = pool.metrics().prometheus();
         let line =
             "ai_balance_output_tokens_total{endpoint=\"gpu-1\",tier=\"0\",model=\"mistral\"} 5";

@@ -195,7 +195,7 @@ mod tests {
         let e = pool
             .insert(crate::EndpointConfig::new("gpu-0").model("llama"), ())
             .unwrap();
-        e.count_usage(Some("llama"), &crate::usage::Usage::new(40, 9).cached(32));
+        e.count_tokens(Some("llama"), 40, 9, 32);
         let capture = Capture::default();
         metrics::with_local_recorder(&capture, || pool.metrics().publish());
         let seen = capture.0.lock().unwrap().clone();
