@@ -35,6 +35,8 @@ mod slots;
 #[cfg(test)]
 mod tests;
 mod timings;
+#[cfg(feature = "openai")]
+mod tokens;
 mod wait_queue;
 
 use std::{
@@ -46,6 +48,8 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
+#[cfg(feature = "openai")]
+pub use self::tokens::{ModelTokens, LEARNED_MODELS, OTHER_MODEL};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
@@ -101,6 +105,9 @@ pub struct Endpoint {
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
     /// What the health layer did to it, counted.
     events: Events,
+    /// The tokens its answers used, per model.
+    #[cfg(feature = "openai")]
+    tokens: tokens::Tokens,
     /// Whether this endpoint is counted among its pool's ejected.
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
@@ -183,6 +190,8 @@ impl Endpoint {
         config.validate()?;
         let weight = normalize(config.weight);
         let quota = config.quota.clone().and_then(QuotaState::new);
+        #[cfg(feature = "openai")]
+        let tokens = tokens::Tokens::new(&config.capabilities.models);
         pool.joined();
         Ok(Arc::new_cyclic(|me| Self {
             admission: Admission {
@@ -211,6 +220,8 @@ impl Endpoint {
             timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
             events: Events::new(),
+            #[cfg(feature = "openai")]
+            tokens,
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),

@@ -401,3 +401,31 @@ async fn failed_and_cancelled_requests_give_their_reservation_back() {
         .settle(Tokens::new(700, 42));
     assert_eq!(used(QuotaKind::OutputTokens), 42);
 }
+
+/// Under the `MeteringLayer`, the usage the answer reports settles the reservation: the
+/// window is charged what the provider says was used, not the estimate.
+#[tokio::test(start_paused = true)]
+async fn the_answers_usage_settles_the_reservation() {
+    let answer = r#"{"choices":[],"usage":{"prompt_tokens":30,"completion_tokens":4}}"#;
+    let server = tower::service_fn(move |_: Request<Full<Bytes>>| async move {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
+    });
+    let pool = Pool::new();
+    let e = pool
+        .insert(
+            EndpointConfig::new("p").quota(Quota::new().tokens_per_minute(100_000).burst(0.5)),
+            server,
+        )
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(tower_ai_balance::metering::MeteringLayer::new())
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    let response = svc.oneshot(request(500, 1_000, 0)).await.unwrap();
+    let used = |e: &tower_ai_balance::Endpoint| e.quota_levels(Instant::now())[0].used;
+    assert_eq!(used(&e), 1_500, "the estimate until the answer's end");
+    crate::support::read_to_end(response.into_body())
+        .await
+        .unwrap();
+    assert_eq!(used(&e), 34, "the usage the answer reported");
+}
