@@ -23,6 +23,7 @@ use tower_ai_balance::{
     config::Settings,
     hints::AttemptTimeout,
     http_error::OpenAiErrorsLayer,
+    metering::MeteringLayer,
     route::{OpenAiRules, RouteLayer, Rules},
     BoxError, HealthFilterLayer, Pool,
 };
@@ -163,6 +164,8 @@ impl Gateway {
             })
             .layer(failover.layer()?)
             .layer(RouteLayer::new(OpenAiRules(Rules::new())))
+            // The tokens of each answer, counted at its endpoint per model for `/metrics`.
+            .layer(MeteringLayer::new())
             .layer(s.affinity.unwrap_or_default().layer()?)
             .layer(HealthFilterLayer::builder().policy(s.health).build()?)
             .layer(balance.layer()?)
