@@ -22,9 +22,12 @@ use tracing_subscriber::{layer::Context, prelude::*, registry::LookupSpan, Layer
 use super::MeteringLayer;
 use crate::{capability::Require, failover::FailoverLayer, BalanceLayer, EndpointConfig, Pool};
 
-/// The fields recorded on spans: (span name, field, value).
+/// A field recorded on a span: (span name, field, value).
+type Recorded = (&'static str, &'static str, String);
+
+/// The fields recorded on spans.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(&'static str, &'static str, String)>>>);
+struct Capture(Arc<Mutex<Vec<Recorded>>>);
 
 struct Visitor<'a>(&'static str, &'a Capture);
 
