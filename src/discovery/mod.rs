@@ -12,12 +12,15 @@
 //!
 //! # Announced again
 //!
-//! A source may announce a key it announced before (a stream that re-sends its whole set, or
-//! a watch that re-lists). The endpoint keeps its live state: health, ejection count and
-//! back-off, half-open trial permits, and the requests in flight against its limit; the new
-//! service replaces the old one for the next picks. A new weight is applied in place. Any
-//! other change of metadata (tier, models, limits, labels) replaces the endpoint with a new
-//! one, whose state starts afresh, while the old one drains.
+//! A source may announce a key it announced before (a stream that re-sends its whole set, as
+//! a DNS refresh does, or a watch that re-lists). The endpoint stays the same endpoint and
+//! keeps its live state: health, ejection count and back-off, half-open trial permits,
+//! cooldown, the requests in flight against its limit, latency estimates, counters and load
+//! report; the new service replaces the old one for the next picks (requests already sent
+//! finish on the old one). New metadata changes only the metadata, in place: weight, tier,
+//! concurrency limit (which counts the requests already in flight: a lower limit admits no
+//! request until they are under it) and capabilities (models among them). Only new labels
+//! replace the endpoint with a new one, whose state starts afresh, while the old one drains.
 //!
 //! ```
 //! use futures_util::stream;
@@ -67,8 +70,9 @@ use crate::{
 
 impl<S: Clone> Pool<S> {
     /// Feeds the pool from a [`Discover`] stream until it ends or fails, or the pool is
-    /// dropped. An insert of a key already present replaces its service (the old endpoint
-    /// drains); endpoints discovered this way get the default metadata.
+    /// dropped. An insert of a key already present gives that endpoint the new service and
+    /// keeps its live state (see [`Pool::upsert`]); endpoints discovered this way get the
+    /// default metadata.
     ///
     /// The future holds the pool weakly, so a task that runs it (`tokio::spawn(pool.discover(
     /// stream))`) ends with the pool, even if the stream never wakes again, and drops the
