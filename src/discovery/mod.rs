@@ -205,8 +205,20 @@ mod tests {
         assert_eq!(now.weight(), 3.0);
         assert_eq!(*pool.load().entries()[0].service(), 3);
 
-        // Other metadata: a new endpoint, the old one drains.
-        let changes: Changes = vec![Ok(Change::Insert("a", (a.tier(1), 4)))];
+        // A new tier, limit and models: the same endpoint takes them.
+        let moved = a.clone().tier(1).max_concurrency(2).model("n");
+        let changes: Changes = vec![Ok(Change::Insert("a", (moved.clone(), 4)))];
+        pool.discover_with_config(stream::iter(changes))
+            .await
+            .unwrap();
+        let now = pool.get("a").unwrap();
+        assert!(Arc::ptr_eq(&first, &now), "the same endpoint");
+        assert_eq!((now.tier(), now.max_concurrency()), (1, Some(2)));
+        assert!(now.capabilities().serves_model("n"));
+        assert_eq!(now.health(), ejected);
+
+        // New labels: a new endpoint, the old one drains.
+        let changes: Changes = vec![Ok(Change::Insert("a", (moved.label("zone", "b"), 5)))];
         pool.discover_with_config(stream::iter(changes))
             .await
             .unwrap();
