@@ -31,6 +31,8 @@ mod slots;
 #[cfg(test)]
 mod tests;
 mod timings;
+#[cfg(feature = "openai")]
+mod tokens;
 mod wait_queue;
 
 use std::{
@@ -43,6 +45,8 @@ use std::{
 use arc_swap::ArcSwap;
 use tokio::{sync::Notify, time::Instant};
 
+#[cfg(feature = "openai")]
+pub use self::tokens::{ModelTokens, LEARNED_MODELS, OTHER_MODEL};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
@@ -97,6 +101,9 @@ pub struct Endpoint {
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
     /// What the health layer did to it, counted.
     events: Events,
+    /// The tokens its answers used, per model.
+    #[cfg(feature = "openai")]
+    tokens: tokens::Tokens,
     /// Whether this endpoint is counted among its pool's ejected; written only under
     /// `health_writer`.
     counted_ejected: AtomicBool,
@@ -191,6 +198,8 @@ impl Endpoint {
     ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         let weight = normalize(config.weight);
+        #[cfg(feature = "openai")]
+        let tokens = tokens::Tokens::new(&config.capabilities.models);
         pool.joined();
         Ok(Arc::new_cyclic(|me| Self {
             admission: Admission {
@@ -216,6 +225,8 @@ impl Endpoint {
             timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
             events: Events::new(),
+            #[cfg(feature = "openai")]
+            tokens,
             counted_ejected: AtomicBool::new(false),
             health_writer: Mutex::new(()),
             pool: Arc::clone(pool),
