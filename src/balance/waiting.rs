@@ -134,7 +134,8 @@ impl<S: Clone> Chooser<S> {
     }
 
     /// The queue's timer went off: offers the endpoints whose ejection or cooldown has ended,
-    /// or whose quota has room again, and sets the timer for the next one.
+    /// whose saturated load report has gone stale, or whose quota has room again, and sets the
+    /// timer for the next one.
     fn offer_due(&self) {
         let now = Instant::now();
         let snapshot = self.pool.load();
@@ -142,16 +143,28 @@ impl<S: Clone> Chooser<S> {
         let mut next: Option<Instant> = None;
         for entry in snapshot.entries() {
             let e = entry.endpoint();
-            let at = match (e.available_at(), e.has_quota()) {
-                (Some(at), _) => at,
-                (None, true) => match e.quota_returns(now) {
+            // Able to serve once its ejection or cooldown, its saturated report and its
+            // spent quota are over.
+            let held = match (e.available_at(), e.saturated_until(now)) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let quota = if e.has_quota() {
+                e.quota_returns(now)
+            } else {
+                None
+            };
+            let at = match (held, quota) {
+                (Some(a), Some(q)) => a.max(q),
+                (a, q) => match a.or(q) {
                     Some(at) => at,
                     None => {
+                        // Nothing holds it back now: a saturated report of its may have just
+                        // gone stale, or its quota refilled.
                         queue.offer(e);
                         continue;
                     }
                 },
-                (None, false) => continue,
             };
             if at <= now {
                 queue.offer(e);

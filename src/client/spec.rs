@@ -146,7 +146,8 @@ mod tests {
         assert_eq!(e.key().as_str(), "http://10.0.0.5:8000/v1");
         assert_eq!(e.weight(), 2.5);
         assert_eq!(e.max_concurrency(), Some(8));
-        let models: Vec<&str> = e.capabilities().models.iter().map(|m| &**m).collect();
+        let caps = e.capabilities();
+        let models: Vec<&str> = caps.models.iter().map(|m| &**m).collect();
         assert_eq!(models, ["a", "b"]);
         assert!(u.credentials.is_empty());
 

@@ -13,6 +13,7 @@ mod limits;
 mod queue;
 mod quota;
 mod quota_burst;
+mod reannounce;
 mod streams;
 mod swap;
 mod writers;
