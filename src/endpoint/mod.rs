@@ -27,8 +27,6 @@ mod metadata;
 mod pool_state;
 mod quota;
 mod quota_headers;
-#[cfg(all(test, not(loom)))]
-mod quota_tests;
 mod report;
 mod reporting;
 mod reservation;
@@ -602,10 +600,8 @@ impl Endpoint {
         tokens: Option<Tokens>,
     ) -> Option<(usize, f64)> {
         let in_flight = self.admission.slots.gated_room(self.limit())?;
-        if self.quota.is_some() && self.quota_wait(tokens, now.get()).is_some() {
-            // Its quota has no room for this request: as full as at its limit.
-            return None;
-        }
+        // A quota without room for this request is as full as a limit.
+        self.quota_room(tokens, now)?;
         let weight = self.weight();
         if weight == 0.0 {
             // Drained by weight 0.

@@ -9,13 +9,15 @@ use std::{
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::{quota_headers::read, Endpoint, EndpointConfig, Quota, QuotaKind, Reservation, Tokens};
+use crate::endpoint::{
+    quota_headers::read, Endpoint, EndpointConfig, Quota, QuotaKind, Reservation, Tokens,
+};
 
 fn endpoint(quota: Quota) -> Arc<Endpoint> {
     Endpoint::new(EndpointConfig::new("q").quota(quota)).unwrap()
 }
 
-fn level(e: &Endpoint, kind: QuotaKind, at: Instant) -> super::QuotaLevel {
+fn level(e: &Endpoint, kind: QuotaKind, at: Instant) -> crate::endpoint::QuotaLevel {
     e.quota_levels(at)
         .into_iter()
         .find(|l| l.kind == kind)

@@ -9,7 +9,10 @@ use super::{
     quota::{Figure, ProviderFigures, QuotaLevel, QuotaState, Tokens},
     Endpoint,
 };
-use crate::sync::{AtomicUsize, Ordering::SeqCst};
+use crate::{
+    clock::LazyNow,
+    sync::{AtomicUsize, Ordering::SeqCst},
+};
 
 const PENDING: usize = 0;
 const KEPT: usize = 1;
@@ -214,6 +217,15 @@ impl Endpoint {
         q.wait(&q.units(tokens), now)
     }
 
+    /// `Some(())` if it has no quota, or room in it for a request of `tokens` now.
+    #[inline]
+    pub(crate) fn quota_room(&self, tokens: Option<Tokens>, now: &LazyNow) -> Option<()> {
+        if self.quota.is_none() {
+            return Some(());
+        }
+        self.quota_wait(tokens, now.get()).is_none().then_some(())
+    }
+
     /// When its quota will next have room for a request of the expected size, if it has none
     /// now: what the wait queue's timer waits for.
     pub(crate) fn quota_returns(&self, now: Instant) -> Option<Instant> {
@@ -230,3 +242,7 @@ impl Endpoint {
         self.admission.waiters.offer(self);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+#[path = "quota_tests.rs"]
+mod quota_tests;
