@@ -387,6 +387,9 @@ async fn handle(
         stats.received.fetch_add(1, SeqCst);
         *stats.last_headers.lock() = req.headers().clone();
     }
+    if req.uri().path() == "/v1/models" && req.headers().contains_key("anthropic-version") {
+        return Ok(anthropic_models(&req));
+    }
     if req.uri().path() == "/v1/models" && req.method() == http::Method::GET {
         // As vLLM lists its served model: the one name it answers as.
         let list = r#"{"object":"list","data":[{"id":"sim","object":"model","owned_by":"vllm"}]}"#;
@@ -668,6 +671,54 @@ fn anthropic_error(status: u16, kind: &str, message: &str) -> Response<Body> {
         "type": "error", "error": {"type": kind, "message": message}, "request_id": "req_sim",
     });
     let mut r = full(StatusCode::from_u16(status).unwrap(), body.to_string());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+/// The models the simulated Anthropic API lists, newest first.
+pub const ANTHROPIC_MODELS: [&str; 3] =
+    ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"];
+
+/// `GET /v1/models` as Anthropic answers it: `x-api-key` required; pages of at most `limit`
+/// models (20 by default), and here never more than two, as a server may send fewer than
+/// asked; the next page after `after_id`.
+fn anthropic_models(req: &Request<Incoming>) -> Response<Body> {
+    if !req.headers().contains_key("x-api-key") {
+        return anthropic_error(401, "authentication_error", "x-api-key header is required");
+    }
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        (query.split('&'))
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return anthropic_error(400, "invalid_request_error", "limit: out of range");
+    }
+    let start = match param("after_id") {
+        Some(id) => match ANTHROPIC_MODELS.iter().position(|m| *m == id) {
+            Some(i) => i + 1,
+            None => return anthropic_error(400, "invalid_request_error", "after_id: unknown"),
+        },
+        None => 0,
+    };
+    let page: Vec<&str> = ANTHROPIC_MODELS[start..]
+        .iter()
+        .take(limit.min(2))
+        .copied()
+        .collect();
+    let data: Vec<serde_json::Value> = (page.iter())
+        .map(|id| {
+            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-09-29T00:00:00Z"})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "data": data, "has_more": start + page.len() < ANTHROPIC_MODELS.len(),
+        "first_id": page.first(), "last_id": page.last(),
+    });
+    let mut r = full(StatusCode::OK, body.to_string());
     r.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     r

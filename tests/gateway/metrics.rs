@@ -26,7 +26,7 @@ async fn start() -> (SocketAddr, Vec<ModelServer>) {
         ))
         .await;
         gw.upstreams
-            .push(gateway::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
+            .push(crate::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
         servers.push(s);
     }
     let (addr, _pool) = crate::serve(gw).await;
