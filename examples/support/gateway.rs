@@ -19,6 +19,7 @@ use tower_ai_balance::{
     config::Settings,
     hints::AttemptTimeout,
     http_error::OpenAiErrorsLayer,
+    metering::MeteringLayer,
     route::{OpenAiRules, RouteLayer, Rules},
     BoxError, HealthFilterLayer, Pool,
 };
@@ -95,6 +96,8 @@ impl Gateway {
             })
             .layer(failover.layer()?)
             .layer(RouteLayer::new(OpenAiRules(Rules::new())))
+            // The tokens of each answer, counted at its endpoint per model for `/metrics`.
+            .layer(MeteringLayer::new())
             .layer(s.affinity.clone().unwrap_or_default().layer()?)
             .layer(health)
             .layer(balance.layer()?)

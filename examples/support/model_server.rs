@@ -369,6 +369,34 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// The tokens of a prompt as this server counts them: the words of its messages' contents
+/// (a string, or the text parts of a list) and of a `system` prompt.
+fn prompt_tokens(json: &serde_json::Value) -> u64 {
+    let words = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .map(|s| s.split_whitespace().count() as u64)
+            .sum(),
+        _ => 0,
+    };
+    let messages = json["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    words(&json["system"]) + messages.iter().map(|m| words(&m["content"])).sum::<u64>()
+}
+
+/// The last chunk of a stream that asked for `stream_options.include_usage`: no choices, and
+/// the request's usage.
+fn usage_chunk(name: &str, prompt: u64, completion: u64) -> String {
+    let total = prompt + completion;
+    format!(
+        "data: {{\"id\":\"chatcmpl-{name}\",\"object\":\"chat.completion.chunk\",\"model\":\"sim\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{total}}}}}\n\n"
+    )
+}
+
 fn chunk(name: &str, i: u64, last: bool) -> String {
     let finish = if last { "\"stop\"" } else { "null" };
     format!(
@@ -442,6 +470,10 @@ async fn handle(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let streaming = json["stream"].as_bool().unwrap_or(false);
     let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);
+    let prompt = prompt_tokens(&json);
+    let include_usage = json["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     match mode {
         Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
         Mode::Unavailable => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
@@ -478,7 +510,7 @@ async fn handle(
         let body = serde_json::json!({
             "id": format!("chatcmpl-{}", spec.name), "object": "chat.completion", "model": "sim",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"completion_tokens": tokens},
+            "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens},
         });
         guard.done();
         let mut r = full(StatusCode::OK, body.to_string());
@@ -518,7 +550,11 @@ async fn handle(
                 Some((at, "stall")) if at == i => std::future::pending::<()>().await,
                 _ => {}
             }
-            if i == tokens {
+            if i == tokens && include_usage {
+                let usage = Bytes::from(usage_chunk(&spec.name, prompt, tokens));
+                return Some((Ok(Frame::data(usage)), (i + 1, Some(guard))));
+            }
+            if i == tokens + u64::from(include_usage) {
                 guard.done();
                 return Some((
                     Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
@@ -838,17 +874,7 @@ async fn handle_messages(
         }
         tokens.push(format!("{token} "));
     }
-    let words = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .map(|s| s.split_whitespace().count() as u64)
-            .sum(),
-        _ => 0,
-    };
-    let input_tokens: u64 =
-        words(&json["system"]) + messages.iter().map(|m| words(&m["content"])).sum::<u64>();
+    let input_tokens = prompt_tokens(&json);
     let id = format!("msg_sim_{}", spec.name);
     let guard = InFlight::new(&stats);
     if !streaming {
