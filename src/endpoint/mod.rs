@@ -30,6 +30,8 @@ mod slots;
 #[cfg(test)]
 mod tests;
 mod timings;
+#[cfg(feature = "openai")]
+mod tokens;
 mod wait_queue;
 
 use std::{
@@ -41,6 +43,8 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
+#[cfg(feature = "openai")]
+pub use self::tokens::{ModelTokens, LEARNED_MODELS, OTHER_MODEL};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
@@ -89,6 +93,9 @@ pub struct Endpoint {
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
     /// What the health layer did to it, counted.
     events: Events,
+    /// The tokens its answers used, per model.
+    #[cfg(feature = "openai")]
+    tokens: tokens::Tokens,
     /// Whether this endpoint is counted among its pool's ejected.
     counted_ejected: AtomicBool,
     pool: Arc<PoolState>,
@@ -170,6 +177,8 @@ impl Endpoint {
     ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         let weight = normalize(config.weight);
+        #[cfg(feature = "openai")]
+        let tokens = tokens::Tokens::new(&config.capabilities.models);
         pool.joined();
         Ok(Arc::new_cyclic(|me| Self {
             admission: Admission {
@@ -197,6 +206,8 @@ impl Endpoint {
             timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
             events: Events::new(),
+            #[cfg(feature = "openai")]
+            tokens,
             counted_ejected: AtomicBool::new(false),
             pool: Arc::clone(pool),
             drained: Notify::new(),

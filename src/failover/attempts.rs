@@ -393,7 +393,9 @@ where
         "attempt",
         n = sending.n,
         excluded = exclude.len(),
-        tier_floor = exclude.tier_floor()
+        tier_floor = exclude.tier_floor(),
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "gen_ai.usage.output_tokens" = tracing::field::Empty,
     );
     let attempt =
         attempt(sending.settings, first, hedge_copy, sending.head, exclude).instrument(span);
