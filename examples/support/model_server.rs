@@ -369,6 +369,34 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// The tokens of a prompt as this server counts them: the words of its messages' contents
+/// (a string, or the text parts of a list) and of a `system` prompt.
+fn prompt_tokens(json: &serde_json::Value) -> u64 {
+    let words = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .map(|s| s.split_whitespace().count() as u64)
+            .sum(),
+        _ => 0,
+    };
+    let messages = json["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    words(&json["system"]) + messages.iter().map(|m| words(&m["content"])).sum::<u64>()
+}
+
+/// The last chunk of a stream that asked for `stream_options.include_usage`: no choices, and
+/// the request's usage.
+fn usage_chunk(name: &str, prompt: u64, completion: u64) -> String {
+    let total = prompt + completion;
+    format!(
+        "data: {{\"id\":\"chatcmpl-{name}\",\"object\":\"chat.completion.chunk\",\"model\":\"sim\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{total}}}}}\n\n"
+    )
+}
+
 fn chunk(name: &str, i: u64, last: bool) -> String {
     let finish = if last { "\"stop\"" } else { "null" };
     format!(
@@ -386,6 +414,9 @@ async fn handle(
     if !matches!(req.uri().path(), "/health" | "/metrics" | "/v1/models") {
         stats.received.fetch_add(1, SeqCst);
         *stats.last_headers.lock() = req.headers().clone();
+    }
+    if req.uri().path() == "/v1/models" && req.headers().contains_key("anthropic-version") {
+        return Ok(anthropic_models(&req));
     }
     if req.uri().path() == "/v1/models" && req.method() == http::Method::GET {
         // As vLLM lists its served model: the one name it answers as.
@@ -439,6 +470,10 @@ async fn handle(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let streaming = json["stream"].as_bool().unwrap_or(false);
     let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);
+    let prompt = prompt_tokens(&json);
+    let include_usage = json["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     match mode {
         Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
         Mode::Unavailable => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
@@ -475,7 +510,7 @@ async fn handle(
         let body = serde_json::json!({
             "id": format!("chatcmpl-{}", spec.name), "object": "chat.completion", "model": "sim",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"completion_tokens": tokens},
+            "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens},
         });
         guard.done();
         let mut r = full(StatusCode::OK, body.to_string());
@@ -515,7 +550,11 @@ async fn handle(
                 Some((at, "stall")) if at == i => std::future::pending::<()>().await,
                 _ => {}
             }
-            if i == tokens {
+            if i == tokens && include_usage {
+                let usage = Bytes::from(usage_chunk(&spec.name, prompt, tokens));
+                return Some((Ok(Frame::data(usage)), (i + 1, Some(guard))));
+            }
+            if i == tokens + u64::from(include_usage) {
                 guard.done();
                 return Some((
                     Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
@@ -673,6 +712,54 @@ fn anthropic_error(status: u16, kind: &str, message: &str) -> Response<Body> {
     r
 }
 
+/// The models the simulated Anthropic API lists, newest first.
+pub const ANTHROPIC_MODELS: [&str; 3] =
+    ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"];
+
+/// `GET /v1/models` as Anthropic answers it: `x-api-key` required; pages of at most `limit`
+/// models (20 by default), and here never more than two, as a server may send fewer than
+/// asked; the next page after `after_id`.
+fn anthropic_models(req: &Request<Incoming>) -> Response<Body> {
+    if !req.headers().contains_key("x-api-key") {
+        return anthropic_error(401, "authentication_error", "x-api-key header is required");
+    }
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        (query.split('&'))
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return anthropic_error(400, "invalid_request_error", "limit: out of range");
+    }
+    let start = match param("after_id") {
+        Some(id) => match ANTHROPIC_MODELS.iter().position(|m| *m == id) {
+            Some(i) => i + 1,
+            None => return anthropic_error(400, "invalid_request_error", "after_id: unknown"),
+        },
+        None => 0,
+    };
+    let page: Vec<&str> = ANTHROPIC_MODELS[start..]
+        .iter()
+        .take(limit.min(2))
+        .copied()
+        .collect();
+    let data: Vec<serde_json::Value> = (page.iter())
+        .map(|id| {
+            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-09-29T00:00:00Z"})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "data": data, "has_more": start + page.len() < ANTHROPIC_MODELS.len(),
+        "first_id": page.first(), "last_id": page.last(),
+    });
+    let mut r = full(StatusCode::OK, body.to_string());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
 fn sse_event(name: &str, data: serde_json::Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
@@ -787,17 +874,7 @@ async fn handle_messages(
         }
         tokens.push(format!("{token} "));
     }
-    let words = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .map(|s| s.split_whitespace().count() as u64)
-            .sum(),
-        _ => 0,
-    };
-    let input_tokens: u64 =
-        words(&json["system"]) + messages.iter().map(|m| words(&m["content"])).sum::<u64>();
+    let input_tokens = prompt_tokens(&json);
     let id = format!("msg_sim_{}", spec.name);
     let guard = InFlight::new(&stats);
     if !streaming {

@@ -133,7 +133,7 @@ impl<S: Clone> Chooser<S> {
     }
 
     /// The queue's timer went off: offers the endpoints whose ejection or cooldown has ended,
-    /// and sets the timer for the next one.
+    /// or whose saturated load report has gone stale, and sets the timer for the next one.
     fn offer_due(&self) {
         let now = Instant::now();
         let snapshot = self.pool.load();
@@ -141,8 +141,18 @@ impl<S: Clone> Chooser<S> {
         let mut next: Option<Instant> = None;
         for entry in snapshot.entries() {
             let e = entry.endpoint();
-            let Some(at) = e.available_at() else {
-                continue;
+            // Able to serve once its ejection or cooldown and its saturated report are over.
+            let at = match (e.available_at(), e.saturated_until(now)) {
+                (Some(a), Some(b)) => a.max(b),
+                (a, b) => match a.or(b) {
+                    Some(at) => at,
+                    None => {
+                        // Nothing holds it back now: a saturated report of its may have just
+                        // gone stale.
+                        queue.offer(e);
+                        continue;
+                    }
+                },
             };
             if at <= now {
                 queue.offer(e);

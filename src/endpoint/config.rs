@@ -34,8 +34,13 @@ impl EndpointConfig {
         }
     }
 
+    /// The largest weight the pool takes: weights are relative, and sums and products of
+    /// larger ones over a pool would overflow to infinity.
+    pub const MAX_WEIGHT: f64 = 1e12;
+
     /// Its relative capacity: load is compared as in-flight requests divided by weight, and the
-    /// weighted strategies send traffic in proportion. Weight 0 takes no new requests.
+    /// weighted strategies send traffic in proportion. Weight 0 takes no new requests; a
+    /// weight above [`MAX_WEIGHT`](Self::MAX_WEIGHT) is refused.
     pub fn weight(mut self, weight: f64) -> Self {
         self.weight = weight;
         self
@@ -117,10 +122,6 @@ impl EndpointConfig {
         self
     }
 
-    pub(crate) fn weight_value(&self) -> f64 {
-        self.weight
-    }
-
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         check_weight(&self.key, self.weight)?;
         let c = &self.capabilities;
@@ -178,6 +179,11 @@ pub(crate) fn check_weight(key: &Key, weight: f64) -> Result<(), ConfigError> {
             key: key.clone(),
             weight,
         })
+    } else if weight > EndpointConfig::MAX_WEIGHT {
+        Err(ConfigError::WeightTooLarge {
+            key: key.clone(),
+            weight,
+        })
     } else {
         Ok(())
     }
@@ -196,6 +202,13 @@ pub enum ConfigError {
     },
     /// A weight that is NaN or infinite.
     NonFiniteWeight {
+        /// The endpoint.
+        key: Key,
+        /// The weight given.
+        weight: f64,
+    },
+    /// A weight above [`EndpointConfig::MAX_WEIGHT`].
+    WeightTooLarge {
         /// The endpoint.
         key: Key,
         /// The weight given.
@@ -234,6 +247,11 @@ impl fmt::Display for ConfigError {
             Self::NonFiniteWeight { key, weight } => {
                 write!(f, "endpoint {key}: weight {weight} is not a finite number")
             }
+            Self::WeightTooLarge { key, weight } => write!(
+                f,
+                "endpoint {key}: weight {weight} is above the largest, {}",
+                EndpointConfig::MAX_WEIGHT
+            ),
             Self::ZeroMaxConcurrency { key } => {
                 write!(f, "endpoint {key}: max concurrency 0 could never serve")
             }

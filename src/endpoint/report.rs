@@ -92,6 +92,14 @@ impl ReportWord {
     }
 }
 
+/// When a fresh report that shows the engine saturated goes stale, if the word holds one at
+/// `now_ticks`: the instant from which picks read the endpoint as having room again.
+pub(crate) fn saturated_until(word: u64, now_ticks: u64, born: Instant) -> Option<Instant> {
+    let until = word & UNTIL;
+    (word & SATURATED != 0 && until > now_ticks)
+        .then(|| later(born, Duration::from_nanos(until << TICK_SHIFT)))
+}
+
 /// The KV-cache usage in percent by a fresh report that gave one.
 pub(crate) fn kv_percent(word: u64, now_ticks: u64) -> Option<u8> {
     let kv = (word >> KV_SHIFT) & 127;

@@ -4,7 +4,7 @@
 use tokio::time::Instant;
 
 use super::{
-    report::{kv_percent, others, ticks},
+    report::{kv_percent, others, saturated_until, ticks},
     Endpoint,
 };
 use crate::{clock::LazyNow, report::LoadReport, sync::Ordering::SeqCst};
@@ -47,7 +47,13 @@ impl Endpoint {
             .take(word, report, self.born, max_age, saturated)
         {
             self.refresh_gate();
-            if !saturated {
+            if saturated {
+                // The report going stale gives the endpoint room again: waiting requests are
+                // offered it then, as when an ejection or a cooldown ends.
+                if let Some(at) = self.saturated_until(Instant::now()) {
+                    self.admission.waiters.note_time(at);
+                }
+            } else {
                 // It may have room now: the same wake-up as a release.
                 self.admission.waiters.offer(self);
             }
@@ -66,6 +72,16 @@ impl Endpoint {
     pub(crate) fn saturated(&self) -> bool {
         let word = self.admission.report.load();
         word != 0 && others(word, ticks(Instant::now(), self.born)).is_none()
+    }
+
+    /// When the fresh report in force at `now`, if it shows the engine saturated, goes stale:
+    /// from then on picks read the endpoint as having room.
+    pub(crate) fn saturated_until(&self, now: Instant) -> Option<Instant> {
+        saturated_until(
+            self.admission.report.load(),
+            ticks(now, self.born),
+            self.born,
+        )
     }
 
     /// The latest load report taken, however old.

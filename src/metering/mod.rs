@@ -52,6 +52,8 @@ mod layer;
 mod meter;
 mod model;
 mod service;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 pub use self::{future::ResponseFuture, layer::MeteringLayer, meter::Meter, service::Metering};
 

@@ -11,6 +11,7 @@ mod config;
 mod drain;
 mod limits;
 mod queue;
+mod reannounce;
 mod streams;
 mod swap;
 mod writers;
