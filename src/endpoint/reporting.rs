@@ -89,6 +89,21 @@ impl Endpoint {
         self.reported.latest()
     }
 
+    /// When the latest report was measured, as a number that grows with each newer report
+    /// (0: none): one atomic load, for a reader that keeps its own copy of the report.
+    #[inline]
+    pub(crate) fn report_stamp(&self) -> u64 {
+        self.reported.stamp()
+    }
+
+    /// The latest report and its stamp, unless a writer is storing one this instant (then
+    /// `None`). Never waits, never allocates.
+    pub(crate) fn try_latest_report(&self) -> Option<(LoadReport, u64)> {
+        self.reported
+            .try_latest()
+            .map(|r| (r, super::report::stamp(r.measured_at, self.born)))
+    }
+
     /// The load picks compare at `now`: the requests in flight from this router, plus the
     /// other routers' by the latest report if it is fresh; `None` if that report shows the
     /// engine saturated.
