@@ -11,19 +11,20 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::{
-    body::{Reconnect, Resume},
+    body::Resume,
     first_chunk, hedge,
+    reconnect::reconnect,
     replay::Head,
     settings::Settings,
-    step::{judge, Failed, Step},
+    step::{judge, timed_out_after_sending, Failed, Step},
     Replay, ResponseBody,
 };
 use crate::{
     clock::later,
     endpoint::Endpoint,
     error::{
-        Attempt, AttemptsFailed, BoxError, GaveUp, NoEndpoints, NotReplayable, Overloaded,
-        QuotaExhausted, RateLimited,
+        Attempt, AttemptFailure, AttemptsFailed, BoxError, EndpointError, GaveUp, NoEndpoints,
+        NotReplayable, Overloaded, QuotaExhausted, RateLimited,
     },
     hints::{Exclude, FirstChunkJudged, Judged, Picked, Served},
 };
@@ -98,6 +99,17 @@ fn gave_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
         Stop::Deadline => GaveUp::Deadline,
         Stop::NotReplayable => return NotReplayable::new(failed).into(),
         Stop::Error(error) if failed.is_empty() => return error,
+        Stop::Error(error) if sent_and_timed_out(&error) => {
+            // Not retried, but the attempts before it are named with it.
+            let mut failed = failed;
+            failed.push(Attempt {
+                endpoint: error
+                    .downcast_ref::<EndpointError>()
+                    .map(|e| e.endpoint().key().clone()),
+                failure: AttemptFailure::Error(error),
+            });
+            return AttemptsFailed::new(failed, GaveUp::TimedOutAfterSending, None).into();
+        }
         Stop::Error(error) => {
             // Every endpoint left was tried, or none can serve: say when one comes back.
             let back = if let Some(no_endpoints) = error.downcast_ref::<NoEndpoints>() {
@@ -113,6 +125,13 @@ fn gave_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
         }
     };
     AttemptsFailed::new(failed, gave_up, None).into()
+}
+
+/// Whether `error` is a per-attempt timeout after the request was sent.
+fn sent_and_timed_out(error: &BoxError) -> bool {
+    error
+        .downcast_ref::<EndpointError>()
+        .is_some_and(timed_out_after_sending)
 }
 
 /// A request's attempts after (or from) the first: what each needs, and what failed so far.
@@ -326,19 +345,11 @@ where
         S: Service<Request<B>, Response = Response<RB>>,
         S::Error: Into<BoxError>,
         S::Future: Send,
-        RB: Body + Send + 'static,
+        RB: Body + Judged + Send + 'static,
     {
         let policy = self.settings.continuation.clone()?;
         let original = self.template.as_ref()?.bytes()?;
-        let (service, head) = (self.service.clone(), self.head.clone());
-        let reconnect: Reconnect<RB> = Box::new(move |body, exclude| {
-            let service = service.clone();
-            let request = B::from_bytes(body).map(|b| head.request(b, &exclude, None));
-            Box::pin(async move {
-                let request = request.ok_or("the request body type cannot carry a continuation")?;
-                oneshot(service, request).await.map_err(Into::into)
-            })
-        });
+        let reconnect = reconnect(self.service.clone(), self.head.clone());
         let endpoint = response
             .extensions()
             .get::<Served>()
@@ -347,12 +358,14 @@ where
             policy,
             original,
             streamed: Vec::new(),
+            truncated: false,
             exclude: self.exclude.clone(),
             endpoint,
             reconnect,
             budget: Arc::clone(&self.settings.budget),
             left: self.settings.attempts.saturating_sub(1),
             pending: None,
+            broken: None,
         })
     }
 }
@@ -461,11 +474,13 @@ where
     RB::Error: Into<BoxError>,
 {
     let Some(timeout) = settings.first_chunk else {
-        return judge(oneshot(service, request).await, picked);
+        let result = oneshot(service, request).await;
+        return judge(result, picked, settings.retry_timeouts);
     };
     // The first chunk is judged here before the caller sees it: the body waits for that.
     request.extensions_mut().insert(FirstChunkJudged);
-    match judge(oneshot(service, request).await, picked) {
+    let result = oneshot(service, request).await;
+    match judge(result, picked, settings.retry_timeouts) {
         Step::Done(response) => first_chunk::wait(settings, response, timeout).await,
         step => step,
     }
