@@ -16,16 +16,16 @@
 //! [,model=UPSTREAM_MODEL][,tier=N][,weight=W][,models=a|b][,max_concurrency=N]` (repeated),
 //! and from `--config FILE`: a TOML file of `tower_ai_balance::config::Settings` (endpoints
 //! whose key is their URL, with the labels `format`, `key_env` and `upstream_model`; the
-//! health policy; the balance, failover and affinity settings). `--ca FILE` trusts a private
-//! CA besides the public roots. With no upstream, three simulated model servers start on
+//! health policy; the balance, failover and affinity settings; health probes and the engines'
+//! metrics scrape). `--ca FILE` trusts a private CA besides the public roots. With no upstream, three simulated model servers start on
 //! loopback (plain HTTP).
 //!
 //! Request bodies are limited to 16 MiB each and 256 MiB together (a `413`, or a `503` with
 //! `Retry-After`); a stream's response head must come within 30 s (`balance.timeout`), a
 //! non-streamed answer's within 30 s plus 250 ms per token it may generate. Errors are
 //! OpenAI-format answers that name no upstream. `GET /v1/models` lists the models the
-//! upstreams are configured with, and those the OpenAI-format upstreams that name none list
-//! themselves (asked at start and every minute). A client that disconnects mid-stream cancels
+//! upstreams are configured with, and those the upstreams that name none list themselves
+//! (OpenAI's or Anthropic's list; asked at start and every minute). A client that disconnects mid-stream cancels
 //! the upstream request. Ctrl-C shuts down gracefully.
 
 #[path = "support/gateway.rs"]
@@ -46,13 +46,8 @@ async fn main() -> Result<(), BoxError> {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--listen" => listen = value()?,
-            "--upstream" => gw.upstreams.push(gateway::parse_upstream(&value()?)?),
-            "--config" => {
-                let (settings, upstreams) =
-                    gateway::read_config(&std::fs::read_to_string(value()?)?)?;
-                gw.settings = settings;
-                gw.upstreams.extend(upstreams);
-            }
+            "--upstream" => gw.upstreams.push(value()?.parse()?),
+            "--config" => gw.settings = toml::from_str(&std::fs::read_to_string(value()?)?)?,
             "--ca" => {
                 gw.client = Some(
                     Client::builder()
@@ -73,8 +68,7 @@ async fn main() -> Result<(), BoxError> {
                 Duration::from_millis(10),
             );
             let server = model_server::ModelServer::spawn(spec).await;
-            gw.upstreams
-                .push(gateway::parse_upstream(&server.uri().to_string())?);
+            gw.upstreams.push(server.uri().to_string().parse()?);
             simulated.push(server);
         }
         println!(

@@ -64,8 +64,7 @@ async fn main() -> Result<(), tower_ai_balance::BoxError> {
             .batch(16),
         )
         .await;
-        gw.upstreams
-            .push(gateway::parse_upstream(&s.uri().to_string())?);
+        gw.upstreams.push(s.uri().to_string().parse()?);
         servers.push(s);
     }
     let servers = Arc::new(servers);

@@ -200,7 +200,7 @@ impl Require {
 
     fn unmet_alone<'a>(&self, endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Unmet {
         let none = |check: &dyn Fn(&Capabilities) -> bool| {
-            !endpoints.clone().any(|e| check(e.capabilities()))
+            !endpoints.clone().any(|e| check(&e.capabilities()))
         };
         if let Some(m) = &self.model {
             if none(&|c| c.serves_model(m)) {

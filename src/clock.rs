@@ -54,6 +54,16 @@ fn far_from(at: Instant) -> Instant {
     at.checked_add(FAR).unwrap_or(at)
 }
 
+/// `d` scaled by `factor` (a jitter around 1), saturating at `Duration::MAX` where
+/// `Duration::mul_f64` would panic: an interval of `Duration::MAX` means "never".
+pub(crate) fn scaled(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(if factor > 0.0 {
+        Duration::MAX
+    } else {
+        Duration::ZERO
+    })
+}
+
 /// A duration in nanoseconds as a float, without `as_nanos`'s 128-bit conversion.
 #[inline]
 pub(crate) fn nanos(d: Duration) -> f64 {

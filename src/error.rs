@@ -65,6 +65,38 @@ impl fmt::Display for NoEndpoints {
 
 impl std::error::Error for NoEndpoints {}
 
+/// Every endpoint that could serve the request has spent its provider quota (requests or
+/// tokens per minute, see [`Quota`](crate::endpoint::Quota)) and the request could not wait
+/// for it: says when quota returns for a request of its size.
+#[derive(Debug, Clone)]
+pub struct QuotaExhausted {
+    retry_after: Duration,
+}
+
+impl QuotaExhausted {
+    pub(crate) fn new(retry_after: Duration) -> Self {
+        Self { retry_after }
+    }
+
+    /// How long until an endpoint's quota has room for the request.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for QuotaExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "quota exhausted: every endpoint that could serve has spent its requests or tokens \
+             per minute (quota returns in {:?})",
+            self.retry_after
+        )
+    }
+}
+
+impl std::error::Error for QuotaExhausted {}
+
 /// Every endpoint that could serve the request is cooling down after a rate limit (a 429, a
 /// 529, a 503 with `Retry-After`): none is sent a request before its time, panic mode or not.
 /// Says when the first comes back.
@@ -128,21 +160,38 @@ impl fmt::Display for Overloaded {
 
 impl std::error::Error for Overloaded {}
 
-/// The endpoint did not answer within the per-attempt timeout. Carried inside an
-/// [`EndpointError`], which names the endpoint.
+/// The endpoint did not answer within the per-attempt timeout (or a stream's first chunk did
+/// not come within `Failover`'s first-chunk wait). Carried inside an [`EndpointError`], which
+/// names the endpoint.
 #[derive(Debug, Clone)]
 pub struct Timeout {
     after: Duration,
+    sent: bool,
 }
 
 impl Timeout {
+    /// A timeout after the request was handed to the endpoint's service.
     pub(crate) fn new(after: Duration) -> Self {
-        Self { after }
+        Self { after, sent: true }
+    }
+
+    /// A timeout while the endpoint's service was not yet ready to take the request.
+    pub(crate) fn before_sending(after: Duration) -> Self {
+        Self { after, sent: false }
     }
 
     /// The timeout that elapsed.
     pub fn after(&self) -> Duration {
         self.after
+    }
+
+    /// Whether the request had been handed to the endpoint's service when the time ran out:
+    /// the upstream may have it and be running it (a generation that is billed and may have
+    /// effects), so `Failover` sends it elsewhere only when told to
+    /// ([`FailoverBuilder::retry_timeouts`](crate::failover::FailoverBuilder::retry_timeouts)).
+    /// `false` when the service never became ready: nothing was sent.
+    pub fn request_sent(&self) -> bool {
+        self.sent
     }
 }
 
@@ -218,6 +267,10 @@ pub enum GaveUp {
     Deadline,
     /// No endpoint was left to try.
     NoEndpoints,
+    /// The last attempt ran out of the per-attempt timeout after its request was sent, and
+    /// such a timeout is not sent elsewhere unless `Failover` is told to
+    /// ([`FailoverBuilder::retry_timeouts`](crate::failover::FailoverBuilder::retry_timeouts)).
+    TimedOutAfterSending,
 }
 
 /// Every attempt failed: each one's endpoint and failure, and why no more were made.
@@ -271,6 +324,9 @@ impl fmt::Display for AttemptsFailed {
             GaveUp::Budget => "the retry budget is spent",
             GaveUp::Deadline => "the deadline passed",
             GaveUp::NoEndpoints => "no endpoint left to try",
+            GaveUp::TimedOutAfterSending => {
+                "the last timed out after its request was sent, which is not retried"
+            }
         };
         write!(f, "{} attempt(s) failed, {why}", self.attempts.len())?;
         for (i, a) in self.attempts.iter().enumerate() {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use http::Extensions;
 
-pub use crate::capability::Require;
+pub use crate::{capability::Require, endpoint::Tokens};
 use crate::{classify::Outcome, endpoint::Endpoint};
 
 /// A request (or response) that can carry routing hints.
@@ -223,6 +223,57 @@ pub struct Cost(pub u64);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AttemptTimeout(pub std::time::Duration);
+
+impl AttemptTimeout {
+    /// The limit a chat or text completion needs, read from its JSON body: `first_byte` for a
+    /// stream (`"stream": true`), whose head comes at once; for a non-streamed answer, whose
+    /// head comes only once it is written, `first_byte` plus `per_token` for each token it may
+    /// generate (`max_completion_tokens`, else `max_tokens`, else 4,096). A body that is not
+    /// in memory (buffered, as `BufferBodyLayer` leaves it) or cannot be read gets the
+    /// longest. The body is read in place, not consumed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ai_balance::hints::AttemptTimeout;
+    ///
+    /// let (first_byte, per_token) = (Duration::from_secs(30), Duration::from_millis(250));
+    /// let limit = |body: &str| AttemptTimeout::for_generation(&body.to_owned(), first_byte, per_token).0;
+    /// assert_eq!(limit(r#"{"stream":true,"max_tokens":100}"#), Duration::from_secs(30));
+    /// assert_eq!(limit(r#"{"max_tokens":100}"#), Duration::from_secs(55));
+    /// assert_eq!(limit(r#"{"max_tokens":100,"max_completion_tokens":8}"#), Duration::from_secs(32));
+    /// assert_eq!(limit(r#"{"stream":false}"#), Duration::from_secs(30 + 1024));
+    /// assert_eq!(limit("not json"), Duration::from_secs(30 + 1024));
+    /// ```
+    pub fn for_generation<B: http_body::Body + Clone>(
+        body: &B,
+        first_byte: std::time::Duration,
+        per_token: std::time::Duration,
+    ) -> Self {
+        let body = crate::peek::peek(body, usize::MAX).unwrap_or_default();
+        let (mut stream, mut max_tokens, mut max_completion) = (false, None, None);
+        let number = |token: &[u8]| std::str::from_utf8(token).ok()?.parse::<u32>().ok();
+        let read = crate::json::Scanner::new(&body).object(|s, key, _| {
+            if key.is("stream") {
+                stream = s.scalar()? == b"true";
+            } else if key.is("max_tokens") && s.peek()? != b'"' {
+                max_tokens = number(s.scalar()?);
+            } else if key.is("max_completion_tokens") && s.peek()? != b'"' {
+                max_completion = number(s.scalar()?);
+            } else {
+                s.skip()?;
+            }
+            Ok(())
+        });
+        if read.is_ok() && stream {
+            return Self(first_byte);
+        }
+        let tokens = match read {
+            Ok(()) => max_completion.or(max_tokens).unwrap_or(4096),
+            Err(_) => 4096,
+        };
+        Self(first_byte.saturating_add(per_token.saturating_mul(tokens)))
+    }
+}
 
 /// The model a request is to be sent as, put in the request by
 /// [`Balance`](crate::balance::Balance) before it calls the endpoint's service, when the

@@ -59,6 +59,8 @@
 //! - [`http_error`]: those errors as the HTTP answers an OpenAI client expects.
 //! - [`buffered`]: request bodies (axum's, hyper's) read into replayable ones, within a limit.
 //! - [`metrics`]: every endpoint's state at one moment, and its Prometheus text.
+//! - `metering` (feature `openai`): the `Metering` layer: the tokens of each answer, counted
+//!   at its endpoint per model.
 //! - `client` (feature `client`): HTTP(S) upstreams as endpoint services, and a pool from a
 //!   list of URLs.
 //! - `anthropic` (feature `anthropic`): OpenAI chat completions served by Anthropic Messages
@@ -66,6 +68,8 @@
 //! - [`report`]: what an engine says about its own load.
 //! - [`engines`]: where load reports come from: Prometheus scrapes of vLLM and SGLang, ORCA
 //!   response headers.
+//! - `usage` (feature `openai`): the token usage of OpenAI and Anthropic answers, read from
+//!   their bodies as they pass.
 //! - `websocket` (feature `websocket`): WebSocket sessions proxied to endpoints of the pool,
 //!   each holding its endpoint's slot for the whole session.
 //!
@@ -73,7 +77,7 @@
 //!
 //! - `openai` (off by default): helpers for the OpenAI chat-completions format: the mid-stream
 //!   continuation policy [`failover::OpenAiChat`] and the request reader
-//!   [`route::OpenAiRules`]. Adds `serde_json`.
+//!   [`route::OpenAiRules`], and the token usage reader `usage`. Adds `serde_json`.
 //! - `metrics` (off by default): [`metrics::PoolMetrics::publish`] writes the pool's state through
 //!   the `metrics` crate. Adds `metrics`.
 //! - `client` (off by default): `client::Upstream`, an endpoint service for an HTTP(S)
@@ -121,6 +125,8 @@ pub mod hints;
 pub mod http_error;
 mod json;
 pub mod load;
+#[cfg(feature = "openai")]
+pub mod metering;
 pub mod metrics;
 mod peek;
 mod per_clone;
@@ -131,6 +137,8 @@ pub mod report;
 mod rng;
 pub mod route;
 mod sync;
+#[cfg(feature = "openai")]
+pub mod usage;
 #[cfg(feature = "websocket")]
 pub mod websocket;
 
@@ -142,7 +150,10 @@ pub use crate::{
     affinity::{StreamAffinity, StreamAffinityLayer},
     balance::{Balance, BalanceLayer},
     endpoint::{Endpoint, EndpointConfig, Health, Key},
-    error::{BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, RateLimited, Timeout},
+    error::{
+        BoxError, ConfigError, EndpointError, NoEndpoints, Overloaded, QuotaExhausted, RateLimited,
+        Timeout,
+    },
     failover::{Failover, FailoverLayer},
     health::{HealthFilter, HealthFilterLayer, HealthPolicy},
     pool::Pool,

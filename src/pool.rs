@@ -88,10 +88,10 @@ struct Tier {
 impl<S: Clone> Snapshot<S> {
     fn new(entries: Vec<Entry<S>>) -> Self {
         let mut snapshot = Self::flat(entries);
-        let mut named: Vec<&Arc<str>> = snapshot
+        let mut named: Vec<Arc<str>> = snapshot
             .entries
             .iter()
-            .flat_map(|e| &e.endpoint.capabilities().models)
+            .flat_map(|e| e.endpoint.capabilities().models.clone())
             .collect();
         named.sort();
         named.dedup();
@@ -110,7 +110,7 @@ impl<S: Clone> Snapshot<S> {
         };
         let by_model = named
             .iter()
-            .map(|&m| (Arc::clone(m), part(&|e| e.capabilities().serves_model(m))))
+            .map(|m| (Arc::clone(m), part(&|e| e.capabilities().serves_model(m))))
             .collect();
         let any_model = Box::new(part(&|e| e.capabilities().models.is_empty()));
         snapshot.by_model = by_model;
@@ -361,24 +361,29 @@ impl<S: Clone> Pool<S> {
         .ok()
     }
 
-    /// Replaces the service of the endpoint with this key (the old endpoint drains), keeping
-    /// its metadata, or adds it with the default metadata: one snapshot either way.
+    /// Gives the endpoint with this key a new service, or adds it with the default metadata:
+    /// one snapshot either way. An endpoint already here stays the same endpoint, with its
+    /// metadata and all its live state (health, ejections and their back-off, trial permits,
+    /// cooldown, requests in flight against its limit, latency estimates, counters, load
+    /// report); the next picks call the new service, and requests already sent finish on the
+    /// old one.
     pub fn upsert(&self, key: impl Into<Key>, service: S) -> Arc<Endpoint> {
         let key = key.into();
         let result = self.update(|entries| {
-            let config = match take(entries, key.as_str()) {
-                Some(old) => old.config(),
-                None => EndpointConfig::new(key.clone()),
-            };
-            self.push(entries, config, service)
+            if let Some(i) = find(entries, key.as_str()) {
+                entries[i].service = service;
+                return Ok(Arc::clone(&entries[i].endpoint));
+            }
+            self.push(entries, EndpointConfig::new(key.clone()), service)
         });
-        result.expect("a config taken from a live endpoint, or the default, is valid")
+        result.expect("the default metadata is valid")
     }
 
     /// Adds the endpoint, or, if one with its key is already here, keeps that endpoint and
-    /// its live state (health, ejections, trial permits, in-flight count) and takes the new
-    /// service; a new weight is applied in place. Any other change of metadata replaces the
-    /// endpoint (the old one drains). One snapshot either way.
+    /// its live state (as [`upsert`](Self::upsert) does) and takes the new service; a new
+    /// weight, tier or concurrency limit is applied in place (a new limit counts the
+    /// requests already in flight). Only new labels or capabilities replace the endpoint
+    /// (the old one drains). One snapshot either way.
     pub(crate) fn announce(
         &self,
         config: EndpointConfig,
@@ -387,12 +392,7 @@ impl<S: Clone> Pool<S> {
         config.validate()?;
         self.update(|entries| {
             if let Some(i) = find(entries, config.key().as_str()) {
-                let live = &entries[i].endpoint;
-                let mut now = live.config();
-                let weight = config.weight_value();
-                now = now.weight(weight);
-                if now == config {
-                    live.set_weight(weight);
+                if entries[i].endpoint.take_metadata(&config) {
                     entries[i].service = service;
                     return Ok(Arc::clone(&entries[i].endpoint));
                 }

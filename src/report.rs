@@ -49,6 +49,12 @@ pub struct LoadReport {
     /// scraper records it as it sends the scrape). The engine's counts include them; requests
     /// this router sent later are not in the report, and the picker counts those itself.
     pub local_in_flight: Option<u32>,
+    /// Prompt tokens the engine has scheduled for prefill and not computed yet. No engine
+    /// gives it as one gauge; vLLM's counters do: the prompt tokens a scheduled request did not
+    /// find cached (`prefix_cache_queries_total − prefix_cache_hits_total`) less those computed
+    /// (`prompt_tokens_by_source_total{source="local_compute"}`, counted when a prefill ends).
+    /// The prefix policy reads it to tell how long another router's prefill keeps the engine.
+    pub prefilling: Option<u64>,
     /// When the engine's figures were measured (or, for a scrape, received).
     pub measured_at: Instant,
 }
@@ -64,6 +70,7 @@ impl LoadReport {
             kv_block_size: None,
             kv_tokens: None,
             local_in_flight: None,
+            prefilling: None,
             measured_at,
         }
     }
@@ -102,6 +109,12 @@ impl LoadReport {
     /// Sets this router's requests in flight at the endpoint when the report was taken.
     pub fn local_in_flight(mut self, n: u32) -> Self {
         self.local_in_flight = Some(n);
+        self
+    }
+
+    /// Sets the prompt tokens scheduled for prefill and not computed yet.
+    pub fn prefilling(mut self, tokens: u64) -> Self {
+        self.prefilling = Some(tokens);
         self
     }
 

@@ -117,6 +117,9 @@ pub struct Spec {
     pub metrics: Engine,
     /// The KV cache's size in tokens, for the usage `/metrics` reports.
     pub kv_tokens: u64,
+    /// Quota mode: requests and tokens per sliding minute, per API key (see the section at
+    /// the end).
+    pub quota: Option<ServerQuota>,
 }
 
 impl Spec {
@@ -128,7 +131,15 @@ impl Spec {
             batch: usize::MAX,
             metrics: Engine::Vllm,
             kv_tokens: 65_536,
+            quota: None,
         }
+    }
+
+    /// Enforces `rpm` requests and `tpm` tokens per sliding minute per API key, and sends the
+    /// provider's rate-limit headers (OpenAI's or Anthropic's, by the path).
+    pub fn quota(mut self, rpm: u64, tpm: u64) -> Self {
+        self.quota = Some(ServerQuota { rpm, tpm });
+        self
     }
 
     /// Answers `/metrics` with this engine's metric names.
@@ -190,6 +201,12 @@ pub struct Stats {
     pub ws_closes: parking_lot::Mutex<Vec<Option<u16>>>,
     /// WebSocket: the last handshake's `Sec-WebSocket-Protocol`, as received.
     pub ws_protocols: parking_lot::Mutex<Option<String>>,
+    /// Quota mode: what each API key was served, when, in tokens.
+    quota_log: parking_lot::Mutex<std::collections::HashMap<String, QuotaLog>>,
+    /// Quota mode: requests refused with 429 for want of quota.
+    pub quota_refused: AtomicU64,
+    /// Quota mode: the most tokens any key was served in a sliding minute.
+    pub quota_peak_tokens: AtomicU64,
 }
 
 /// How many sessions a server's cache holds before it starts again.
@@ -336,14 +353,24 @@ fn serve(
                 let upgrade = UpgradeSlot::default();
                 let svc = service_fn({
                     let (s, sp, upgrade) = (Arc::clone(&s), sp.clone(), Arc::clone(&upgrade));
-                    move |req| {
-                        handle(
+                    move |req: Request<Incoming>| {
+                        let key = api_key(&req);
+                        let anthropic = req.uri().path() == "/v1/messages";
+                        let (s, sp) = (Arc::clone(&s), sp.clone());
+                        let answer = handle(
                             req,
                             Arc::clone(&s),
                             Mode::decode(m.load(SeqCst)),
                             sp.clone(),
                             Arc::clone(&upgrade),
-                        )
+                        );
+                        async move {
+                            let mut r = answer.await?;
+                            if let (Some(q), true) = (sp.quota, r.status().is_success()) {
+                                let _ = quota_headers(&s, q, &key, anthropic, r.headers_mut());
+                            }
+                            Ok::<_, std::io::Error>(r)
+                        }
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -369,6 +396,34 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// The tokens of a prompt as this server counts them: the words of its messages' contents
+/// (a string, or the text parts of a list) and of a `system` prompt.
+fn prompt_tokens(json: &serde_json::Value) -> u64 {
+    let words = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .map(|s| s.split_whitespace().count() as u64)
+            .sum(),
+        _ => 0,
+    };
+    let messages = json["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    words(&json["system"]) + messages.iter().map(|m| words(&m["content"])).sum::<u64>()
+}
+
+/// The last chunk of a stream that asked for `stream_options.include_usage`: no choices, and
+/// the request's usage.
+fn usage_chunk(name: &str, prompt: u64, completion: u64) -> String {
+    let total = prompt + completion;
+    format!(
+        "data: {{\"id\":\"chatcmpl-{name}\",\"object\":\"chat.completion.chunk\",\"model\":\"sim\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{total}}}}}\n\n"
+    )
+}
+
 fn chunk(name: &str, i: u64, last: bool) -> String {
     let finish = if last { "\"stop\"" } else { "null" };
     format!(
@@ -386,6 +441,9 @@ async fn handle(
     if !matches!(req.uri().path(), "/health" | "/metrics" | "/v1/models") {
         stats.received.fetch_add(1, SeqCst);
         *stats.last_headers.lock() = req.headers().clone();
+    }
+    if req.uri().path() == "/v1/models" && req.headers().contains_key("anthropic-version") {
+        return Ok(anthropic_models(&req));
     }
     if req.uri().path() == "/v1/models" && req.method() == http::Method::GET {
         // As vLLM lists its served model: the one name it answers as.
@@ -424,6 +482,7 @@ async fn handle(
             }
         });
     }
+    let key = api_key(&req);
     let session = req
         .headers()
         .get("x-session-id")
@@ -439,6 +498,19 @@ async fn handle(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let streaming = json["stream"].as_bool().unwrap_or(false);
     let tokens = json["max_tokens"].as_u64().unwrap_or(16).max(1);
+    if let Some(refused) = quota_take(
+        &stats,
+        &spec,
+        &key,
+        body.len() as u64 / 4 + 1 + tokens,
+        false,
+    ) {
+        return Ok(refused);
+    }
+    let prompt = prompt_tokens(&json);
+    let include_usage = json["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     match mode {
         Mode::Fail => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure")),
         Mode::Unavailable => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
@@ -475,7 +547,7 @@ async fn handle(
         let body = serde_json::json!({
             "id": format!("chatcmpl-{}", spec.name), "object": "chat.completion", "model": "sim",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"completion_tokens": tokens},
+            "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens},
         });
         guard.done();
         let mut r = full(StatusCode::OK, body.to_string());
@@ -515,7 +587,11 @@ async fn handle(
                 Some((at, "stall")) if at == i => std::future::pending::<()>().await,
                 _ => {}
             }
-            if i == tokens {
+            if i == tokens && include_usage {
+                let usage = Bytes::from(usage_chunk(&spec.name, prompt, tokens));
+                return Some((Ok(Frame::data(usage)), (i + 1, Some(guard))));
+            }
+            if i == tokens + u64::from(include_usage) {
                 guard.done();
                 return Some((
                     Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
@@ -673,6 +749,54 @@ fn anthropic_error(status: u16, kind: &str, message: &str) -> Response<Body> {
     r
 }
 
+/// The models the simulated Anthropic API lists, newest first.
+pub const ANTHROPIC_MODELS: [&str; 3] =
+    ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"];
+
+/// `GET /v1/models` as Anthropic answers it: `x-api-key` required; pages of at most `limit`
+/// models (20 by default), and here never more than two, as a server may send fewer than
+/// asked; the next page after `after_id`.
+fn anthropic_models(req: &Request<Incoming>) -> Response<Body> {
+    if !req.headers().contains_key("x-api-key") {
+        return anthropic_error(401, "authentication_error", "x-api-key header is required");
+    }
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        (query.split('&'))
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return anthropic_error(400, "invalid_request_error", "limit: out of range");
+    }
+    let start = match param("after_id") {
+        Some(id) => match ANTHROPIC_MODELS.iter().position(|m| *m == id) {
+            Some(i) => i + 1,
+            None => return anthropic_error(400, "invalid_request_error", "after_id: unknown"),
+        },
+        None => 0,
+    };
+    let page: Vec<&str> = ANTHROPIC_MODELS[start..]
+        .iter()
+        .take(limit.min(2))
+        .copied()
+        .collect();
+    let data: Vec<serde_json::Value> = (page.iter())
+        .map(|id| {
+            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-09-29T00:00:00Z"})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "data": data, "has_more": start + page.len() < ANTHROPIC_MODELS.len(),
+        "first_id": page.first(), "last_id": page.last(),
+    });
+    let mut r = full(StatusCode::OK, body.to_string());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
 fn sse_event(name: &str, data: serde_json::Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
@@ -700,6 +824,7 @@ async fn handle_messages(
             "anthropic-version: header is required",
         ));
     }
+    let key = api_key(&req);
     let body = req
         .into_body()
         .collect()
@@ -724,6 +849,15 @@ async fn handle_messages(
             "model, max_tokens and messages are required",
         ));
     };
+    if let Some(refused) = quota_take(
+        &stats,
+        &spec,
+        &key,
+        body.len() as u64 / 4 + 1 + max_tokens,
+        true,
+    ) {
+        return Ok(refused);
+    }
     if messages
         .iter()
         .any(|m| !matches!(m["role"].as_str(), Some("user" | "assistant")))
@@ -787,17 +921,7 @@ async fn handle_messages(
         }
         tokens.push(format!("{token} "));
     }
-    let words = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .map(|s| s.split_whitespace().count() as u64)
-            .sum(),
-        _ => 0,
-    };
-    let input_tokens: u64 =
-        words(&json["system"]) + messages.iter().map(|m| words(&m["content"])).sum::<u64>();
+    let input_tokens = prompt_tokens(&json);
     let id = format!("msg_sim_{}", spec.name);
     let guard = InFlight::new(&stats);
     if !streaming {
@@ -1163,4 +1287,161 @@ async fn realtime_session(upgrade: RealtimeUpgrade, stats: Arc<Stats>, spec: Spe
             _ => {}
         }
     }
+}
+
+// --- Quota mode: a hosted provider's requests and tokens per minute ---------------------
+//
+// With `Spec::quota(rpm, tpm)`, each API key (`authorization` or `x-api-key`; none is a key
+// too) may be served at most `rpm` requests and `tpm` tokens in any sliding 60 seconds, as a
+// log of what it was served. A request counts its prompt (a quarter of its body's bytes, plus
+// one) and its `max_tokens` when it arrives, as OpenAI counts it. Beyond the quota it is
+// answered 429 in its format (OpenAI's `rate_limit_exceeded`, Anthropic's `rate_limit_error`)
+// with `retry-after`; every answer carries the provider's headers: OpenAI's
+// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (resets as `1s`, `20ms`) or
+// Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (RFC 3339).
+
+/// Requests and tokens per sliding minute, per API key.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerQuota {
+    pub rpm: u64,
+    pub tpm: u64,
+}
+
+/// What one key was served: (when, tokens), oldest first.
+type QuotaLog = std::collections::VecDeque<(tokio::time::Instant, u64)>;
+
+const QUOTA_WINDOW: Duration = Duration::from_secs(60);
+
+fn api_key<B>(req: &Request<B>) -> String {
+    ["authorization", "x-api-key"]
+        .iter()
+        .find_map(|h| req.headers().get(*h))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The key's log with what left the window dropped: (requests, tokens) in it.
+fn quota_window(log: &mut QuotaLog, now: tokio::time::Instant) -> (u64, u64) {
+    while log.front().is_some_and(|(t, _)| *t + QUOTA_WINDOW <= now) {
+        log.pop_front();
+    }
+    (log.len() as u64, log.iter().map(|(_, n)| n).sum())
+}
+
+/// Counts a request of `tokens` for `key`, or refuses it with the format's 429.
+fn quota_take(
+    stats: &Stats,
+    spec: &Spec,
+    key: &str,
+    tokens: u64,
+    anthropic: bool,
+) -> Option<Response<Body>> {
+    let q = spec.quota?;
+    let now = tokio::time::Instant::now();
+    let mut logs = stats.quota_log.lock();
+    let log = logs.entry(key.to_owned()).or_default();
+    let (requests, used) = quota_window(log, now);
+    if requests < q.rpm && used + tokens <= q.tpm {
+        log.push_back((now, tokens));
+        stats.quota_peak_tokens.fetch_max(used + tokens, SeqCst);
+        return None;
+    }
+    drop(logs);
+    stats.quota_refused.fetch_add(1, SeqCst);
+    let mut r = if anthropic {
+        anthropic_error(
+            429,
+            "rate_limit_error",
+            "Number of tokens has exceeded your per-minute rate limit",
+        )
+    } else {
+        let body = "{\"error\":{\"message\":\"Rate limit reached for tokens per min\",\"type\":\"tokens\",\"code\":\"rate_limit_exceeded\"}}";
+        let mut r = full(StatusCode::TOO_MANY_REQUESTS, body);
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    };
+    let first = quota_headers(stats, q, key, anthropic, r.headers_mut());
+    r.headers_mut()
+        .insert("retry-after", first.as_secs().max(1).into());
+    Some(r)
+}
+
+/// The provider's rate-limit headers for `key` now.
+/// The provider's rate-limit headers for `key` now; returns when the window's oldest entry
+/// leaves it (when a refused request may retry).
+fn quota_headers(
+    stats: &Stats,
+    q: ServerQuota,
+    key: &str,
+    anthropic: bool,
+    h: &mut http::HeaderMap,
+) -> Duration {
+    let now = tokio::time::Instant::now();
+    let mut logs = stats.quota_log.lock();
+    let log = logs.entry(key.to_owned()).or_default();
+    let (requests, tokens) = quota_window(log, now);
+    // The window is whole again when its newest entry leaves it.
+    let reset = log
+        .back()
+        .map_or(Duration::ZERO, |(t, _)| *t + QUOTA_WINDOW - now);
+    // The first entry to leave: when a refused request may retry.
+    let first = log
+        .front()
+        .map_or(Duration::ZERO, |(t, _)| *t + QUOTA_WINDOW - now);
+    drop(logs);
+    let figures = [
+        ("requests", q.rpm, q.rpm.saturating_sub(requests)),
+        ("tokens", q.tpm, q.tpm.saturating_sub(tokens)),
+    ];
+    for (what, limit, remaining) in figures {
+        let (l, r, t, reset) = if anthropic {
+            let at = std::time::SystemTime::now() + reset;
+            (
+                format!("anthropic-ratelimit-{what}-limit"),
+                format!("anthropic-ratelimit-{what}-remaining"),
+                format!("anthropic-ratelimit-{what}-reset"),
+                httpdate_rfc3339(at),
+            )
+        } else {
+            (
+                format!("x-ratelimit-limit-{what}"),
+                format!("x-ratelimit-remaining-{what}"),
+                format!("x-ratelimit-reset-{what}"),
+                format!("{}ms", reset.as_millis()),
+            )
+        };
+        h.insert(http::HeaderName::try_from(l).unwrap(), limit.into());
+        h.insert(http::HeaderName::try_from(r).unwrap(), remaining.into());
+        h.insert(
+            http::HeaderName::try_from(t).unwrap(),
+            reset.parse().unwrap(),
+        );
+    }
+    first
+}
+
+/// A wall-clock time as RFC 3339 in UTC, to the second (`2024-06-01T12:00:30Z`).
+fn httpdate_rfc3339(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }

@@ -26,6 +26,9 @@
 //! - Stream events: `message_start`, `content_block_start`, `content_block_delta`
 //!   (`text_delta`), `content_block_stop`, `message_delta`, `message_stop`, `ping`, `error`
 //!   (as an OpenAI error event, and a failed body).
+//! - Model lists (with `client`): `GET /v1/models` asks Anthropic's list (every page, up to
+//!   ten thousand models) and answers OpenAI's `{"object":"list","data":[{"id","object",
+//!   "created","owned_by"}]}`, `created` from `created_at`.
 //! - Errors: `429` (with its `retry-after`, kept by the client), `529` overloaded → `503`,
 //!   `401`/`403` (the gateway's key refused) → `502`, others with their status; the body is
 //!   OpenAI's `{"error": {"message", "type", "code"}}`.
@@ -65,6 +68,8 @@
 
 mod body;
 mod error;
+#[cfg(feature = "client")]
+pub(crate) mod models;
 mod request;
 mod response;
 mod sse;

@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     classify::Outcome,
     clock::later,
-    endpoint::Endpoint,
+    endpoint::{read_quota_headers, Endpoint},
     error::{BoxError, Stalled},
     hints::{Judged, Served},
     load::{Completion, LoadGuard, TrackLoad},
@@ -37,6 +37,15 @@ where
             .classify_response(self.status(), self.headers());
         guard.judge(head);
         let (mut parts, body) = self.into_parts();
+        if let Some(reservation) = guard.reservation() {
+            // The provider's own figures, when it sends them, replace the local estimate.
+            let figures = read_quota_headers(&parts.headers, std::time::SystemTime::now());
+            if !figures.is_empty() {
+                reservation.told(&figures, Instant::now());
+            }
+            // For a reader of the response's usage to settle.
+            parts.extensions.insert(reservation.clone());
+        }
         let served = Served::new(Arc::clone(guard.endpoint()), head);
         parts.extensions.insert(served);
         let body = ResponseBody::new(body, guard, head, completion);

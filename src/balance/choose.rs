@@ -8,8 +8,8 @@ use tokio::time::Instant;
 use super::config::Config;
 use crate::{
     capability::Unsatisfiable,
-    endpoint::{Endpoint, Place},
-    error::{BoxError, NoEndpoints, Overloaded, RateLimited},
+    endpoint::{Endpoint, Place, Reservation, Tokens},
+    error::{BoxError, NoEndpoints, Overloaded, QuotaExhausted, RateLimited},
     hints::{Affinity, Cost, Exclude, FirstChunkJudged, Hinted, Picked, Require, ServeAs},
     load::LoadGuard,
     pick::{affine, Filter},
@@ -25,6 +25,9 @@ const ACQUIRE_TRIES: usize = 3;
 pub(crate) enum NoSlot {
     /// Some endpoint could serve, but all such are at their concurrency limit.
     AllFull,
+    /// Some endpoint could serve, but every such one has spent its quota until the instant
+    /// given (for a request of this size), if none is merely full.
+    Quota(Instant),
     /// No endpoint can serve this request ([`NoEndpoints`], [`RateLimited`] or
     /// [`Unsatisfiable`]).
     Unavailable(BoxError),
@@ -35,6 +38,9 @@ impl NoSlot {
     pub(crate) fn into_error(self) -> BoxError {
         match self {
             NoSlot::AllFull => Overloaded::new(None).into(),
+            NoSlot::Quota(at) => {
+                QuotaExhausted::new(at.saturating_duration_since(Instant::now())).into()
+            }
             NoSlot::Unavailable(e) => e,
         }
     }
@@ -125,6 +131,9 @@ impl<S: Clone> Chooser<S> {
         // One clock read serves the whole pick: the health of an endpoint whose ejection may
         // have ended, and the start of the request's timing.
         let mut filter = Filter::new().cost(cost).at(Instant::now());
+        if let Some(tokens) = hints.get::<Tokens>() {
+            filter = filter.tokens(*tokens);
+        }
         if let Some(exclude) = hints.get::<Exclude>() {
             filter = filter.exclude(exclude);
         }
@@ -244,27 +253,68 @@ impl<S: Clone> Chooser<S> {
                     break; // nothing eligible in this tier: try the next
                 };
                 let entry = &entries[i];
-                if let Some(mut guard) = acquire(entry.endpoint(), filter.cost, filter.now()) {
-                    if let (How::Prefix(policy, prompt), Some(choice)) = (how, choice) {
-                        // The prefill counts there until the response's first byte.
-                        policy
-                            .placed(entry.endpoint(), prompt.blocks(), &choice)
-                            .attach(&mut guard);
+                let reservation = if entry.endpoint().has_quota() {
+                    match Reservation::take(entry.endpoint(), filter.tokens, filter.now()) {
+                        Ok(r) => r,
+                        Err(_) => continue, // its quota was spent meanwhile
                     }
-                    return Some((entry.service().clone(), guard));
+                } else {
+                    None
+                };
+                let Some(mut guard) = acquire(entry.endpoint(), filter.cost, filter.now()) else {
+                    if let Some(r) = reservation {
+                        r.release();
+                    }
+                    continue;
+                };
+                guard.hold_quota(reservation);
+                if let (How::Prefix(policy, prompt), Some(choice)) = (how, choice) {
+                    // The prefill counts there until the response's first byte.
+                    policy
+                        .placed(entry.endpoint(), prompt.blocks(), &choice)
+                        .attach(&mut guard);
                 }
+                return Some((entry.service().clone(), guard));
             }
         }
         None
     }
 }
 
-/// The cold path after a failed pick: is it capacity, or availability? When every endpoint
-/// that could serve this request is cooling down after a rate limit, a [`RateLimited`] that
-/// says when the first comes back; otherwise [`NoEndpoints`], with when the first cooling or
-/// ejected endpoint does.
+/// The cold path after a failed pick: is it capacity, quota, or availability? When every
+/// endpoint that could serve has spent its quota, [`NoSlot::Quota`] with when the first has
+/// room again (and the wait queue's timer is set for then); when every endpoint that could
+/// serve this request is cooling down after a rate limit, a [`RateLimited`] that says when
+/// the first comes back; otherwise [`NoEndpoints`], with when the first cooling or ejected
+/// endpoint does.
 pub(super) fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoSlot {
     let now = filter.now();
+    // The first return of quota among the endpoints that could serve, and whether one of
+    // them is full for want of a slot instead.
+    let mut quota: Option<(Instant, &Endpoint)> = None;
+    let mut full = false;
+    for entry in snapshot.entries() {
+        let e = entry.endpoint();
+        if filter.serves(e) {
+            match e.quota_wait(filter.tokens, now) {
+                Some(at) if quota.map_or(true, |(q, _)| at < q) => quota = Some((at, e)),
+                Some(_) => {}
+                None => full = true,
+            }
+        }
+    }
+    if let Some((at, e)) = quota {
+        // A request that waits is served when the quota returns: time must offer it.
+        e.quota_timer(at);
+        return if full {
+            NoSlot::AllFull
+        } else {
+            NoSlot::Quota(at)
+        };
+    }
+    if full {
+        return NoSlot::AllFull;
+    }
     let mut back: Option<Instant> = None;
     // The first end of a cooldown among the endpoints this request wants, and whether every
     // such endpoint is cooling down.
@@ -272,9 +322,6 @@ pub(super) fn why_no_slot<S>(snapshot: &Snapshot<S>, filter: &Filter<'_>) -> NoS
     let mut all_cooling = true;
     for entry in snapshot.entries() {
         let e = entry.endpoint();
-        if filter.serves(e) {
-            return NoSlot::AllFull;
-        }
         if e.weight() > 0.0 && !e.is_removed() {
             if let Some(at) = e.available_at() {
                 back = Some(back.map_or(at, |b| b.min(at)));

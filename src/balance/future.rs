@@ -22,7 +22,7 @@ use super::{
 use crate::{
     clock::later,
     error::{BoxError, EndpointError, Overloaded, Timeout},
-    hints::{AttemptTimeout, Cost, Hinted},
+    hints::{AttemptTimeout, Cost, Hinted, Tokens},
     load::{Completion, LoadGuard, TrackLoad},
 };
 
@@ -135,10 +135,12 @@ where
     {
         let timeout = attempt_timeout(&request, chooser.config.timeout);
         let cost = request.extensions().get::<Cost>().map_or(1, |c| c.0);
-        let Some(place) = chooser
-            .pool
-            .waiters()
-            .join(queue.max_waiting, cost, wants(&request))
+        let tokens = request.extensions().get::<Tokens>().copied();
+        let Some(place) =
+            chooser
+                .pool
+                .waiters()
+                .join(queue.max_waiting, cost, tokens, wants(&request))
         else {
             return Self::failed(Overloaded::new(None).into());
         };
@@ -187,7 +189,15 @@ where
                     let c = completion.as_ref().expect("polled after completion");
                     let readiness = match service.poll_ready(cx) {
                         Poll::Ready(r) => r,
-                        Poll::Pending => return timed_out(deadline, timeout, guard, c, cx),
+                        Poll::Pending => {
+                            let Some(after) = expired(deadline, timeout, guard, cx) else {
+                                return Poll::Pending;
+                            };
+                            let mut guard = guard.take();
+                            state.set(State::Failed { error: None });
+                            let timeout = Timeout::before_sending(after);
+                            return Poll::Ready(Err(fail(&mut guard, timeout.into(), c)));
+                        }
                     };
                     if let Err(e) = readiness {
                         return Poll::Ready(Err(fail(guard, e.into(), c)));
@@ -199,7 +209,15 @@ where
                 StateProj::Calling { future, guard } => {
                     let c = completion.as_ref().expect("polled after completion");
                     let Poll::Ready(result) = future.poll(cx) else {
-                        return timed_out(deadline, timeout, guard, c, cx);
+                        let Some(after) = expired(deadline, timeout, guard, cx) else {
+                            return Poll::Pending;
+                        };
+                        // The call is dropped before its slot is released: a request given
+                        // the slot must not start while this one may still run upstream.
+                        let mut guard = guard.take();
+                        state.set(State::Failed { error: None });
+                        let timeout = Timeout::new(after);
+                        return Poll::Ready(Err(fail(&mut guard, timeout.into(), c)));
                     };
                     return Poll::Ready(match result {
                         Ok(response) => {
@@ -217,29 +235,27 @@ where
     }
 }
 
-/// While the endpoint has not answered: fails the attempt if its deadline has passed.
-fn timed_out<T>(
+/// While the endpoint has not answered: the per-attempt timeout, if it has passed.
+fn expired(
     deadline: &mut Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
-    guard: &mut Option<LoadGuard>,
-    completion: &Completion,
+    guard: &Option<LoadGuard>,
     cx: &mut Context<'_>,
-) -> Poll<Result<T, BoxError>> {
+) -> Option<Duration> {
     let (Some(after), Some(held)) = (timeout, guard.as_ref()) else {
-        return Poll::Pending;
+        return None;
     };
     let sleep = deadline
         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(later(held.started(), after))));
-    if sleep.as_mut().poll(cx).is_ready() {
-        return Poll::Ready(Err(fail(guard, Timeout::new(after).into(), completion)));
-    }
-    Poll::Pending
+    sleep.as_mut().poll(cx).is_ready().then_some(after)
 }
 
 /// Judges the error with the stack's classifier, records it on the endpoint, releases its
 /// slot, and names the endpoint and the verdict in the error.
 fn fail(guard: &mut Option<LoadGuard>, error: BoxError, completion: &Completion) -> BoxError {
     let mut guard = guard.take().expect("polled after completion");
+    // No response: the upstream did not count it.
+    guard.release_quota();
     let verdict = completion.classify.classify_error(&*error);
     guard.judge(verdict);
     let endpoint = Arc::clone(guard.endpoint());

@@ -112,12 +112,12 @@ where
                 let timeout = super::future::attempt_timeout(&request, self.chooser.config.timeout);
                 ResponseFuture::ready(choice.service, choice.guard, request, timeout, completion)
             }
-            Err(NoSlot::AllFull) => match self.chooser.config.queue {
+            Err(why @ (NoSlot::AllFull | NoSlot::Quota(_))) => match self.chooser.config.queue {
                 Some(queue) => {
                     let completion = Arc::clone(self.completion.for_request(Completion::clone));
                     ResponseFuture::queued(self.chooser.clone(), request, queue, completion)
                 }
-                None => ResponseFuture::failed(NoSlot::AllFull.into_error()),
+                None => ResponseFuture::failed(why.into_error()),
             },
             Err(NoSlot::Unavailable(e)) => ResponseFuture::failed(e),
         }

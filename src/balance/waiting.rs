@@ -99,7 +99,7 @@ impl<S: Clone, Req: Hinted> Waiting<S, Req> {
                         return Poll::Ready(Ok((choice, request)));
                     }
                     Err(NoSlot::Unavailable(e)) => return Poll::Ready(Err(e)),
-                    Err(NoSlot::AllFull) => {}
+                    Err(NoSlot::AllFull | NoSlot::Quota(_)) => {}
                 }
             }
             if this.sleep.poll(cx).is_ready() {
@@ -121,8 +121,9 @@ impl<S: Clone> Chooser<S> {
             .iter()
             .find(|e| std::sync::Arc::ptr_eq(e.endpoint(), grant.endpoint()))?;
         let service = entry.service().clone();
-        let (endpoint, cost, trial) = grant.claim();
-        let guard = LoadGuard::granted(endpoint, cost, Instant::now(), trial);
+        let (endpoint, cost, trial, reservation) = grant.claim();
+        let mut guard = LoadGuard::granted(endpoint, cost, Instant::now(), trial);
+        guard.hold_quota(reservation);
         let hints = request.extensions();
         let mut choice = self.picked(hints, (service, guard));
         if let Some(require) = hints.get::<Require>() {
@@ -133,7 +134,8 @@ impl<S: Clone> Chooser<S> {
     }
 
     /// The queue's timer went off: offers the endpoints whose ejection or cooldown has ended,
-    /// and sets the timer for the next one.
+    /// whose saturated load report has gone stale, or whose quota has room again, and sets the
+    /// timer for the next one.
     fn offer_due(&self) {
         let now = Instant::now();
         let snapshot = self.pool.load();
@@ -141,8 +143,28 @@ impl<S: Clone> Chooser<S> {
         let mut next: Option<Instant> = None;
         for entry in snapshot.entries() {
             let e = entry.endpoint();
-            let Some(at) = e.available_at() else {
-                continue;
+            // Able to serve once its ejection or cooldown, its saturated report and its
+            // spent quota are over.
+            let held = match (e.available_at(), e.saturated_until(now)) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let quota = if e.has_quota() {
+                e.quota_returns(now)
+            } else {
+                None
+            };
+            let at = match (held, quota) {
+                (Some(a), Some(q)) => a.max(q),
+                (a, q) => match a.or(q) {
+                    Some(at) => at,
+                    None => {
+                        // Nothing holds it back now: a saturated report of its may have just
+                        // gone stale, or its quota refilled.
+                        queue.offer(e);
+                        continue;
+                    }
+                },
             };
             if at <= now {
                 queue.offer(e);

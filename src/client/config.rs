@@ -103,24 +103,6 @@ impl UpstreamConfig {
         })
     }
 
-    /// An upstream at the URL an endpoint's key holds, with every other setting of the
-    /// endpoint (as a config file names upstreams: `key = "https://api.example.com/v1"`). The
-    /// key becomes the URL as shown, without userinfo and query.
-    ///
-    /// ```
-    /// use tower_ai_balance::{client::UpstreamConfig, EndpointConfig};
-    ///
-    /// let endpoint = EndpointConfig::new("https://user:secret@llm.internal/v1").tier(1).model("gpt-4o");
-    /// let upstream = UpstreamConfig::from_endpoint(endpoint)?;
-    /// assert_eq!(upstream.key().as_str(), "https://llm.internal/v1");
-    /// assert_eq!(upstream.endpoint_config().key().as_str(), "https://llm.internal/v1");
-    /// # Ok::<(), tower_ai_balance::client::ClientError>(())
-    /// ```
-    pub fn from_endpoint(endpoint: EndpointConfig) -> Result<Self, ClientError> {
-        Ok(Self::new(endpoint.key().as_str())?
-            .endpoint(move |config| endpoint.clone().with_key(config.key().clone())))
-    }
-
     /// The endpoint's key.
     pub fn key(&self) -> &Key {
         &self.key
@@ -256,6 +238,12 @@ impl UpstreamConfig {
     /// Its maximum concurrency.
     pub fn max_concurrency(self, max: usize) -> Self {
         self.endpoint(move |c| c.max_concurrency(max))
+    }
+
+    /// The provider's quota for this upstream's key: requests and tokens per minute (see
+    /// [`EndpointConfig::quota`]). Its responses' rate-limit headers correct it.
+    pub fn quota(self, quota: crate::endpoint::Quota) -> Self {
+        self.endpoint(move |c| c.quota(quota.clone()))
     }
 
     /// Any other endpoint setting (context window, provider, price, labels).

@@ -34,6 +34,14 @@ pub enum ClientError {
     },
     /// The pool refused an upstream (a duplicate key, a bad weight).
     Pool(ConfigError),
+    /// An option of an upstream's line or labels was refused (an unknown option or format,
+    /// a value that is not a number, a key variable that is not set). Never shows a key.
+    InvalidOption {
+        /// The option's name.
+        option: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -44,6 +52,9 @@ impl fmt::Display for ClientError {
             Self::InvalidCertificate { reason } => write!(f, "CA certificate: {reason}"),
             Self::Tls { reason } => write!(f, "TLS settings: {reason}"),
             Self::Pool(e) => write!(f, "{e}"),
+            Self::InvalidOption { option, reason } => {
+                write!(f, "upstream option {option:?}: {reason}")
+            }
         }
     }
 }

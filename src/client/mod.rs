@@ -8,7 +8,10 @@
 //! `content-length` true. One type serves every [`Format`], so one pool can mix
 //! OpenAI-compatible upstreams with Anthropic ones (feature `anthropic`).
 //!
-//! [`Upstreams`] builds a whole [`Pool`](crate::Pool) from a list of [`UpstreamConfig`]s, and
+//! [`Upstreams`] builds a whole [`Pool`](crate::Pool) from a list of [`UpstreamConfig`]s
+//! (each from code, from a command-line line by `FromStr`, or from a settings file's endpoint
+//! with [`UpstreamConfig::from_endpoint`]), [`ModelList`] answers `GET /v1/models` for it,
+//! [`spawn_probes`] and [`spawn_scrape`] check its upstreams in the background, and
 //! [`http_error::openai_response`](crate::http_error::openai_response) turns the stack's
 //! errors into the answers an OpenAI client expects.
 //!
@@ -43,20 +46,25 @@
 //! ```
 
 mod body;
+mod checks;
 mod config;
 mod error;
 mod headers;
 mod http_client;
+mod models;
 mod service;
+mod spec;
 mod upstreams;
 mod url;
 
 pub use self::{
     body::ResponseBody,
+    checks::{spawn_probes, spawn_scrape, PROBE_PATH},
     config::{Format, UpstreamConfig},
     error::{ClientError, ResponseTooLarge},
     headers::FORWARDED,
     http_client::{Client, ClientBuilder},
+    models::ModelList,
     service::{ResponseFuture, Upstream},
     upstreams::Upstreams,
 };

@@ -25,6 +25,9 @@ use super::{
 };
 use crate::{endpoint::Key, error::BoxError, hints::ServeAs, json::write::openai_error_body};
 
+#[cfg(feature = "anthropic")]
+mod anthropic_models;
+
 /// An endpoint's service: sends each request to one upstream over a shared [`Client`].
 /// `Clone + Send + Sync`, cheap to clone; a `tower::Service` for any request body of
 /// [`Bytes`] (buffered ones such as `Full<Bytes>` can be replayed by `Failover`).
@@ -48,7 +51,8 @@ use crate::{endpoint::Key, error::BoxError, hints::ServeAs, json::write::openai_
 ///
 /// With [`Format::Anthropic`] (feature `anthropic`), a chat-completions request is sent to
 /// `/v1/messages` as an Anthropic Messages request and its answer, streamed or not, comes
-/// back in OpenAI's format; a request the translation cannot carry is answered `400` with
+/// back in OpenAI's format; `GET .../models` asks the upstream's `/v1/models` (every page)
+/// and answers OpenAI's model list; a request the translation cannot carry is answered `400` with
 /// the [`RequestError`](crate::anthropic::RequestError) in the response's extensions, and
 /// reaches no upstream.
 #[derive(Clone)]
@@ -118,6 +122,16 @@ impl Upstream {
     /// The wire format it speaks.
     pub fn format(&self) -> Format {
         self.inner.format
+    }
+
+    /// The client it sends through.
+    pub(crate) fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Its base URL.
+    pub(crate) fn base(&self) -> &BaseUrl {
+        &self.inner.base
     }
 
     /// What a WebSocket session to this upstream is made of: the client it connects with,
@@ -256,13 +270,16 @@ impl Inner {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        use crate::anthropic::{to_chat_completion, to_messages, to_openai_error, RequestOptions};
+        use crate::anthropic::{to_chat_completion, to_messages, RequestOptions};
 
         let (parts, body) = request.into_parts();
+        if parts.method == Method::GET && parts.uri.path().ends_with("/models") {
+            return self.anthropic_models(&parts.headers).await;
+        }
         if parts.method != Method::POST || !parts.uri.path().ends_with("/chat/completions") {
             return Ok(error(
                 StatusCode::NOT_FOUND,
-                "this upstream serves only POST /v1/chat/completions",
+                "this upstream serves only POST /v1/chat/completions and GET /v1/models",
                 "invalid_request_error",
                 Some("unsupported_endpoint"),
             ));
@@ -327,25 +344,12 @@ impl Inner {
             return Ok(answer(response, ResponseBody::incoming));
         }
         let (mut parts, body) = response.into_parts();
+        if !parts.status.is_success() {
+            return Ok(self.anthropic_error(parts, body).await);
+        }
         clean_response(&mut parts.headers);
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove(header::CONTENT_ENCODING);
-        if !parts.status.is_success() {
-            let bytes = read(body, self.max_buffered.min(1 << 20))
-                .await
-                .unwrap_or_default();
-            let upstream = parts.status;
-            let (status, body) = to_openai_error(upstream, &bytes);
-            parts.status = status;
-            // An overload is a reason to come back soon, as a 429 is: say when.
-            if upstream.as_u16() == 529 && !parts.headers.contains_key(header::RETRY_AFTER) {
-                parts
-                    .headers
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            json(&mut parts.headers, body.len());
-            return Ok(Response::from_parts(parts, ResponseBody::full(body)));
-        }
         if translated.stream {
             parts.headers.insert(
                 header::CONTENT_TYPE,
@@ -363,6 +367,34 @@ impl Inner {
         let completion = to_chat_completion(&message, created)?;
         json(&mut parts.headers, completion.len());
         Ok(Response::from_parts(parts, ResponseBody::full(completion)))
+    }
+}
+
+impl Inner {
+    /// An Anthropic error answer (not a refusal of the credentials) in OpenAI's format.
+    #[cfg(feature = "anthropic")]
+    async fn anthropic_error(
+        &self,
+        mut parts: http::response::Parts,
+        body: Incoming,
+    ) -> Response<ResponseBody> {
+        clean_response(&mut parts.headers);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_ENCODING);
+        let bytes = read(body, self.max_buffered.min(1 << 20))
+            .await
+            .unwrap_or_default();
+        let upstream = parts.status;
+        let (status, body) = crate::anthropic::to_openai_error(upstream, &bytes);
+        parts.status = status;
+        // An overload is a reason to come back soon, as a 429 is: say when.
+        if upstream.as_u16() == 529 && !parts.headers.contains_key(header::RETRY_AFTER) {
+            parts
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        json(&mut parts.headers, body.len());
+        Response::from_parts(parts, ResponseBody::full(body))
     }
 }
 

@@ -73,6 +73,17 @@ impl BaseUrl {
         &self.authority
     }
 
+    /// `path` at the root of the upstream's host (`https://h:8443/v1` and `/metrics` make
+    /// `https://h:8443/metrics`), without the base's path and query.
+    pub(crate) fn at_root(&self, path: &str) -> Option<Uri> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .ok()
+    }
+
     /// The upstream URI for a request to `path` (with its optional `query`).
     ///
     /// The request's path is appended to the base path, with one exception: when the base

@@ -29,6 +29,7 @@ struct Fields {
     /// `false` turns slow start off.
     #[serde(deserialize_with = "slow_start")]
     slow_start: Option<Option<Duration>>,
+    timeouts_are_failures: Option<bool>,
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -60,7 +61,8 @@ impl<'de> Deserialize<'de> for HealthPolicy {
             max_ejected_fraction,
             default_cooldown,
             max_cooldown,
-            slow_start
+            slow_start,
+            timeouts_are_failures
         );
         p.validate().map_err(de::Error::custom)?;
         Ok(p)

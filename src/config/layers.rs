@@ -159,6 +159,9 @@ pub struct FailoverSettings {
     pub budget: Option<BudgetSettings>,
     /// Hedging (default none).
     pub hedge: Option<HedgeSettings>,
+    /// Re-sends an attempt that timed out after its request was sent (default `false`; see
+    /// [`FailoverBuilder::retry_timeouts`](crate::failover::FailoverBuilder::retry_timeouts)).
+    pub retry_timeouts: bool,
 }
 
 impl Default for FailoverSettings {
@@ -169,6 +172,7 @@ impl Default for FailoverSettings {
             first_chunk: None,
             budget: None,
             hedge: None,
+            retry_timeouts: false,
         }
     }
 }
@@ -176,7 +180,9 @@ impl Default for FailoverSettings {
 impl FailoverSettings {
     /// The layer these settings describe, or why they are refused.
     pub fn layer(&self) -> Result<FailoverLayer, ConfigError> {
-        let mut layer = FailoverLayer::builder().attempts(self.attempts);
+        let mut layer = FailoverLayer::builder()
+            .attempts(self.attempts)
+            .retry_timeouts(self.retry_timeouts);
         if let Some(d) = self.deadline {
             layer = layer.deadline(d);
         }

@@ -12,12 +12,15 @@
 //!
 //! # Announced again
 //!
-//! A source may announce a key it announced before (a stream that re-sends its whole set, or
-//! a watch that re-lists). The endpoint keeps its live state: health, ejection count and
-//! back-off, half-open trial permits, and the requests in flight against its limit; the new
-//! service replaces the old one for the next picks. A new weight is applied in place. Any
-//! other change of metadata (tier, models, limits, labels) replaces the endpoint with a new
-//! one, whose state starts afresh, while the old one drains.
+//! A source may announce a key it announced before (a stream that re-sends its whole set, as
+//! a DNS refresh does, or a watch that re-lists). The endpoint stays the same endpoint and
+//! keeps its live state: health, ejection count and back-off, half-open trial permits,
+//! cooldown, the requests in flight against its limit, latency estimates, counters and load
+//! report; the new service replaces the old one for the next picks (requests already sent
+//! finish on the old one). New metadata changes only the metadata, in place: weight, tier,
+//! concurrency limit (which counts the requests already in flight: a lower limit admits no
+//! request until they are under it) and capabilities (models among them). Only new labels
+//! replace the endpoint with a new one, whose state starts afresh, while the old one drains.
 //!
 //! ```
 //! use futures_util::stream;
@@ -67,8 +70,9 @@ use crate::{
 
 impl<S: Clone> Pool<S> {
     /// Feeds the pool from a [`Discover`] stream until it ends or fails, or the pool is
-    /// dropped. An insert of a key already present replaces its service (the old endpoint
-    /// drains); endpoints discovered this way get the default metadata.
+    /// dropped. An insert of a key already present gives that endpoint the new service and
+    /// keeps its live state (see [`Pool::upsert`]); endpoints discovered this way get the
+    /// default metadata.
     ///
     /// The future holds the pool weakly, so a task that runs it (`tokio::spawn(pool.discover(
     /// stream))`) ends with the pool, even if the stream never wakes again, and drops the
@@ -201,8 +205,20 @@ mod tests {
         assert_eq!(now.weight(), 3.0);
         assert_eq!(*pool.load().entries()[0].service(), 3);
 
-        // Other metadata: a new endpoint, the old one drains.
-        let changes: Changes = vec![Ok(Change::Insert("a", (a.tier(1), 4)))];
+        // A new tier, limit and models: the same endpoint takes them.
+        let moved = a.clone().tier(1).max_concurrency(2).model("n");
+        let changes: Changes = vec![Ok(Change::Insert("a", (moved.clone(), 4)))];
+        pool.discover_with_config(stream::iter(changes))
+            .await
+            .unwrap();
+        let now = pool.get("a").unwrap();
+        assert!(Arc::ptr_eq(&first, &now), "the same endpoint");
+        assert_eq!((now.tier(), now.max_concurrency()), (1, Some(2)));
+        assert!(now.capabilities().serves_model("n"));
+        assert_eq!(now.health(), ejected);
+
+        // New labels: a new endpoint, the old one drains.
+        let changes: Changes = vec![Ok(Change::Insert("a", (moved.label("zone", "b"), 5)))];
         pool.discover_with_config(stream::iter(changes))
             .await
             .unwrap();

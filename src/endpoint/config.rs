@@ -3,7 +3,7 @@
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
-use super::{Capabilities, Key};
+use super::{quota::Quota, Capabilities, Key};
 
 /// How to add an endpoint: its key and metadata. Validated when the pool takes it.
 ///
@@ -19,6 +19,7 @@ pub struct EndpointConfig {
     pub(super) tier: u32,
     pub(super) labels: Vec<(Arc<str>, Arc<str>)>,
     pub(super) capabilities: Capabilities,
+    pub(super) quota: Option<Quota>,
 }
 
 impl EndpointConfig {
@@ -31,11 +32,17 @@ impl EndpointConfig {
             tier: 0,
             labels: Vec::new(),
             capabilities: Capabilities::default(),
+            quota: None,
         }
     }
 
+    /// The largest weight the pool takes: weights are relative, and sums and products of
+    /// larger ones over a pool would overflow to infinity.
+    pub const MAX_WEIGHT: f64 = 1e12;
+
     /// Its relative capacity: load is compared as in-flight requests divided by weight, and the
-    /// weighted strategies send traffic in proportion. Weight 0 takes no new requests.
+    /// weighted strategies send traffic in proportion. Weight 0 takes no new requests; a
+    /// weight above [`MAX_WEIGHT`](Self::MAX_WEIGHT) is refused.
     pub fn weight(mut self, weight: f64) -> Self {
         self.weight = weight;
         self
@@ -97,6 +104,19 @@ impl EndpointConfig {
         self
     }
 
+    /// The provider's quota for it: requests and tokens per minute. Picks treat it as full
+    /// while a request would exceed a limit, and the provider's rate-limit headers, when its
+    /// responses carry them, correct what is left.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Its quota, if it has one.
+    pub fn quota_value(&self) -> Option<&Quota> {
+        self.quota.as_ref()
+    }
+
     /// The key.
     pub fn key(&self) -> &Key {
         &self.key
@@ -117,10 +137,6 @@ impl EndpointConfig {
         self
     }
 
-    pub(crate) fn weight_value(&self) -> f64 {
-        self.weight
-    }
-
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         check_weight(&self.key, self.weight)?;
         let c = &self.capabilities;
@@ -133,6 +149,9 @@ impl EndpointConfig {
                 name: "price",
                 reason: "must be finite and at least 0",
             });
+        }
+        if let Some((name, reason)) = self.quota.as_ref().and_then(Quota::invalid) {
+            return Err(ConfigError::InvalidSetting { name, reason });
         }
         if self.max_concurrency == Some(0) {
             return Err(ConfigError::ZeroMaxConcurrency {
@@ -178,6 +197,11 @@ pub(crate) fn check_weight(key: &Key, weight: f64) -> Result<(), ConfigError> {
             key: key.clone(),
             weight,
         })
+    } else if weight > EndpointConfig::MAX_WEIGHT {
+        Err(ConfigError::WeightTooLarge {
+            key: key.clone(),
+            weight,
+        })
     } else {
         Ok(())
     }
@@ -196,6 +220,13 @@ pub enum ConfigError {
     },
     /// A weight that is NaN or infinite.
     NonFiniteWeight {
+        /// The endpoint.
+        key: Key,
+        /// The weight given.
+        weight: f64,
+    },
+    /// A weight above [`EndpointConfig::MAX_WEIGHT`].
+    WeightTooLarge {
         /// The endpoint.
         key: Key,
         /// The weight given.
@@ -234,6 +265,11 @@ impl fmt::Display for ConfigError {
             Self::NonFiniteWeight { key, weight } => {
                 write!(f, "endpoint {key}: weight {weight} is not a finite number")
             }
+            Self::WeightTooLarge { key, weight } => write!(
+                f,
+                "endpoint {key}: weight {weight} is above the largest, {}",
+                EndpointConfig::MAX_WEIGHT
+            ),
             Self::ZeroMaxConcurrency { key } => {
                 write!(f, "endpoint {key}: max concurrency 0 could never serve")
             }

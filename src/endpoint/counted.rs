@@ -1,5 +1,5 @@
 //! What an endpoint has counted, as metrics read it: requests, failures and cancellations,
-//! the latency histograms, and the health events.
+//! the latency histograms, the health events, and (with `openai`) the tokens of its answers.
 
 use super::{EjectionCause, Endpoint, HistogramSnapshot};
 
@@ -52,5 +52,28 @@ impl Endpoint {
     /// How many times a rate limit made it cool down.
     pub fn cooldowns(&self) -> u64 {
         self.events.cooldowns()
+    }
+
+    /// Counts the tokens of an answer it gave for `model` (the model the request was served
+    /// as; `None` when the request named none): `input` (cached ones included), `output`, and
+    /// `cached_input` of the input read from a prompt cache. The
+    /// [`MeteringLayer`](crate::metering::MeteringLayer) calls it with the usage it reads.
+    #[cfg(feature = "openai")]
+    pub fn count_tokens(&self, model: Option<&str>, input: u64, output: u64, cached_input: u64) {
+        let counts = super::tokens::Counts {
+            input,
+            output,
+            cached_input,
+        };
+        self.tokens.count(model, &counts);
+    }
+
+    /// The tokens its answers used, per model: each of its configured models (or, when it
+    /// has none, each model learned as it was counted, at most
+    /// [`LEARNED_MODELS`](super::LEARNED_MODELS)), then the rest as
+    /// [`OTHER_MODEL`](super::OTHER_MODEL).
+    #[cfg(feature = "openai")]
+    pub fn tokens(&self) -> Vec<super::ModelTokens> {
+        self.tokens.read()
     }
 }

@@ -23,13 +23,19 @@ mod ewma;
 mod health;
 mod key;
 mod layer_events;
+mod metadata;
 mod pool_state;
+mod quota;
+mod quota_headers;
 mod report;
 mod reporting;
+mod reservation;
 mod slots;
 #[cfg(test)]
 mod tests;
 mod timings;
+#[cfg(feature = "openai")]
+mod tokens;
 mod wait_queue;
 
 use std::{
@@ -39,8 +45,11 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use tokio::{sync::Notify, time::Instant};
 
+#[cfg(feature = "openai")]
+pub use self::tokens::{ModelTokens, LEARNED_MODELS, OTHER_MODEL};
 pub use self::{
     capabilities::Capabilities,
     config::{ConfigError, EndpointConfig},
@@ -48,12 +57,15 @@ pub use self::{
     health::Health,
     key::{Key, Redacted},
     layer_events::LayerCounts,
+    quota::{Quota, QuotaKind, QuotaLevel, Tokens},
+    reservation::Reservation,
     timings::{HistogramSnapshot, BUCKETS},
 };
 pub(crate) use self::{
     config::check_weight,
     layer_events::LayerEvents,
     pool_state::PoolState,
+    quota_headers::read as read_quota_headers,
     wait_queue::{Grant, Place, Turn, WaitQueue, Wants},
 };
 use self::{
@@ -61,25 +73,35 @@ use self::{
     events::Events,
     ewma::LatencyEstimates,
     health::{HealthCell, HealthWord, Recovery},
+    quota::QuotaState,
     report::{ReportWord, Reported},
     slots::{Acquired, Slots, NO_LIMIT},
     timings::Timings,
 };
 use crate::{
     clock::{nanos, LazyNow},
-    sync::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    sync::{
+        AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex,
+        Ordering::{Relaxed, SeqCst},
+    },
 };
 
 /// One endpoint of a [`Pool`](crate::pool::Pool): metadata and live state.
 pub struct Endpoint {
     admission: Admission,
     key_hash: u64,
-    tier: u32,
+    /// The tier: changed in place when the endpoint is announced again with another.
+    tier: AtomicU32,
     recovery: Recovery,
+    /// The provider's quota, if any: an endpoint with one is always gated, so the pick reads
+    /// it only through `gated_view`.
+    quota: Option<Box<QuotaState>>,
 
     key: Key,
     labels: Box<[(Arc<str>, Arc<str>)]>,
-    capabilities: Capabilities,
+    /// What it serves: replaced in place when the endpoint is announced again with other
+    /// models or capabilities (read by picks only for requests with requirements).
+    capabilities: ArcSwap<Capabilities>,
     born: Instant,
     completions: Completions,
     /// The histograms a completion writes besides its line.
@@ -89,8 +111,16 @@ pub struct Endpoint {
     record: parking_lot::Mutex<Option<Box<dyn Any + Send>>>,
     /// What the health layer did to it, counted.
     events: Events,
-    /// Whether this endpoint is counted among its pool's ejected.
+    /// The tokens its answers used, per model.
+    #[cfg(feature = "openai")]
+    tokens: tokens::Tokens,
+    /// Whether this endpoint is counted among its pool's ejected; written only under
+    /// `health_writer`.
     counted_ejected: AtomicBool,
+    /// Taken by every write of the health (never by a pick), so that the health word and
+    /// the pool's ejected count change together: a place reserved among the ejected belongs
+    /// to the ejection that reserved it.
+    health_writer: Mutex<()>,
     pool: Arc<PoolState>,
     drained: Notify,
     /// The engine's latest load report, whole; the pick reads its word in `admission`.
@@ -108,7 +138,9 @@ struct Admission {
     slots: Slots,
     weight: AtomicU64,
     health: HealthWord,
-    max_concurrency: usize,
+    /// The concurrency limit ([`NO_LIMIT`] for none): changed in place when the endpoint is
+    /// announced again with another, and then applies to the requests already in flight.
+    max_concurrency: AtomicUsize,
     id: u64,
     /// The pool's queue of requests waiting for a slot, woken on release.
     waiters: Arc<WaitQueue>,
@@ -135,7 +167,7 @@ impl fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("key", &self.key)
             .field("weight", &self.weight())
-            .field("tier", &self.tier)
+            .field("tier", &self.tier())
             .field("in_flight", &self.in_flight())
             .field("health", &self.health())
             .finish_non_exhaustive()
@@ -145,6 +177,12 @@ impl fmt::Debug for Endpoint {
 fn next_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A configured concurrency limit as the slots compare it: [`NO_LIMIT`] for none, and any
+/// limit at or above it (`usize::MAX`) is none.
+fn limit(max: Option<usize>) -> usize {
+    max.map_or(NO_LIMIT, |max| max.min(NO_LIMIT))
 }
 
 fn normalize(weight: f64) -> f64 {
@@ -170,25 +208,27 @@ impl Endpoint {
     ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         let weight = normalize(config.weight);
+        let quota = config.quota.clone().and_then(QuotaState::new);
+        #[cfg(feature = "openai")]
+        let tokens = tokens::Tokens::new(&config.capabilities.models);
         pool.joined();
         Ok(Arc::new_cyclic(|me| Self {
             admission: Admission {
-                slots: Slots::new(weight == 0.0),
+                slots: Slots::new(weight == 0.0 || quota.is_some()),
                 weight: AtomicU64::new(weight.to_bits()),
                 health: HealthWord::new(),
-                max_concurrency: config
-                    .max_concurrency
-                    .map_or(NO_LIMIT, |max| max.min(NO_LIMIT)),
+                max_concurrency: AtomicUsize::new(limit(config.max_concurrency)),
                 id: next_id(),
                 waiters: Arc::clone(&pool.waiters),
                 report: ReportWord::default(),
             },
             key_hash: crate::hash::stable_hash(config.key.as_str().as_bytes()),
-            tier: config.tier,
+            tier: AtomicU32::new(config.tier),
             recovery: Recovery::new(),
+            quota,
             key: config.key,
             labels: config.labels.into_boxed_slice(),
-            capabilities: config.capabilities,
+            capabilities: ArcSwap::from_pointee(config.capabilities),
             born: Instant::now(),
             completions: Completions {
                 estimates: LatencyEstimates::new(),
@@ -197,7 +237,10 @@ impl Endpoint {
             timings: Timings::new(),
             record: parking_lot::Mutex::new(None),
             events: Events::new(),
+            #[cfg(feature = "openai")]
+            tokens,
             counted_ejected: AtomicBool::new(false),
+            health_writer: Mutex::new(()),
             pool: Arc::clone(pool),
             drained: Notify::new(),
             reported: Reported::default(),
@@ -221,9 +264,10 @@ impl Endpoint {
             key: self.key.clone(),
             weight: self.weight(),
             max_concurrency: self.max_concurrency(),
-            tier: self.tier,
+            tier: self.tier(),
             labels: self.labels.to_vec(),
-            capabilities: self.capabilities.clone(),
+            capabilities: Capabilities::clone(&self.capabilities.load()),
+            quota: self.quota.as_deref().map(|q| q.config().clone()),
         }
     }
 
@@ -240,7 +284,7 @@ impl Endpoint {
 
     /// The tier.
     pub fn tier(&self) -> u32 {
-        self.tier
+        self.tier.load(Relaxed)
     }
 
     /// The current weight.
@@ -257,17 +301,6 @@ impl Endpoint {
         if weight > 0.0 {
             self.admission.waiters.offer(self);
         }
-    }
-
-    /// The concurrency limit, if any.
-    pub fn max_concurrency(&self) -> Option<usize> {
-        (self.admission.max_concurrency != NO_LIMIT).then_some(self.admission.max_concurrency)
-    }
-
-    /// What it can serve.
-    #[inline]
-    pub fn capabilities(&self) -> &Capabilities {
-        &self.capabilities
     }
 
     /// A label's value.
@@ -395,7 +428,11 @@ impl Endpoint {
     /// its own ejection, which lets only trial requests through) and counts among the pool's
     /// ejected whatever their share.
     pub fn set_health(&self, health: Health) {
-        self.health_cell().set(health);
+        {
+            let _write = self.health_writer.lock();
+            self.health_cell().set(health);
+            self.count_ejection();
+        }
         self.health_changed();
         if let Health::Ejected { until } | Health::CoolingDown { until } = health {
             // Waiting requests are served when it ends.
@@ -407,7 +444,12 @@ impl Endpoint {
     /// the cooldown interrupted, if that is not over too, else healthy. Returns whether it is
     /// healthy now.
     pub(crate) fn end_cooldown(&self, now: Instant) -> bool {
-        let healthy = self.health_cell().end_cooldown(now);
+        let healthy = {
+            let _write = self.health_writer.lock();
+            let healthy = self.health_cell().end_cooldown(now);
+            self.count_ejection();
+            healthy
+        };
         self.health_changed();
         healthy
     }
@@ -417,15 +459,19 @@ impl Endpoint {
     /// endpoints, but always one. An ejected endpoint may always be ejected again. Returns
     /// whether it was ejected.
     pub(crate) fn eject(&self, until: Instant, trials: u16, max_fraction: f64) -> bool {
-        if !self.counted_ejected.load(SeqCst) {
-            if !self.pool.reserve_ejection(max_fraction) {
-                return false;
+        {
+            let _write = self.health_writer.lock();
+            if !self.counted_ejected.load(SeqCst) && !self.is_removed() {
+                // The place is reserved and the ejection written under one lock: no other
+                // health write of this endpoint can release the place in between, so an
+                // ejection is never counted without its reservation.
+                if !self.pool.reserve_ejection(max_fraction) {
+                    return false;
+                }
+                self.counted_ejected.store(true, SeqCst);
             }
-            if self.counted_ejected.swap(true, SeqCst) {
-                self.pool.release_ejection(); // counted meanwhile by another writer
-            }
+            self.health_cell().eject(until, trials);
         }
-        self.health_cell().eject(until, trials);
         self.health_changed();
         self.admission.waiters.note_time(until);
         true
@@ -434,14 +480,16 @@ impl Endpoint {
     /// Holds the weight at its floor for `hold`, then ramps it back to full over `window`:
     /// a soft ejection, for when a hard one would take too much of the pool away.
     pub(crate) fn hold_back(&self, hold: Duration, window: Duration, now: Instant) {
-        self.health_cell().hold_back(hold, window, now);
-        self.count_ejection();
+        {
+            let _write = self.health_writer.lock();
+            self.health_cell().hold_back(hold, window, now);
+            self.count_ejection();
+        }
         self.refresh_gate();
     }
 
-    /// After a health write: the ejected count, the gate and the waiters follow it.
+    /// After a health write: the gate and the waiters follow it.
     fn health_changed(&self) {
-        self.count_ejection();
         self.refresh_gate();
         if self.health_cell().admits_waiters() {
             self.admission.waiters.offer(self);
@@ -449,21 +497,15 @@ impl Endpoint {
     }
 
     /// Keeps this endpoint counted among the pool's ejected exactly while it is ejected and
-    /// in the pool. Writers race, so each rereads after its change and tries again if the
-    /// state moved meanwhile, as [`refresh_gate`](Self::refresh_gate) does.
+    /// in the pool; called under `health_writer` after each health write and on removal.
     fn count_ejection(&self) {
-        let ejected = || self.health_cell().is_ejected() && !self.is_removed();
-        loop {
-            let want = ejected();
-            if self.counted_ejected.swap(want, SeqCst) != want {
-                if want {
-                    self.pool.count_ejection();
-                } else {
-                    self.pool.release_ejection();
-                }
-            }
-            if ejected() == want {
-                return;
+        let want = self.health_cell().is_ejected() && !self.is_removed();
+        if self.counted_ejected.swap(want, SeqCst) != want {
+            if want {
+                // A health set by hand: counted whatever the pool's share.
+                self.pool.count_ejection();
+            } else {
+                self.pool.release_ejection();
             }
         }
     }
@@ -542,7 +584,7 @@ impl Endpoint {
     /// concurrency limit. If not, [`gated_view`](Self::gated_view) decides.
     #[inline(always)]
     pub(crate) fn open_slot(&self) -> Option<usize> {
-        self.admission.slots.open(self.admission.max_concurrency)
+        self.admission.slots.open(self.limit())
     }
 
     /// For the pick, when [`open_slot`](Self::open_slot) said no: `Some((load, weight as
@@ -555,11 +597,11 @@ impl Endpoint {
         now: &LazyNow,
         ignore_health: bool,
         include_held: bool,
+        tokens: Option<Tokens>,
     ) -> Option<(usize, f64)> {
-        let in_flight = self
-            .admission
-            .slots
-            .gated_room(self.admission.max_concurrency)?;
+        let in_flight = self.admission.slots.gated_room(self.limit())?;
+        // A quota without room for this request is as full as a limit.
+        self.quota_room(tokens, now)?;
         let weight = self.weight();
         if weight == 0.0 {
             // Drained by weight 0.
@@ -594,11 +636,7 @@ impl Endpoint {
     /// Takes a slot whatever the endpoint's health (panic mode).
     #[inline]
     pub(crate) fn try_acquire_any(&self, cost: u64) -> bool {
-        match self
-            .admission
-            .slots
-            .try_acquire(self.admission.max_concurrency, cost)
-        {
+        match self.admission.slots.try_acquire(self.limit(), cost) {
             Acquired::Yes => true,
             Acquired::Full => false,
             Acquired::Removed { drained } => {
@@ -633,6 +671,7 @@ impl Endpoint {
             self.announce_drained();
         }
         self.pool.left();
+        let _write = self.health_writer.lock();
         self.count_ejection();
     }
 

@@ -82,6 +82,12 @@ impl PoolState {
         self.ejected.load(SeqCst)
     }
 
+    /// How many are ejected, in a loom model.
+    #[cfg(all(test, loom))]
+    pub(crate) fn ejected_now(&self) -> usize {
+        self.ejected.load(SeqCst)
+    }
+
     /// Reserves a place among the ejected if one more keeps them within `max_fraction` of
     /// the members (or if none is ejected: at least one may always be).
     pub(crate) fn reserve_ejection(&self, max_fraction: f64) -> bool {

@@ -48,6 +48,15 @@ pub(crate) fn ticks(at: Instant, born: Instant) -> u64 {
     nanos >> TICK_SHIFT
 }
 
+/// A report's time as [`Reported`] stamps it: nanoseconds since `born`, plus one.
+pub(crate) fn stamp(at: Instant, born: Instant) -> u64 {
+    let since = at.saturating_duration_since(born);
+    since
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(since.subsec_nanos()) + 1)
+}
+
 /// What the pick learns from the word at a time: the other routers' requests to add to this
 /// router's own, or that the endpoint is saturated (`None`).
 #[inline]
@@ -92,6 +101,14 @@ impl ReportWord {
     }
 }
 
+/// When a fresh report that shows the engine saturated goes stale, if the word holds one at
+/// `now_ticks`: the instant from which picks read the endpoint as having room again.
+pub(crate) fn saturated_until(word: u64, now_ticks: u64, born: Instant) -> Option<Instant> {
+    let until = word & UNTIL;
+    (word & SATURATED != 0 && until > now_ticks)
+        .then(|| later(born, Duration::from_nanos(until << TICK_SHIFT)))
+}
+
 /// The KV-cache usage in percent by a fresh report that gave one.
 pub(crate) fn kv_percent(word: u64, now_ticks: u64) -> Option<u8> {
     let kv = (word >> KV_SHIFT) & 127;
@@ -103,6 +120,10 @@ pub(crate) fn kv_percent(word: u64, now_ticks: u64) -> Option<u8> {
 #[derive(Debug, Default)]
 pub(crate) struct Reported {
     latest: parking_lot::Mutex<Option<LoadReport>>,
+    /// When the latest report was measured, in nanoseconds since the endpoint was made, plus
+    /// one (0: none): a reader that keeps its own copy tells from it, in one load, whether a
+    /// newer report came.
+    stamp: AtomicU64,
 }
 
 impl Reported {
@@ -124,6 +145,7 @@ impl Reported {
         *latest = Some(*report);
         let until = ticks(later(report.measured_at, max_age), born);
         word.store(report, until, saturated);
+        self.stamp.store(stamp(report.measured_at, born), SeqCst);
         true
     }
 
@@ -131,10 +153,23 @@ impl Reported {
         *self.latest.lock()
     }
 
+    /// The latest report, unless a writer holds it this instant (then `None`: the caller
+    /// reads it next time). Never waits.
+    pub(crate) fn try_latest(&self) -> Option<LoadReport> {
+        self.latest.try_lock().and_then(|latest| *latest)
+    }
+
+    /// See the field.
+    #[inline]
+    pub(crate) fn stamp(&self) -> u64 {
+        self.stamp.load(SeqCst)
+    }
+
     pub(crate) fn clear(&self, word: &ReportWord) {
         let mut latest = self.latest.lock();
         *latest = None;
         word.clear();
+        self.stamp.store(0, SeqCst);
     }
 }
 

@@ -4,17 +4,18 @@
 use tokio::time::Instant;
 
 use super::{
-    report::{kv_percent, others, ticks},
+    report::{kv_percent, others, saturated_until, ticks},
     Endpoint,
 };
 use crate::{clock::LazyNow, report::LoadReport, sync::Ordering::SeqCst};
 
 /// The endpoint's side of its load reports.
 impl Endpoint {
-    /// Whether health, weight and reports let every pick through from the in-flight word
-    /// alone: `Healthy`, weight above 0, no load report to read.
+    /// Whether health, weight, reports and quota let every pick through from the in-flight
+    /// word alone: `Healthy`, weight above 0, no load report to read, no quota.
     pub(super) fn plainly_open(&self) -> bool {
-        self.is_healthy()
+        self.quota.is_none()
+            && self.is_healthy()
             && self.admission.weight.load(SeqCst) != 0
             && !self.admission.report.present()
     }
@@ -47,7 +48,13 @@ impl Endpoint {
             .take(word, report, self.born, max_age, saturated)
         {
             self.refresh_gate();
-            if !saturated {
+            if saturated {
+                // The report going stale gives the endpoint room again: waiting requests are
+                // offered it then, as when an ejection or a cooldown ends.
+                if let Some(at) = self.saturated_until(Instant::now()) {
+                    self.admission.waiters.note_time(at);
+                }
+            } else {
                 // It may have room now: the same wake-up as a release.
                 self.admission.waiters.offer(self);
             }
@@ -68,9 +75,34 @@ impl Endpoint {
         word != 0 && others(word, ticks(Instant::now(), self.born)).is_none()
     }
 
+    /// When the fresh report in force at `now`, if it shows the engine saturated, goes stale:
+    /// from then on picks read the endpoint as having room.
+    pub(crate) fn saturated_until(&self, now: Instant) -> Option<Instant> {
+        saturated_until(
+            self.admission.report.load(),
+            ticks(now, self.born),
+            self.born,
+        )
+    }
+
     /// The latest load report taken, however old.
     pub fn latest_report(&self) -> Option<LoadReport> {
         self.reported.latest()
+    }
+
+    /// When the latest report was measured, as a number that grows with each newer report
+    /// (0: none): one atomic load, for a reader that keeps its own copy of the report.
+    #[inline]
+    pub(crate) fn report_stamp(&self) -> u64 {
+        self.reported.stamp()
+    }
+
+    /// The latest report and its stamp, unless a writer is storing one this instant (then
+    /// `None`). Never waits, never allocates.
+    pub(crate) fn try_latest_report(&self) -> Option<(LoadReport, u64)> {
+        self.reported
+            .try_latest()
+            .map(|r| (r, super::report::stamp(r.measured_at, self.born)))
     }
 
     /// The load picks compare at `now`: the requests in flight from this router, plus the

@@ -91,6 +91,81 @@ mod loom_tests {
 }
 
 #[cfg(loom)]
+mod loom_ejections {
+    //! The pool's bound on ejections, under loom:
+    //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`
+
+    use std::sync::Arc;
+
+    use loom::thread;
+    use tokio::time::Instant;
+
+    use super::super::{Endpoint, EndpointConfig, Health, PoolState};
+
+    fn ejected(endpoints: &[Arc<Endpoint>]) -> usize {
+        endpoints
+            .iter()
+            .filter(|e| matches!(e.health(), Health::Ejected { .. }))
+            .count()
+    }
+
+    /// Two endpoints, at most half of them ejected: one. While the health layer ejects `a`,
+    /// an operator sets `a` healthy and `b` is ejected: whatever the interleaving, at most
+    /// one is ejected at the end, and the pool's count says how many.
+    #[test]
+    fn a_health_write_never_frees_a_place_an_ejection_holds() {
+        loom::model(|| {
+            let pool = Arc::new(PoolState::default());
+            let e: Vec<_> = ["a", "b"]
+                .iter()
+                .map(|k| Endpoint::in_pool(EndpointConfig::new(*k), &pool).unwrap())
+                .collect();
+            let until = Instant::now() + std::time::Duration::from_secs(60);
+            let ejector = {
+                let a = Arc::clone(&e[0]);
+                thread::spawn(move || a.eject(until, 1, 0.5))
+            };
+            let operator = {
+                let a = Arc::clone(&e[0]);
+                thread::spawn(move || a.set_health(Health::Healthy))
+            };
+            e[1].eject(until, 1, 0.5);
+            ejector.join().unwrap();
+            operator.join().unwrap();
+            let n = ejected(&e);
+            assert!(n <= 1, "{n} of 2 ejected");
+            assert_eq!(pool.ejected_now(), n, "the count says how many");
+        });
+    }
+
+    /// Two judges eject two of three endpoints at once, one of them again: at most one
+    /// (half of three, rounded down) is ever ejected.
+    #[test]
+    fn racing_ejections_keep_the_bound() {
+        loom::model(|| {
+            let pool = Arc::new(PoolState::default());
+            let e: Vec<_> = ["a", "b", "c"]
+                .iter()
+                .map(|k| Endpoint::in_pool(EndpointConfig::new(*k), &pool).unwrap())
+                .collect();
+            let until = Instant::now() + std::time::Duration::from_secs(60);
+            let other = {
+                let b = Arc::clone(&e[1]);
+                thread::spawn(move || {
+                    b.eject(until, 1, 0.5);
+                    b.eject(until, 1, 0.5)
+                })
+            };
+            e[0].eject(until, 1, 0.5);
+            other.join().unwrap();
+            let n = ejected(&e);
+            assert_eq!(n, 1, "exactly one of 3 ejected");
+            assert_eq!(pool.ejected_now(), 1);
+        });
+    }
+}
+
+#[cfg(loom)]
 mod loom_queue {
     //! The wait queue's hand-over of slots, under loom:
     //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`

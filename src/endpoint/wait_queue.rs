@@ -30,7 +30,7 @@ use std::{
 
 use tokio::time::{Instant, Sleep};
 
-use super::Endpoint;
+use super::{Endpoint, Reservation, Tokens};
 use crate::sync::{seq_cst_order, AtomicUsize, Mutex, Ordering::SeqCst};
 
 /// Whether a waiting request can be served by an endpoint, room aside: its requirements,
@@ -66,6 +66,7 @@ struct Node {
     next: usize,
     wants: Option<Wants>,
     cost: u64,
+    tokens: Option<Tokens>,
     waker: Option<Waker>,
     grant: Option<Grant>,
 }
@@ -85,6 +86,8 @@ pub(crate) struct Grant {
     endpoint: Option<Arc<Endpoint>>,
     cost: u64,
     trial: bool,
+    /// What it holds of the endpoint's quota, if it has one.
+    reservation: Option<Reservation>,
 }
 
 /// What a waiter learns when it polls its [`Place`].
@@ -160,6 +163,9 @@ impl WaitQueue {
         let Some(endpoint) = endpoint.handle() else {
             return; // being dropped: it has no slot to give
         };
+        let now = endpoint.has_quota().then(Instant::now);
+        // When the endpoint's quota has room for the oldest waiter that could use it.
+        let mut quota_returns = None;
         loop {
             let mut wake: [Option<Waker>; WAKE_BATCH] = Default::default();
             let mut woken = 0;
@@ -175,13 +181,27 @@ impl WaitQueue {
                     if node.grant.is_some() || !node.wants.as_ref().is_some_and(|w| w(&endpoint)) {
                         continue; // served already, or cannot use it: the next may
                     }
+                    let reservation = match now {
+                        Some(now) => match Reservation::take(&endpoint, node.tokens, now) {
+                            Ok(r) => r,
+                            Err(at) => {
+                                quota_returns = Some(at);
+                                break false; // no quota left: FIFO, the next waits too
+                            }
+                        },
+                        None => None,
+                    };
                     let Some(trial) = endpoint.try_acquire(node.cost) else {
+                        if let Some(r) = reservation {
+                            r.release_quietly();
+                        }
                         break false; // no room left
                     };
                     node.grant = Some(Grant {
                         endpoint: Some(Arc::clone(&endpoint)),
                         cost: node.cost,
                         trial,
+                        reservation,
                     });
                     if let Some(waker) = node.waker.take() {
                         wake[woken] = Some(waker);
@@ -196,13 +216,23 @@ impl WaitQueue {
                 waker.wake();
             }
             if !more {
+                if let (Some(at), Some(now)) = (quota_returns, now) {
+                    // Nothing else will offer this endpoint when its quota refills: time will.
+                    self.note_time(at.max(now + std::time::Duration::from_millis(1)));
+                }
                 return;
             }
         }
     }
 
     /// Takes a place at the back of the queue, unless `max` requests already wait.
-    pub(crate) fn join(self: &Arc<Self>, max: usize, cost: u64, wants: Wants) -> Option<Place> {
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        max: usize,
+        cost: u64,
+        tokens: Option<Tokens>,
+        wants: Wants,
+    ) -> Option<Place> {
         let mut list = self.list.lock();
         if list.len >= max {
             return None;
@@ -212,6 +242,7 @@ impl WaitQueue {
             next: NIL,
             wants: Some(wants),
             cost,
+            tokens,
             waker: None,
             grant: None,
         });
@@ -291,6 +322,7 @@ impl List {
             next: NIL,
             wants: None,
             cost: 0,
+            tokens: None,
             waker: None,
             grant: None,
         };
@@ -390,11 +422,11 @@ impl Grant {
             .expect("a grant holds its endpoint until claimed")
     }
 
-    /// Takes the slot: the endpoint, the cost it was taken for, and whether it holds a
-    /// half-open trial permit. The caller releases it.
-    pub(crate) fn claim(mut self) -> (Arc<Endpoint>, u64, bool) {
+    /// Takes the slot: the endpoint, the cost it was taken for, whether it holds a
+    /// half-open trial permit, and its quota reservation. The caller releases them.
+    pub(crate) fn claim(mut self) -> (Arc<Endpoint>, u64, bool, Option<Reservation>) {
         let endpoint = self.endpoint.take().expect("claimed once");
-        (endpoint, self.cost, self.trial)
+        (endpoint, self.cost, self.trial, self.reservation.take())
     }
 }
 
@@ -410,6 +442,10 @@ impl fmt::Debug for Grant {
 impl Drop for Grant {
     fn drop(&mut self) {
         if let Some(endpoint) = self.endpoint.take() {
+            // The quota first, so that the slot's offer finds it.
+            if let Some(r) = self.reservation.take() {
+                r.release_quietly();
+            }
             if self.trial {
                 endpoint.return_trial();
             }

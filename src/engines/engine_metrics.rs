@@ -7,6 +7,12 @@
 //! | `kv_usage` | `vllm:kv_cache_usage_perc` (V1), else `vllm:gpu_cache_usage_perc` (V0) | `sglang:token_usage` | mean |
 //! | `kv_blocks`, `kv_block_size` | labels `num_gpu_blocks`, `block_size` of `vllm:cache_config_info` | | blocks summed |
 //! | `kv_tokens` | | `sglang:max_total_num_tokens` | summed |
+//! | `prefilling` | `prefix_cache_queries_total − prefix_cache_hits_total − prompt_tokens_by_source_total{source="local_compute"}` | | summed, at least 0 |
+//!
+//! `prefilling`, the prompt tokens scheduled and not computed yet, comes from three vLLM
+//! counters of the same scrape: a request's prompt tokens and those found cached count when it
+//! is scheduled, the tokens computed when its prefill ends. It is given only when all three
+//! are there.
 //!
 //! Both engines label their gauges (`model_name`; vLLM adds `engine` per data-parallel engine,
 //! SGLang its ranks, reporting from one rank per data-parallel group). A server with several
@@ -52,6 +58,9 @@ struct Figures {
     blocks: Sum,
     block_size: Option<f64>,
     tokens: Sum,
+    queries: Sum,
+    hits: Sum,
+    computed: Sum,
 }
 
 impl Figures {
@@ -71,6 +80,13 @@ pub fn from_prometheus(text: &[u8], at: Instant) -> Option<LoadReport> {
             "vllm:num_requests_running" => vllm.running.add(s.value),
             "vllm:kv_cache_usage_perc" => vllm.kv.add(s.value),
             "vllm:gpu_cache_usage_perc" => vllm.kv_v0.add(s.value),
+            "vllm:prefix_cache_queries_total" => vllm.queries.add(s.value),
+            "vllm:prefix_cache_hits_total" => vllm.hits.add(s.value),
+            "vllm:prompt_tokens_by_source_total"
+                if s.label("source").as_deref() == Some("local_compute") =>
+            {
+                vllm.computed.add(s.value)
+            }
             "vllm:cache_config_info" => {
                 let number = |name| s.label(name).and_then(|v| v.trim().parse::<f64>().ok());
                 if let Some(blocks) = number("num_gpu_blocks") {
@@ -101,6 +117,11 @@ pub fn from_prometheus(text: &[u8], at: Instant) -> Option<LoadReport> {
     report.kv_blocks = f.blocks.sum().and_then(size);
     report.kv_block_size = f.block_size.and_then(size);
     report.kv_tokens = f.tokens.sum().and_then(size);
+    if let (Some(queries), Some(hits), Some(computed)) =
+        (f.queries.sum(), f.hits.sum(), f.computed.sum())
+    {
+        report.prefilling = size((queries - hits - computed).max(0.0));
+    }
     Some(report)
 }
 
@@ -128,6 +149,20 @@ vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching=
 # HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
 # TYPE vllm:time_to_first_token_seconds histogram
 vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.0
+# HELP vllm:prefix_cache_queries Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries counter
+vllm:prefix_cache_queries_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 90000.0
+vllm:prefix_cache_queries_total{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 50000.0
+# HELP vllm:prefix_cache_hits Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 30000.0
+vllm:prefix_cache_hits_total{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 10000.0
+# HELP vllm:prompt_tokens_by_source Number of prompt tokens by source.
+# TYPE vllm:prompt_tokens_by_source counter
+vllm:prompt_tokens_by_source_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct",source="local_compute"} 56000.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct",source="local_cache_hit"} 30000.0
+vllm:prompt_tokens_by_source_total{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct",source="local_compute"} 40000.0
+vllm:prompt_tokens_by_source_total{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct",source="local_cache_hit"} 10000.0
 "#;
 
     /// The shape of SGLang's output (from its production metrics documentation, abridged).
@@ -154,6 +189,30 @@ sglang:num_queue_reqs{model_name="meta-llama/Llama-3.1-8B-Instruct"} 2.0
         assert_eq!((r.kv_blocks, r.kv_block_size), (Some(5578), Some(16)));
         assert_eq!(r.kv_capacity_tokens(), Some(5578 * 16));
         assert_eq!(r.measured_at, at);
+        // Scheduled and not cached, less computed: (60,000 − 56,000) + (40,000 − 40,000).
+        assert_eq!(r.prefilling, Some(4_000));
+    }
+
+    #[test]
+    fn the_prefill_under_way_needs_all_three_counters() {
+        let at = Instant::now();
+        let partial = "vllm:num_requests_waiting 1
+vllm:prefix_cache_queries_total 500
+vllm:prefix_cache_hits_total 100
+";
+        let r = from_prometheus(partial.as_bytes(), at).unwrap();
+        assert_eq!(r.prefilling, None);
+        // Counters read a moment apart can cross: never below zero.
+        let crossed = format!(
+            "{partial}vllm:prompt_tokens_by_source_total{{source=\"local_compute\"}} 450\n\
+             vllm:prompt_tokens_by_source_total{{source=\"local_cache_hit\"}} 100\n"
+        );
+        let r = from_prometheus(crossed.as_bytes(), at).unwrap();
+        assert_eq!(r.prefilling, Some(0));
+        assert_eq!(
+            from_prometheus(SGLANG.as_bytes(), at).unwrap().prefilling,
+            None
+        );
     }
 
     #[test]

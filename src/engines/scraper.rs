@@ -232,7 +232,7 @@ where
             loop {
                 if !first {
                     let factor = 1.0 - jitter + 2.0 * jitter * rand::random::<f64>();
-                    tokio::time::sleep(self.config.interval.mul_f64(factor)).await;
+                    tokio::time::sleep(crate::clock::scaled(self.config.interval, factor)).await;
                 }
                 first = false;
                 let Some(endpoints) = members.endpoints() else {

@@ -11,19 +11,20 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::{
-    body::{Reconnect, Resume},
+    body::Resume,
     first_chunk, hedge,
+    reconnect::reconnect,
     replay::Head,
     settings::Settings,
-    step::{judge, Failed, Step},
+    step::{judge, timed_out_after_sending, Failed, Step},
     Replay, ResponseBody,
 };
 use crate::{
     clock::later,
     endpoint::Endpoint,
     error::{
-        Attempt, AttemptsFailed, BoxError, GaveUp, NoEndpoints, NotReplayable, Overloaded,
-        RateLimited,
+        Attempt, AttemptFailure, AttemptsFailed, BoxError, EndpointError, GaveUp, NoEndpoints,
+        NotReplayable, Overloaded, QuotaExhausted, RateLimited,
     },
     hints::{Exclude, FirstChunkJudged, Judged, Picked, Served},
 };
@@ -66,7 +67,10 @@ impl Stop {
             Stop::Attempts | Stop::Budget | Stop::NotReplayable => true,
             Stop::Deadline => false,
             Stop::Error(e) => {
-                e.is::<NoEndpoints>() || e.is::<RateLimited>() || e.is::<Overloaded>()
+                e.is::<NoEndpoints>()
+                    || e.is::<RateLimited>()
+                    || e.is::<Overloaded>()
+                    || e.is::<QuotaExhausted>()
             }
         }
     }
@@ -95,12 +99,25 @@ fn gave_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
         Stop::Deadline => GaveUp::Deadline,
         Stop::NotReplayable => return NotReplayable::new(failed).into(),
         Stop::Error(error) if failed.is_empty() => return error,
+        Stop::Error(error) if sent_and_timed_out(&error) => {
+            // Not retried, but the attempts before it are named with it.
+            let mut failed = failed;
+            failed.push(Attempt {
+                endpoint: error
+                    .downcast_ref::<EndpointError>()
+                    .map(|e| e.endpoint().key().clone()),
+                failure: AttemptFailure::Error(error),
+            });
+            return AttemptsFailed::new(failed, GaveUp::TimedOutAfterSending, None).into();
+        }
         Stop::Error(error) => {
             // Every endpoint left was tried, or none can serve: say when one comes back.
             let back = if let Some(no_endpoints) = error.downcast_ref::<NoEndpoints>() {
                 no_endpoints.retry_after()
             } else if let Some(limited) = error.downcast_ref::<RateLimited>() {
                 Some(limited.retry_after())
+            } else if let Some(quota) = error.downcast_ref::<QuotaExhausted>() {
+                Some(quota.retry_after())
             } else {
                 return error;
             };
@@ -108,6 +125,13 @@ fn gave_up(failed: Vec<Attempt>, stop: Stop) -> BoxError {
         }
     };
     AttemptsFailed::new(failed, gave_up, None).into()
+}
+
+/// Whether `error` is a per-attempt timeout after the request was sent.
+fn sent_and_timed_out(error: &BoxError) -> bool {
+    error
+        .downcast_ref::<EndpointError>()
+        .is_some_and(timed_out_after_sending)
 }
 
 /// A request's attempts after (or from) the first: what each needs, and what failed so far.
@@ -321,19 +345,11 @@ where
         S: Service<Request<B>, Response = Response<RB>>,
         S::Error: Into<BoxError>,
         S::Future: Send,
-        RB: Body + Send + 'static,
+        RB: Body + Judged + Send + 'static,
     {
         let policy = self.settings.continuation.clone()?;
         let original = self.template.as_ref()?.bytes()?;
-        let (service, head) = (self.service.clone(), self.head.clone());
-        let reconnect: Reconnect<RB> = Box::new(move |body, exclude| {
-            let service = service.clone();
-            let request = B::from_bytes(body).map(|b| head.request(b, &exclude, None));
-            Box::pin(async move {
-                let request = request.ok_or("the request body type cannot carry a continuation")?;
-                oneshot(service, request).await.map_err(Into::into)
-            })
-        });
+        let reconnect = reconnect(self.service.clone(), self.head.clone());
         let endpoint = response
             .extensions()
             .get::<Served>()
@@ -342,12 +358,14 @@ where
             policy,
             original,
             streamed: Vec::new(),
+            truncated: false,
             exclude: self.exclude.clone(),
             endpoint,
             reconnect,
             budget: Arc::clone(&self.settings.budget),
             left: self.settings.attempts.saturating_sub(1),
             pending: None,
+            broken: None,
         })
     }
 }
@@ -380,7 +398,9 @@ where
         "attempt",
         n = sending.n,
         excluded = exclude.len(),
-        tier_floor = exclude.tier_floor()
+        tier_floor = exclude.tier_floor(),
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "gen_ai.usage.output_tokens" = tracing::field::Empty,
     );
     let attempt =
         attempt(sending.settings, first, hedge_copy, sending.head, exclude).instrument(span);
@@ -454,11 +474,13 @@ where
     RB::Error: Into<BoxError>,
 {
     let Some(timeout) = settings.first_chunk else {
-        return judge(oneshot(service, request).await, picked);
+        let result = oneshot(service, request).await;
+        return judge(result, picked, settings.retry_timeouts);
     };
     // The first chunk is judged here before the caller sees it: the body waits for that.
     request.extensions_mut().insert(FirstChunkJudged);
-    match judge(oneshot(service, request).await, picked) {
+    let result = oneshot(service, request).await;
+    match judge(result, picked, settings.retry_timeouts) {
         Step::Done(response) => first_chunk::wait(settings, response, timeout).await,
         step => step,
     }

@@ -24,14 +24,18 @@ use crate::{
 pub(crate) type Reconnect<B> = Box<dyn FnMut(Bytes, Exclude) -> Pending<B> + Send>;
 type Pending<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> + Send>>;
 
-/// How much of a stream is kept for a continuation to build on.
-const KEEP: usize = 4 << 20;
+/// How much of a stream is kept for a continuation to build on. A stream longer than this
+/// is not continued: a continuation built from part of what the caller received would make
+/// the model say the rest of it again.
+pub(crate) const KEEP: usize = 4 << 20;
 
 /// What a body needs to carry a broken stream on elsewhere.
 pub(crate) struct Resume<B> {
     pub(crate) policy: Arc<dyn Continuation>,
     pub(crate) original: Bytes,
     pub(crate) streamed: Vec<u8>,
+    /// More was streamed than [`KEEP`]: `streamed` is not the whole of it.
+    pub(crate) truncated: bool,
     pub(crate) exclude: Exclude,
     pub(crate) endpoint: Option<Arc<Endpoint>>,
     pub(crate) reconnect: Reconnect<B>,
@@ -40,18 +44,38 @@ pub(crate) struct Resume<B> {
     pub(crate) left: usize,
     /// The continuation request, while it is sent.
     pub(crate) pending: Option<Pending<B>>,
+    /// The error that broke the stream, while its continuation is sent: what the caller gets
+    /// if the continuation fails, as it would have without one.
+    pub(crate) broken: Option<BoxError>,
 }
 
 impl<B> Resume<B> {
     fn record(&mut self, data: &[u8]) {
+        if self.truncated {
+            return;
+        }
         let room = KEEP.saturating_sub(self.streamed.len());
-        self.streamed
-            .extend_from_slice(&data[..data.len().min(room)]);
+        if data.len() > room {
+            // Past the cap nothing can be continued: free what was kept.
+            self.truncated = true;
+            self.streamed = Vec::new();
+            return;
+        }
+        self.streamed.extend_from_slice(data);
     }
 
-    /// Starts a continuation if the policy, the attempts left and the budget allow.
+    /// Starts a continuation if the policy, the attempts left and the budget allow, and the
+    /// whole stream so far was kept.
     fn start(&mut self) -> bool {
         if self.left == 0 {
+            return false;
+        }
+        if self.truncated {
+            tracing::info!(
+                endpoint = ?self.endpoint.as_ref().map(|e| e.key()),
+                kept = KEEP,
+                "the stream broke past the continuation's cap; not continued"
+            );
             return false;
         }
         let Some(body) = self.policy.continue_body(&self.original, &self.streamed) else {
@@ -151,25 +175,20 @@ where
                 if let Some(pending) = resume.pending.as_mut() {
                     let result = ready!(pending.as_mut().poll(cx));
                     resume.pending = None;
+                    let broken = resume.broken.take();
                     match result {
-                        Ok(response) if response.status().is_success() => {
+                        // The reconnect passes on only a 2xx event stream.
+                        Ok(response) => {
                             resume.endpoint = response
                                 .extensions()
                                 .get::<Served>()
                                 .map(|s| Arc::clone(s.endpoint()));
                             this.inner = response.into_body();
                         }
-                        Ok(response) => {
-                            this.resume = None;
-                            let status = response.status();
-                            return Poll::Ready(Some(Err(format!(
-                                "the stream broke, and its continuation was answered {status}"
-                            )
-                            .into())));
-                        }
                         Err(e) => {
                             this.resume = None;
-                            return Poll::Ready(Some(Err(e)));
+                            tracing::info!(error = %e, "the continuation failed; the stream ends as it broke");
+                            return Poll::Ready(Some(Err(broken.unwrap_or(e))));
                         }
                     }
                 }
@@ -182,8 +201,11 @@ where
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Some(Err(e)) => {
-                    if this.resume.as_mut().is_some_and(|r| r.start()) {
-                        continue;
+                    if let Some(resume) = this.resume.as_deref_mut() {
+                        if resume.start() {
+                            resume.broken = Some(e.into());
+                            continue;
+                        }
                     }
                     return Poll::Ready(Some(Err(e.into())));
                 }

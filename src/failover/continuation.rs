@@ -12,10 +12,33 @@ pub trait Continuation: Send + Sync + 'static {
     fn continue_body(&self, original: &[u8], streamed: &[u8]) -> Option<Bytes>;
 }
 
-/// OpenAI chat completions: the original messages plus the partial answer as an assistant
-/// message (a prefill), `max_tokens` less what was streamed, and `stream` on. Declines when the
-/// partial answer has tool calls, when nothing was streamed yet, or when the request is not a
-/// chat completion.
+/// OpenAI-format chat completions, continued by a server that can continue a trailing
+/// assistant message (vLLM, and servers that take its parameters).
+///
+/// The continuation request is the original request with:
+///
+/// - the partial answer appended as a final `{"role": "assistant", "content": ...}` message:
+///   the text of every `choices[0].delta.content` the caller received, in order;
+/// - `"continue_final_message": true` and `"add_generation_prompt": false`: vLLM's chat
+///   parameters (also taken by llama.cpp's server) that render that message open-ended, with
+///   no end-of-turn token and no new assistant turn after it, so the model carries on the same
+///   text. vLLM refuses a request with both set to `true`; without them a chat template
+///   closes the message and the model starts a new answer, repeating itself.
+/// - `max_tokens` and `max_completion_tokens` (where the request has them) lowered by the
+///   tokens already streamed, never below 1. Tokens are counted as content deltas: one per
+///   `data:` event with a `content`, which is what vLLM and OpenAI send per token. A server
+///   that puts several tokens in one event is under-counted, so the original limit may be
+///   exceeded by that much in total; `usage` is not read (it comes only at the end).
+/// - `"stream": true`.
+///
+/// OpenAI's hosted API has no such parameters and does not continue a trailing assistant
+/// message: it refuses unknown parameters or answers with a new turn. Point continuations at
+/// servers that do (a continuation answered with anything but a 2xx event stream is not
+/// spliced in; the caller's stream fails as it would have without one).
+///
+/// Declines (the stream fails as it broke) when the partial answer has tool calls or a
+/// function call, when no content was streamed yet, or when the request is not a chat
+/// completion (no `messages` array, or not JSON).
 #[cfg(feature = "openai")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenAiChat;
@@ -53,6 +76,8 @@ impl Continuation for OpenAiChat {
                 request[limit] = json!(max.saturating_sub(tokens).max(1));
             }
         }
+        request["continue_final_message"] = json!(true);
+        request["add_generation_prompt"] = json!(false);
         request["stream"] = json!(true);
         serde_json::to_vec(&request).ok().map(Bytes::from)
     }
@@ -78,6 +103,11 @@ mod tests {
         assert_eq!(v["model"], "m");
         assert_eq!(v["stream"], true);
         assert_eq!(v["max_tokens"], 98);
+        assert_eq!(
+            v["continue_final_message"], true,
+            "vLLM continues the message"
+        );
+        assert_eq!(v["add_generation_prompt"], false, "and opens no new turn");
         let messages = v["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 3);
         assert_eq!(

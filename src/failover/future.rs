@@ -153,7 +153,8 @@ where
                 retry,
                 shared,
             } => {
-                let mut failed = match judge(ready!(call.poll(cx)), None) {
+                let retry_timeouts = shared.settings.retry_timeouts;
+                let mut failed = match judge(ready!(call.poll(cx)), None, retry_timeouts) {
                     Step::Done(response) => return Poll::Ready(Ok(response)),
                     Step::Fail(error) => {
                         return Poll::Ready(give_up(Vec::new(), None, Stop::Error(error)))

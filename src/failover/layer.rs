@@ -62,6 +62,7 @@ impl Default for FailoverBuilder {
                 hedge: None,
                 latencies: Arc::new(Latencies::new()),
                 continuation: None,
+                retry_timeouts: false,
             },
         }
     }
@@ -105,6 +106,22 @@ impl FailoverBuilder {
     /// by default, an SSE `event: error` or a `data:` object whose first key is `"error"`.
     pub fn error_event(mut self, is_error: fn(&[u8]) -> bool) -> Self {
         self.settings.error_event = is_error;
+        self
+    }
+
+    /// Whether an attempt that ran out of `Balance`'s per-attempt timeout after its request
+    /// was sent is sent again elsewhere (default `false`). The upstream may have the request
+    /// and be running it: a retry may run the generation twice, billed twice, and repeat any
+    /// effect it has. Failures before the request was sent (a refused or timed-out
+    /// connection, an endpoint service that never became ready) are retried whatever this
+    /// says, and so is a stream that misses its [`first_chunk`](Self::first_chunk) wait, which
+    /// is set for exactly that.
+    ///
+    /// A connection that hangs counts as sent if the per-attempt timeout fires first: keep the
+    /// client's connect timeout below the per-attempt timeout, so that it ends as a connect
+    /// error and is retried.
+    pub fn retry_timeouts(mut self, retry: bool) -> Self {
+        self.settings.retry_timeouts = retry;
         self
     }
 

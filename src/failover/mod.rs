@@ -27,6 +27,25 @@
 //!
 //! - **Limits**: at most 3 attempts by default, each with `Balance`'s per-attempt timeout, all
 //!   within an optional overall deadline.
+//! - **Timeouts**: an attempt that runs out of the per-attempt timeout after its request was
+//!   sent may still be running upstream, so it is sent elsewhere only with
+//!   [`FailoverBuilder::retry_timeouts`]; the request fails with that timeout (or, after
+//!   other failed attempts, [`GaveUp::TimedOutAfterSending`](crate::error::GaveUp)).
+//!   Connect errors and timeouts (the client's connect timeout) and an endpoint service that
+//!   never became ready are retried by default. Whether such a timeout counts against the
+//!   endpoint is the health policy's call
+//!   ([`HealthPolicy::timeouts_are_failures`](crate::health::HealthPolicy::timeouts_are_failures),
+//!   off by default).
+//!
+//!   Sizing the per-attempt timeout: it ends at the response head. A streamed answer sends
+//!   its head early, but a non-streamed generation sends it only when the last token is
+//!   done, so for those the timeout must cover the whole generation on the slowest healthy
+//!   endpoint under load: queueing, prefill, and `max_tokens` times the time per output token
+//!   (4,096 tokens at 40 ms each is 164 s before any queue). Set it per request from
+//!   `max_tokens` with an [`AttemptTimeout`](crate::hints::AttemptTimeout) hint, or leave it
+//!   unset for non-streamed requests and bound them with the overall deadline. For streams,
+//!   the [first-chunk wait](FailoverBuilder::first_chunk) and `Balance`'s idle timeout say
+//!   more than the head does.
 //! - **Budget**: retries draw on a [`RetryBudget`] shared by every clone of the layer (20% of
 //!   requests plus 10 a second by default), so a failing provider cannot double the load on
 //!   the rest.
@@ -42,8 +61,16 @@
 //! - **Mid-stream continuation** ([`FailoverBuilder::continuation`], opt-in): when a stream
 //!   breaks after its first chunk, a [`Continuation`] policy builds a request from what was
 //!   already streamed (for chat completions, `OpenAiChat` with the `openai` feature: the
-//!   original messages plus the partial answer as an assistant prefill), and the caller's
-//!   stream carries on from another endpoint. Off by default: unsafe for tool calls.
+//!   original messages plus the partial answer as a final assistant message, which vLLM
+//!   continues with `continue_final_message`; OpenAI's hosted API does not), and the
+//!   caller's stream carries on from another endpoint. The request is sent with the original
+//!   head, a `content-length` of its new body and no hop-by-hop headers. Only a 2xx
+//!   `text/event-stream` answer is spliced in; any other answer, or a failure to send, ends
+//!   the stream with the error that broke it, as without continuation, and counts against
+//!   the endpoint that gave it as its verdict says (a 5xx or a 2xx that is not a stream
+//!   counts; a 4xx is the request's fault). A stream that breaks after more than 4 MiB is not
+//!   continued: only that much is kept, and a continuation built from part of the answer
+//!   would repeat the rest. Off by default: unsafe for tool calls.
 //! - **Hedging** ([`FailoverBuilder::hedge`]): a slow attempt gets a copy on another endpoint
 //!   after a fixed delay or a percentile of recent answers; the first answer is kept and the
 //!   other cancelled, its slot released.
@@ -94,6 +121,7 @@ mod future;
 mod head_copy;
 mod hedge;
 mod layer;
+mod reconnect;
 mod replay;
 mod service;
 mod settings;

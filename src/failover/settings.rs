@@ -16,6 +16,8 @@ pub(crate) struct Settings {
     pub(crate) hedge: Option<Hedge>,
     pub(crate) latencies: Arc<Latencies>,
     pub(crate) continuation: Option<Arc<dyn Continuation>>,
+    /// Whether a per-attempt timeout after the request was sent is retried.
+    pub(crate) retry_timeouts: bool,
 }
 
 impl Settings {
@@ -37,6 +39,7 @@ impl fmt::Debug for Settings {
             .field("first_chunk", &self.first_chunk)
             .field("hedge", &self.hedge)
             .field("budget", &self.budget)
+            .field("retry_timeouts", &self.retry_timeouts)
             .finish_non_exhaustive()
     }
 }

@@ -1,8 +1,11 @@
 //! The request span's fields, named after OpenTelemetry's semantic conventions for GenAI
 //! and HTTP clients: `gen_ai.operation.name` (from the path), `gen_ai.request.model` (recorded
-//! by `Route` when it reads the model), `server.address` and `server.port` (the endpoint that
-//! answered, without credentials), and `error.type` (the error's kind, or the status of a
-//! failed answer). Recorded through `tracing` only when the span is enabled, so a disabled
+//! by `Route` when it reads the model), `gen_ai.provider.name` (the answering endpoint's
+//! [provider](crate::endpoint::Capabilities::provider), when it has one), `server.address`
+//! and `server.port` (the endpoint that answered, without credentials), `error.type` (the
+//! error's kind, or the status of a failed answer), and `gen_ai.usage.input_tokens` and
+//! `gen_ai.usage.output_tokens` (recorded by `Metering` when the answer's body ends; the
+//! attempt spans declare them too, for an answer that came from a retry). Recorded through `tracing` only when the span is enabled, so a disabled
 //! span costs nothing; no OpenTelemetry crate is needed, and an OpenTelemetry layer for
 //! `tracing` exports them under these names.
 
@@ -24,9 +27,12 @@ pub(crate) fn request_span(uri: &Uri, method: &http::Method) -> tracing::Span {
         uri = %uri,
         "gen_ai.operation.name" = operation(uri.path()),
         "gen_ai.request.model" = tracing::field::Empty,
+        "gen_ai.provider.name" = tracing::field::Empty,
         "server.address" = tracing::field::Empty,
         "server.port" = tracing::field::Empty,
         "error.type" = tracing::field::Empty,
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "gen_ai.usage.output_tokens" = tracing::field::Empty,
     )
 }
 
@@ -53,7 +59,11 @@ pub(crate) fn record_answer<B>(span: &tracing::Span, answer: &Result<Response<B>
     match answer {
         Ok(response) => {
             if let Some(served) = response.extensions().get::<Served>() {
-                record_server(span, &served.endpoint().key().redacted().to_string());
+                let endpoint = served.endpoint();
+                record_server(span, &endpoint.key().redacted().to_string());
+                if let Some(provider) = &endpoint.capabilities().provider {
+                    span.record("gen_ai.provider.name", &**provider);
+                }
             }
             let status = response.status();
             if status.is_client_error() || status.is_server_error() {

@@ -10,7 +10,7 @@ use super::ResponseBody;
 use crate::{
     classify::Outcome,
     endpoint::Endpoint,
-    error::{Attempt, AttemptFailure, BoxError, EndpointError},
+    error::{Attempt, AttemptFailure, BoxError, EndpointError, Timeout},
     hints::{Judged, Picked, Served},
 };
 
@@ -53,8 +53,13 @@ impl<RB: Body> Step<RB> {
 }
 
 /// Judges a call's result by the verdict on its head (in [`Served`]) or on its error (in
-/// [`EndpointError`]). `picked` names the endpoint of a response that does not say.
-pub(crate) fn judge<E, RB>(result: Result<Response<RB>, E>, picked: Option<&Picked>) -> Step<RB>
+/// [`EndpointError`]). `picked` names the endpoint of a response that does not say. A
+/// per-attempt timeout after the request was sent is retried only with `retry_timeouts`.
+pub(crate) fn judge<E, RB>(
+    result: Result<Response<RB>, E>,
+    picked: Option<&Picked>,
+    retry_timeouts: bool,
+) -> Step<RB>
 where
     E: Into<BoxError>,
     RB: Body + Judged,
@@ -66,6 +71,7 @@ where
             let retriable = error
                 .downcast_ref::<EndpointError>()
                 .filter(|e| e.verdict().is_retriable())
+                .filter(|e| retry_timeouts || !timed_out_after_sending(e))
                 .map(|e| Arc::clone(e.endpoint()));
             return match retriable {
                 Some(endpoint) => Step::retry(Failed::new(
@@ -104,4 +110,13 @@ where
         endpoint,
         answer,
     })
+}
+
+/// Whether `error` is the per-attempt timeout, fired after the request was sent: the upstream
+/// may be running it.
+pub(crate) fn timed_out_after_sending(error: &EndpointError) -> bool {
+    error
+        .inner()
+        .downcast_ref::<Timeout>()
+        .is_some_and(Timeout::request_sent)
 }

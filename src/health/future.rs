@@ -78,7 +78,7 @@ where
             Err(error) => {
                 let error = error.into();
                 if let Some(failed) = error.downcast_ref::<EndpointError>() {
-                    policy.judge(failed.endpoint(), failed.verdict());
+                    policy.judge_error(failed);
                 }
                 Poll::Ready(Err(error))
             }

@@ -72,7 +72,7 @@ impl Window {
     fn roll(&mut self, now: Instant, len: Duration) {
         let start = *self.start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);
-        if elapsed >= len * 2 {
+        if elapsed >= len.saturating_mul(2) {
             self.previous = (0, 0);
             self.current = (0, 0);
             self.start = Some(now);
@@ -98,9 +98,9 @@ impl Window {
     pub(crate) fn record(&mut self, now: Instant, len: Duration, failed: bool) {
         self.roll(now, len);
         if failed {
-            self.current.1 += 1;
+            self.current.1 = self.current.1.saturating_add(1);
         } else {
-            self.current.0 += 1;
+            self.current.0 = self.current.0.saturating_add(1);
         }
     }
 

@@ -10,6 +10,7 @@ use crate::{
     classify::Outcome,
     clock::later,
     endpoint::{ConfigError, EjectionCause, Endpoint, Health},
+    error::{EndpointError, Timeout},
 };
 
 /// When an endpoint is ejected, for how long, and how it comes back. The defaults follow
@@ -42,6 +43,19 @@ pub struct HealthPolicy {
     /// A returning endpoint's weight ramps up over this window (default 10 s; `None` for
     /// full weight at once).
     pub slow_start: Option<Duration>,
+    /// Whether an attempt that ran out of `Balance`'s per-attempt timeout (its layer's
+    /// `timeout`, or a request's own [`AttemptTimeout`](crate::hints::AttemptTimeout)) counts
+    /// as the endpoint's failure (default `false`).
+    ///
+    /// That timeout is the caller's choice of how long to wait, not a sign of the server's
+    /// health: a non-streamed generation sends its headers only when it is done, and one that
+    /// runs longer than the timeout on a healthy server would otherwise eject that server
+    /// (five long generations in a row eject every server they were sent to). Set it when
+    /// the timeout is sized well above the slowest healthy answer, so that a server that
+    /// accepts requests and never answers is ejected by passive checks too; without it such a
+    /// server is found by active probes. Connect errors, a stream's idle timeout and
+    /// `Failover`'s first-chunk wait always count.
+    pub timeouts_are_failures: bool,
 }
 
 impl Default for HealthPolicy {
@@ -58,6 +72,7 @@ impl Default for HealthPolicy {
             default_cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(300),
             slow_start: Some(Duration::from_secs(10)),
+            timeouts_are_failures: false,
         }
     }
 }
@@ -98,6 +113,16 @@ impl HealthPolicy {
         self.base_ejection
             .saturating_mul(factor)
             .min(self.max_ejection)
+    }
+
+    /// What an endpoint's error does to it: what its verdict does, unless it is the
+    /// per-attempt timeout and timeouts are not failures here.
+    pub(crate) fn judge_error(&self, error: &EndpointError) {
+        if !self.timeouts_are_failures && error.inner().is::<Timeout>() {
+            tracing::debug!(endpoint = %error.endpoint().key(), "a per-attempt timeout: not counted against the endpoint");
+            return;
+        }
+        self.judge(error.endpoint(), error.verdict());
     }
 
     /// What a verdict does to the endpoint that produced it. The common case, a success on a

@@ -87,7 +87,7 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         loop {
             let jitter = 0.9 + 0.2 * rand::random::<f64>();
-            tokio::time::sleep(config.interval.mul_f64(jitter)).await;
+            tokio::time::sleep(crate::clock::scaled(config.interval, jitter)).await;
             let Some(endpoints) = members.endpoints() else {
                 return; // the pool is gone
             };

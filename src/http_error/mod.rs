@@ -15,6 +15,7 @@
 //! | [`Unsatisfiable`]: no endpoint serves the model | 404 (`model_not_found`) |
 //! | [`Unsatisfiable`]: the context window, or other requirements | 400 |
 //! | [`RateLimited`]: every upstream that could serve is cooling down | 429 + `Retry-After` |
+//! | [`QuotaExhausted`]: every upstream that could serve has spent its quota | 429 + `Retry-After` |
 //! | [`NoEndpoints`] | 503, with `Retry-After` when the first endpoint returns |
 //! | [`Overloaded`] | 503, `Retry-After: 1` |
 //! | [`AttemptsFailed`], [`NotReplayable`]: every attempt rate-limited (429) | 429 + `Retry-After` |
@@ -61,7 +62,7 @@ use crate::{
     capability::{Unmet, Unsatisfiable},
     error::{
         Attempt, AttemptFailure, AttemptsFailed, BoxError, ConfigError, EndpointError, GaveUp,
-        NoEndpoints, NotReplayable, Overloaded, RateLimited, Stalled, Timeout,
+        NoEndpoints, NotReplayable, Overloaded, QuotaExhausted, RateLimited, Stalled, Timeout,
     },
     json::write::openai_error_body,
 };
@@ -164,6 +165,14 @@ impl ErrorReply {
                 )
                 .code("unsatisfiable"),
             };
+        }
+        if let Some(e) = error.downcast_ref::<QuotaExhausted>() {
+            return Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "every upstream that could serve this request has spent its quota",
+            )
+            .retry_after(Some(e.retry_after()))
+            .code("rate_limit_exceeded");
         }
         if let Some(e) = error.downcast_ref::<RateLimited>() {
             return Self::new(

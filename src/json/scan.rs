@@ -444,7 +444,7 @@ fn hex4(digits: Option<&[u8]>) -> Option<u32> {
 }
 
 /// The index of the first `a` or `b` in `haystack`, eight bytes at a time.
-fn find_either(haystack: &[u8], a: u8, b: u8) -> Option<usize> {
+pub(crate) fn find_either(haystack: &[u8], a: u8, b: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // Sets the high bit of each zero byte of `v` (and perhaps of bytes after the first zero,

@@ -6,7 +6,11 @@ use std::{borrow::Borrow, sync::Arc};
 use tokio::time::Instant;
 
 use super::first_byte::{FirstByteHook, Held};
-use crate::{classify::Outcome, clock::nanos, endpoint::Endpoint};
+use crate::{
+    classify::Outcome,
+    clock::nanos,
+    endpoint::{Endpoint, Reservation},
+};
 
 /// One in-flight slot on an endpoint, released on drop.
 ///
@@ -33,6 +37,9 @@ pub struct LoadGuard<E: Borrow<Endpoint> = Arc<Endpoint>> {
     pub(crate) complete_on_drop: bool,
     /// Work held elsewhere until the first byte (a prefix placement's prefill).
     held: Option<Held>,
+    /// What the request holds of its endpoint's quota: given back if it fails or is dropped,
+    /// kept as estimated if it completes (until a usage settles it).
+    reservation: Option<Reservation>,
 }
 
 impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
@@ -76,6 +83,7 @@ impl<E: Borrow<Endpoint> + Clone> LoadGuard<E> {
             defer_first_end: false,
             complete_on_drop: false,
             held: None,
+            reservation: None,
         }
     }
 }
@@ -114,6 +122,24 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         first: Option<Instant>,
     ) {
         self.held = Some(Held::new(hook, amount, first));
+    }
+
+    /// Holds `reservation` (of this guard's endpoint's quota) until the request ends.
+    pub(crate) fn hold_quota(&mut self, reservation: Option<Reservation>) {
+        self.reservation = reservation;
+    }
+
+    /// The request's reservation of its endpoint's quota, if the endpoint has one.
+    pub fn reservation(&self) -> Option<&Reservation> {
+        self.reservation.as_ref()
+    }
+
+    /// Gives the quota reservation back at once: the request failed before the upstream
+    /// counted it.
+    pub(crate) fn release_quota(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            r.release();
+        }
     }
 
     /// Records the first byte of the response body (once).
@@ -156,6 +182,13 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         if let Some(held) = self.held.take() {
             held.complete(at, self.failed);
         }
+        if let Some(r) = self.reservation.take() {
+            if self.failed {
+                r.release();
+            } else {
+                r.keep();
+            }
+        }
         let elapsed = nanos(at.saturating_duration_since(self.start));
         let stamp = self.endpoint.borrow().nanos_at(at);
         if !self.first_byte && !self.failed {
@@ -172,6 +205,10 @@ impl<E: Borrow<Endpoint>> Drop for LoadGuard<E> {
     fn drop(&mut self) {
         if self.complete_on_drop {
             self.complete_late();
+        }
+        if let Some(r) = self.reservation.take() {
+            // Cancelled before it finished: as if it had never been sent.
+            r.release();
         }
         let endpoint = self.endpoint.borrow();
         if !self.completed {

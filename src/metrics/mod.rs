@@ -32,7 +32,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use crate::endpoint::{EjectionCause, HistogramSnapshot, LayerCounts, BUCKETS};
-use crate::endpoint::{Endpoint, Health};
+use crate::endpoint::{Endpoint, Health, QuotaLevel};
+#[cfg(feature = "openai")]
+pub use crate::endpoint::{ModelTokens, OTHER_MODEL};
 
 /// The states of the `ai_balance_health` gauge, one series each.
 pub const HEALTH_STATES: [&str; 5] = ["healthy", "ejected", "cooling_down", "slow_start", "held"];
@@ -80,6 +82,14 @@ pub struct EndpointMetrics {
     pub holds: u64,
     /// Cooldowns after a rate limit.
     pub cooldowns: u64,
+    /// Its provider quota's limits and what is left of them (empty without a quota).
+    pub quota: Vec<QuotaLevel>,
+    /// Times a pick found its quota spent for a request.
+    pub quota_refusals: u64,
+    /// The tokens its answers used, per model (counted by the
+    /// [`MeteringLayer`](crate::metering::MeteringLayer)).
+    #[cfg(feature = "openai")]
+    pub tokens: Vec<ModelTokens>,
 }
 
 impl EndpointMetrics {
@@ -103,6 +113,10 @@ impl EndpointMetrics {
             ejections: EjectionCause::ALL.map(|cause| endpoint.ejections(cause)),
             holds: endpoint.holds(),
             cooldowns: endpoint.cooldowns(),
+            quota: endpoint.quota_levels(now),
+            quota_refusals: endpoint.quota_refusals() as u64,
+            #[cfg(feature = "openai")]
+            tokens: endpoint.tokens(),
         }
     }
 
@@ -149,6 +163,30 @@ impl PoolMetrics {
         }
     }
 }
+
+/// A token counter family: name, help, and the count of a model's row.
+#[cfg(feature = "openai")]
+pub(crate) type TokenFamily = (&'static str, &'static str, fn(&ModelTokens) -> u64);
+
+/// The token counters (with `openai`).
+#[cfg(feature = "openai")]
+pub(crate) const TOKEN_FAMILIES: [TokenFamily; 3] = [
+    (
+        "input_tokens_total",
+        "Input tokens the endpoint's answers reported, cached ones included, by model.",
+        |t| t.input,
+    ),
+    (
+        "output_tokens_total",
+        "Output tokens the endpoint's answers reported, by model.",
+        |t| t.output,
+    ),
+    (
+        "cached_input_tokens_total",
+        "Input tokens read from the endpoint's prompt cache, by model.",
+        |t| t.cached_input,
+    ),
+];
 
 /// The pool-wide counters: name, help, and value, for both exports.
 pub(crate) fn layer_families(l: &LayerCounts) -> [(&'static str, &'static str, u64); 6] {

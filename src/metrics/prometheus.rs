@@ -169,6 +169,68 @@ impl PoolMetrics {
                 let _ = writeln!(out, "ai_balance_{name}{{{labels}}} {}", value(m));
             }
         }
+        type Level = fn(&crate::endpoint::QuotaLevel) -> u64;
+        let quota: [(&str, &str, Level); 4] = [
+            (
+                "quota_limit",
+                "The endpoint's provider quota per minute, by what it counts.",
+                |q| q.limit,
+            ),
+            (
+                "quota_used",
+                "Quota spent and not yet refilled (reserved by requests in flight included).",
+                |q| q.used,
+            ),
+            (
+                "quota_remaining",
+                "Quota that could be spent at once now.",
+                |q| q.remaining,
+            ),
+            (
+                "quota_in_flight",
+                "Quota reserved by requests in flight, not yet corrected to their usage.",
+                |q| q.in_flight,
+            ),
+        ];
+        for (name, help, value) in quota {
+            header(&mut out, name, "gauge", help);
+            for (labels, m) in &labelled {
+                for q in &m.quota {
+                    let kind = q.kind.as_str();
+                    let _ = writeln!(
+                        out,
+                        "ai_balance_{name}{{{labels},kind=\"{kind}\"}} {}",
+                        value(q)
+                    );
+                }
+            }
+        }
+        #[cfg(feature = "openai")]
+        for (name, help, value) in super::TOKEN_FAMILIES {
+            header(&mut out, name, "counter", help);
+            for (labels, m) in &labelled {
+                for t in &m.tokens {
+                    let model = escape(&t.model);
+                    let _ = writeln!(
+                        out,
+                        "ai_balance_{name}{{{labels},model=\"{model}\"}} {}",
+                        value(t)
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "quota_refusals_total",
+            "counter",
+            "Times a pick found the endpoint's quota spent for a request.",
+        );
+        for (labels, m) in &labelled {
+            if !m.quota.is_empty() {
+                let n = m.quota_refusals;
+                let _ = writeln!(out, "ai_balance_quota_refusals_total{{{labels}}} {n}");
+            }
+        }
         for (name, help, value) in layer_families(&self.layers) {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "ai_balance_{name} {value}");
@@ -295,6 +357,45 @@ mod tests {
             }
             assert!(!text.contains("health=\""), "{text}");
         }
+    }
+
+    #[cfg(feature = "openai")]
+    #[test]
+    fn tokens_are_counted_per_endpoint_and_model_from_the_first_scrape() {
+        let pool = Pool::new();
+        let e = pool
+            .insert(
+                EndpointConfig::new("gpu-0").model("llama").model("qwen"),
+                (),
+            )
+            .unwrap();
+        let any = pool.insert("gpu-1", ()).unwrap();
+        let before = pool.metrics().prometheus();
+        e.count_tokens(Some("qwen"), 100, 20, 64);
+        e.count_tokens(Some("qwen"), 10, 2, 0);
+        e.count_tokens(Some("gpt-x"), 1, 1, 0);
+        let after = pool.metrics().prometheus();
+        assert_eq!(
+            series(&before),
+            series(&after),
+            "no series appears: {after}"
+        );
+        for line in [
+            "ai_balance_input_tokens_total{endpoint=\"gpu-0\",tier=\"0\",model=\"qwen\"} 110",
+            "ai_balance_output_tokens_total{endpoint=\"gpu-0\",tier=\"0\",model=\"qwen\"} 22",
+            "ai_balance_cached_input_tokens_total{endpoint=\"gpu-0\",tier=\"0\",model=\"qwen\"} 64",
+            "ai_balance_input_tokens_total{endpoint=\"gpu-0\",tier=\"0\",model=\"llama\"} 0",
+            "ai_balance_input_tokens_total{endpoint=\"gpu-0\",tier=\"0\",model=\"_OTHER\"} 1",
+            "ai_balance_input_tokens_total{endpoint=\"gpu-1\",tier=\"0\",model=\"_OTHER\"} 0",
+        ] {
+            assert!(after.lines().any(|l| l == line), "{line} in {after}");
+        }
+        // An endpoint of any model learns the model's name when it first counts it.
+        any.count_tokens(Some("mistral"), 5, 5, 0);
+        let learned = pool.metrics().prometheus();
+        let line =
+            "ai_balance_output_tokens_total{endpoint=\"gpu-1\",tier=\"0\",model=\"mistral\"} 5";
+        assert!(learned.lines().any(|l| l == line), "{learned}");
     }
 
     #[test]

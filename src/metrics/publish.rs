@@ -79,6 +79,23 @@ fn publish_endpoint(m: &EndpointMetrics) {
     }
     metrics::counter!("ai_balance_holds_total", &labels).absolute(m.holds);
     metrics::counter!("ai_balance_cooldowns_total", &labels).absolute(m.cooldowns);
+    for q in &m.quota {
+        let labels = with(&labels, "kind", q.kind.as_str());
+        metrics::gauge!("ai_balance_quota_limit", &labels).set(q.limit as f64);
+        metrics::gauge!("ai_balance_quota_used", &labels).set(q.used as f64);
+        metrics::gauge!("ai_balance_quota_remaining", &labels).set(q.remaining as f64);
+        metrics::gauge!("ai_balance_quota_in_flight", &labels).set(q.in_flight as f64);
+    }
+    if !m.quota.is_empty() {
+        metrics::counter!("ai_balance_quota_refusals_total", &labels).absolute(m.quota_refusals);
+    }
+    #[cfg(feature = "openai")]
+    for (name, _, value) in super::TOKEN_FAMILIES {
+        for t in &m.tokens {
+            let labels = with(&labels, "model", &*t.model);
+            metrics::counter!(format!("ai_balance_{name}"), &labels).absolute(value(t));
+        }
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -109,7 +126,7 @@ mod tests {
                     .map(|l| l.value().to_owned())
             };
             let mut series = label("endpoint").unwrap_or_default();
-            for extra in ["state", "le", "outcome", "cause"] {
+            for extra in ["state", "le", "outcome", "cause", "model"] {
                 if let Some(v) = label(extra) {
                     series = format!("{series}/{v}");
                 }
@@ -175,6 +192,43 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(value("ai_balance_retries_total", ""), Some(0.0));
+        assert_eq!(
+            value("ai_balance_input_tokens_total", "gpu-0/_OTHER"),
+            Some(0.0)
+        );
         drop(guard);
+    }
+
+    #[test]
+    fn publish_sets_the_tokens_per_model() {
+        let pool = Pool::new();
+        let e = pool
+            .insert(crate::EndpointConfig::new("gpu-0").model("llama"), ())
+            .unwrap();
+        e.count_tokens(Some("llama"), 40, 9, 32);
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || pool.metrics().publish());
+        let seen = capture.0.lock().unwrap().clone();
+        let value = |name: &str, series: &str| {
+            seen.iter()
+                .find(|(n, s, _)| n == name && s == series)
+                .map(|(_, _, v)| *v)
+        };
+        assert_eq!(
+            value("ai_balance_input_tokens_total", "gpu-0/llama"),
+            Some(40.0)
+        );
+        assert_eq!(
+            value("ai_balance_output_tokens_total", "gpu-0/llama"),
+            Some(9.0)
+        );
+        assert_eq!(
+            value("ai_balance_cached_input_tokens_total", "gpu-0/llama"),
+            Some(32.0)
+        );
+        assert_eq!(
+            value("ai_balance_output_tokens_total", "gpu-0/_OTHER"),
+            Some(0.0)
+        );
     }
 }

@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use crate::{
     clock::LazyNow,
-    endpoint::Endpoint,
+    endpoint::{Endpoint, Tokens},
     hints::{Exclude, Require},
 };
 
@@ -51,6 +51,8 @@ pub struct Filter<'a> {
     check_mask: u64,
     require: Option<&'a Require>,
     pub(crate) cost: u64,
+    /// The request's tokens, for endpoints with a quota (their expectation without).
+    pub(crate) tokens: Option<Tokens>,
     pub(crate) max_weight: Option<f64>,
     ignore_health: bool,
     include_held: bool,
@@ -72,6 +74,7 @@ impl<'a> Filter<'a> {
             check_mask: 0,
             require: None,
             cost: 1,
+            tokens: None,
             max_weight: None,
             ignore_health: false,
             include_held: false,
@@ -90,6 +93,13 @@ impl<'a> Filter<'a> {
     /// 1 by default.
     pub fn cost(mut self, cost: u64) -> Self {
         self.cost = cost;
+        self
+    }
+
+    /// The request's tokens, which endpoints with a [`Quota`](crate::endpoint::Quota) must
+    /// have room for (without, each quota's expectation).
+    pub fn tokens(mut self, tokens: Tokens) -> Self {
+        self.tokens = Some(tokens);
         self
     }
 
@@ -160,7 +170,12 @@ impl<'a> Filter<'a> {
     pub(crate) fn view(&self, e: &Endpoint) -> Option<View> {
         let (load, weight) = match e.open_slot() {
             Some(in_flight) => (in_flight, e.weight()),
-            None => e.gated_view(&self.now, self.ignore_health, self.include_held)?,
+            None => e.gated_view(
+                &self.now,
+                self.ignore_health,
+                self.include_held,
+                self.tokens,
+            )?,
         };
         self.wants(e).then_some(View { load, weight })
     }

@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
-use crate::sync::{AtomicU64, Ordering::Relaxed};
+use tokio::time::Instant;
+
+use crate::{
+    endpoint::Endpoint,
+    report::LoadReport,
+    sync::{AtomicU64, Ordering::Relaxed},
+};
 
 /// What an engine reports of its queue (vLLM's `num_requests_waiting` and
 /// `num_requests_running`; SGLang's `num_queue_reqs` and `num_running_reqs`), scraped from its
@@ -25,6 +31,17 @@ pub struct EngineLoad {
     pub prefilling: u64,
 }
 
+/// A load report's figures; those it does not give count as 0.
+impl From<&LoadReport> for EngineLoad {
+    fn from(report: &LoadReport) -> Self {
+        Self {
+            waiting: report.waiting.unwrap_or(0),
+            running: report.running.unwrap_or(0),
+            prefilling: report.prefilling.unwrap_or(0),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Backlog {
     /// Prefill tokens of this router's requests there that have no first token yet.
@@ -40,6 +57,8 @@ pub(crate) struct Backlog {
     own_at_report: AtomicU64,
     /// The report's prefill tokens beyond this router's own pending ones at the time.
     others_prefilling: AtomicU64,
+    /// The stamp of the endpoint's own report last read ([`Backlog::adopt`]).
+    adopted: AtomicU64,
 }
 
 /// What a pick reads of an endpoint's backlog.
@@ -80,6 +99,39 @@ impl Backlog {
         self.own_at_report.store(own, Relaxed);
         self.report.store(packed, Relaxed);
         self.reported_at.store(at.saturating_add(1), Relaxed);
+    }
+
+    /// Takes the endpoint's latest load report ([`Endpoint::report`]) if it is newer than the
+    /// one this backlog holds: a report that gives a queue (waiting or running) becomes the
+    /// backlog's report, as [`report`](Self::report) takes one, with the report's own count of
+    /// this router's requests in flight when it gives one. One atomic load when nothing is
+    /// new; never waits, never allocates. `epoch` is the index's.
+    #[inline]
+    pub(crate) fn adopt(&self, endpoint: &Endpoint, epoch: Instant) {
+        let stamp = endpoint.report_stamp();
+        if stamp > self.adopted.load(Relaxed) {
+            self.adopt_new(endpoint, epoch);
+        }
+    }
+
+    #[cold]
+    fn adopt_new(&self, endpoint: &Endpoint, epoch: Instant) {
+        let Some((report, stamp)) = endpoint.try_latest_report() else {
+            return;
+        };
+        // Another pick may be taking the same report: one does.
+        if self.adopted.fetch_max(stamp, Relaxed) >= stamp || report.requests().is_none() {
+            return;
+        }
+        let at = nanos(report.measured_at.saturating_duration_since(epoch));
+        // A report given to the policy directly may be as new.
+        if self.reported_at.load(Relaxed) > at {
+            return;
+        }
+        let own = report
+            .local_in_flight
+            .map_or_else(|| endpoint.in_flight(), |n| n as usize);
+        self.report(EngineLoad::from(&report), own, at);
     }
 
     /// The backlog as seen at `now` (nanoseconds after the epoch), with the report if it is

@@ -7,7 +7,7 @@ use rand::RngCore;
 use tokio::time::Instant;
 
 use super::{
-    backlog::{nanos, EngineLoad},
+    backlog::{nanos, Backlog, EngineLoad, Seen},
     index::PrefixIndex,
     placement::Placement,
 };
@@ -204,6 +204,13 @@ impl PrefixPolicy {
 
     /// Records an engine's report of its load, taken at `at`. The report counts this router's
     /// requests already; the policy subtracts those it had there at the time.
+    ///
+    /// An endpoint that holds a load report of its own ([`Endpoint::report`], which the
+    /// [`Scraper`](crate::engines::Scraper) with [`ToEndpoints`](crate::engines::ToEndpoints)
+    /// feeds) needs no call: a pick reads the endpoint's latest report when it is newer than
+    /// the one recorded here, with the report's
+    /// [`local_in_flight`](crate::report::LoadReport::local_in_flight) as this router's
+    /// requests then. Whichever of the two is newer counts.
     pub fn report(&self, endpoint: &Endpoint, load: EngineLoad, at: Instant) {
         let at = nanos(at.saturating_duration_since(self.index.epoch));
         self.index
@@ -260,12 +267,24 @@ impl PrefixPolicy {
             }
             let record = view.get(e);
             let cached = record.map_or(0, |r| r.matched(blocks));
-            let seen = record.map_or_else(Default::default, |r| {
-                let now = *now.get_or_insert_with(|| {
+            let mut now_nanos = || {
+                *now.get_or_insert_with(|| {
                     nanos(filter.now().saturating_duration_since(self.index.epoch))
-                });
-                r.backlog.seen(now, s.max_age)
-            });
+                })
+            };
+            let seen = match record {
+                Some(r) => {
+                    r.backlog.adopt(e, self.index.epoch);
+                    r.backlog.seen(now_nanos(), s.max_age)
+                }
+                // Never placed there: the endpoint's own report, if it has one, alone.
+                None if e.report_stamp() != 0 => {
+                    let backlog = Backlog::default();
+                    backlog.adopt(e, self.index.epoch);
+                    backlog.seen(now_nanos(), s.max_age)
+                }
+                None => Seen::default(),
+            };
             let rate = s.rate * weight;
             // Another router's prefill that had begun by the report: what may be left of it.
             let prefilling =

@@ -89,7 +89,7 @@ pub use self::{
 use crate::{
     capability::Require,
     error::BoxError,
-    hints::{Cost, Hinted},
+    hints::{Cost, Hinted, Tokens},
 };
 
 /// What [`Route`] sets on a request.
@@ -99,6 +99,9 @@ pub struct Routing {
     pub require: Option<Require>,
     /// The request's work, in tokens (prompt plus maximum output, or an estimate).
     pub cost: Option<u64>,
+    /// Its prompt's tokens and its maximum output, for endpoints with a provider quota
+    /// ([`Quota`](crate::endpoint::Quota)) to reserve.
+    pub tokens: Option<Tokens>,
     /// Refuse the request with this error instead of sending it on: its routing cannot be
     /// decided from what it says.
     pub refuse: Option<BadRequest>,
@@ -227,6 +230,9 @@ where
         }
         if let Some(cost) = routing.cost {
             request.extensions_mut().insert(Cost(cost));
+        }
+        if let Some(tokens) = routing.tokens {
+            request.extensions_mut().insert(tokens);
         }
         ResponseFuture::called(self.inner.call(request))
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Routing;
-use crate::capability::Require;
+use crate::{capability::Require, hints::Tokens};
 
 /// What a reader extracted from a request, for [`Rules`] to decide on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,6 +113,10 @@ impl Rules {
         Routing {
             require: Some(require),
             cost: Some(u64::from(tokens.max(1))),
+            tokens: Some(Tokens::new(
+                u64::from(info.prompt_tokens),
+                u64::from(info.max_tokens),
+            )),
             refuse: None,
         }
     }

@@ -15,8 +15,9 @@ use std::{
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_ai_balance::{
-    hints::Exclude, Balance, BalanceLayer, EndpointConfig, Health, HealthFilterLayer, HealthPolicy,
-    Pool,
+    hints::Exclude,
+    report::{LoadReport, ReportPolicy},
+    Balance, BalanceLayer, EndpointConfig, Health, HealthFilterLayer, HealthPolicy, Pool,
 };
 
 use crate::support::{empty_request, finish, ms, served, total_in_flight, Held};
@@ -68,6 +69,38 @@ async fn a_cooldown_that_ends_serves_a_waiting_request() {
     assert!(
         waited >= ms(990) && waited < ms(1010),
         "served {waited:?} after it queued; b's cooldown ended after 1 s"
+    );
+    held.release("a");
+    held.release("b");
+    finish(first.into_body()).await;
+    finish(second.into_body()).await;
+    assert_eq!(total_in_flight(&pool), 0);
+}
+
+/// An endpoint whose load report shows it saturated serves a waiting request once that
+/// report goes stale, not when the request's own queue timeout fires.
+#[tokio::test(start_paused = true)]
+async fn a_saturated_report_that_goes_stale_serves_a_waiting_request() {
+    let held = Held::default();
+    let (pool, svc) = queued(&held, &["a", "b"]);
+    let mut policy = ReportPolicy::default();
+    policy.max_age = Some(Duration::from_secs(3));
+    policy.max_waiting = Some(4);
+    pool.set_report_policy(policy).unwrap();
+    let b = pool.get("b").unwrap();
+    // b's engine says 9 requests wait: saturated for the next 3 s, and no newer report comes.
+    b.report(&LoadReport::new(Instant::now()).waiting(9).running(8));
+    let first = svc.clone().oneshot(empty_request()).await.unwrap();
+    assert_eq!(served(&first).key().as_str(), "a");
+
+    let start = Instant::now();
+    let second = svc.clone().oneshot(empty_request()).await.unwrap();
+    assert_eq!(served(&second).key().as_str(), "b");
+    let waited = start.elapsed();
+    // The report's freshness is kept in ticks of about 2 ms, rounded down.
+    assert!(
+        waited >= ms(2990) && waited <= Duration::from_secs(3),
+        "served {waited:?} after it queued; b's saturated report went stale after 3 s"
     );
     held.release("a");
     held.release("b");

@@ -11,6 +11,11 @@ mod model_server;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod continuation;
 mod extremes;
 mod failover_promises;
+mod once;
 mod rate_limits;
+mod slots;
+mod timeouts;
+mod wire;

@@ -90,7 +90,7 @@ async fn the_gateway_answers_429_with_retry_after_when_every_upstream_cools_down
         let s = ModelServer::spawn(Spec::new(format!("m{i}"), ms(1), ms(1))).await;
         s.set_mode(Mode::RateLimit(60));
         gw.upstreams
-            .push(gateway::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
+            .push(format!("{},models=sim", s.uri()).parse().unwrap());
         servers.push(s);
     }
     let (app, _pool) = gw.build().await.unwrap();

@@ -7,7 +7,7 @@ use http::StatusCode;
 
 use crate::{
     completion,
-    gateway::{read_config, Gateway},
+    gateway::Gateway,
     model_server::{ModelServer, Spec},
     send, serve,
     support::refusing_port,
@@ -46,15 +46,13 @@ attempts = 3
 "#,
         provider = provider.uri(),
     );
-    let (settings, upstreams) = read_config(&toml).unwrap();
-    assert_eq!(upstreams.len(), 2);
+    let settings: tower_ai_balance::config::Settings = toml::from_str(&toml).unwrap();
+    assert_eq!(settings.endpoints.len(), 2);
     assert_eq!(settings.balance.timeout, Some(Duration::from_secs(2)));
-    assert_eq!(
-        upstreams[1].key().as_str(),
-        provider.uri().to_string().trim_end_matches('/')
-    );
-    let mut gw = Gateway::default();
-    (gw.settings, gw.upstreams) = (settings, upstreams);
+    let gw = Gateway {
+        settings,
+        ..Gateway::default()
+    };
     let (addr, pool) = serve(gw).await;
     let (head, body) = send(completion(addr, 2, false)).await;
     assert_eq!(head.status, StatusCode::OK, "{body:?}");
@@ -82,9 +80,16 @@ attempts = 3
         "GATEWAY_TEST_CONFIG_ANTHROPIC_KEY",
         "GATEWAY_TEST_CONFIG_UNSET",
     );
-    assert!(read_config(&unset).is_err());
-    assert!(read_config(&toml.replace("\"anthropic\"", "\"cohere\"")).is_err());
-    let keyless = toml.replace(", key_env = \"GATEWAY_TEST_CONFIG_ANTHROPIC_KEY\"", "");
-    assert!(read_config(&keyless).is_err());
-    assert!(read_config("[[endpoints]]\nkey = \"not a url\"").is_err());
+    for bad in [
+        unset,
+        toml.replace("\"anthropic\"", "\"cohere\""),
+        toml.replace(", key_env = \"GATEWAY_TEST_CONFIG_ANTHROPIC_KEY\"", ""),
+        "[[endpoints]]\nkey = \"not a url\"".to_owned(),
+    ] {
+        let gw = Gateway {
+            settings: toml::from_str(&bad).unwrap(),
+            ..Gateway::default()
+        };
+        assert!(gw.build().await.is_err(), "{bad}");
+    }
 }

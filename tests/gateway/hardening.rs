@@ -13,10 +13,10 @@ use tower_ai_balance::Health;
 
 use crate::{
     completion,
-    gateway::{parse_upstream, Gateway},
+    gateway::Gateway,
     get,
     model_server::{Mode, ModelServer, Spec},
-    send, serve,
+    parse_upstream, send, serve,
     support::refusing_port,
 };
 

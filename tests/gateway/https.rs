@@ -12,10 +12,10 @@ use tokio_rustls::TlsAcceptor;
 use tower_ai_balance::client::Client;
 
 use crate::{
-    gateway::{parse_upstream, Gateway},
+    gateway::Gateway,
     get,
     model_server::{ModelServer, Spec},
-    send, serve,
+    parse_upstream, send, serve,
     support::{openai_stream, stream_text, TestCa},
 };
 
@@ -176,4 +176,52 @@ async fn models_of_an_upstream_down_at_start_are_listed_once_it_answers() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(listed, ["sim"], "asked again, and listed");
+}
+
+#[tokio::test]
+async fn an_anthropic_upstreams_own_models_are_listed_in_openai_format() {
+    let ca = TestCa::new();
+    let fast = |name: &str| Spec::new(name, Duration::from_millis(2), Duration::from_millis(2));
+    let (openai, anthropic) = (
+        ModelServer::spawn(fast("openai")).await,
+        ModelServer::spawn(fast("anthropic")).await,
+    );
+    let openai_url = format!(
+        "https://localhost:{}/v1",
+        https_front(&ca, openai.addr).await.port()
+    );
+    let anthropic_url = format!(
+        "https://localhost:{}",
+        https_front(&ca, anthropic.addr).await.port()
+    );
+    let mut gw = Gateway::default();
+    // Neither names a model: both are asked, each in its own format and with its own key.
+    gw.upstreams
+        .push(parse_upstream(&format!("{openai_url},key=sk-openai")).unwrap());
+    gw.upstreams
+        .push(parse_upstream(&format!("{anthropic_url},format=anthropic,key=sk-ant")).unwrap());
+    gw.client = Some(
+        Client::builder()
+            .webpki_roots(false)
+            .ca_pem(ca.ca_pem.as_bytes())
+            .build()
+            .unwrap(),
+    );
+    let (addr, _pool) = serve(gw).await;
+    let (status, models) = get(addr, "/v1/models").await;
+    assert_eq!(status, StatusCode::OK);
+    let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+    let ids: Vec<&str> = (models["data"].as_array().unwrap().iter())
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    // All three of the Anthropic list's models, from its two pages, and the OpenAI one's.
+    let mut expected = crate::model_server::ANTHROPIC_MODELS.to_vec();
+    expected.push("sim");
+    expected.sort();
+    assert_eq!(ids, expected, "{models}");
+    assert!(models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["object"] == "model"));
 }

@@ -12,6 +12,7 @@ mod model_server;
 #[path = "../client/support.rs"]
 mod support;
 
+mod checks;
 mod config;
 mod hardening;
 mod https;
@@ -24,6 +25,11 @@ use http_body_util::{BodyExt, Full};
 use tower_ai_balance::{client, Pool};
 
 use crate::model_server::{ModelServer, Spec, Upstream};
+
+/// An upstream as a `--upstream` flag gives it.
+pub fn parse_upstream(spec: &str) -> Result<client::UpstreamConfig, client::ClientError> {
+    spec.parse()
+}
 
 /// A gateway serving on an ephemeral loopback port.
 pub async fn serve(gw: gateway::Gateway) -> (SocketAddr, Pool<client::Upstream>) {
@@ -50,9 +56,8 @@ async fn start(n: usize) -> Running {
             Duration::from_millis(5),
         ))
         .await;
-        gw.upstreams.push(
-            gateway::parse_upstream(&format!("{},models=sim|llama,tier=0", s.uri())).unwrap(),
-        );
+        gw.upstreams
+            .push(crate::parse_upstream(&format!("{},models=sim|llama,tier=0", s.uri())).unwrap());
         servers.push(Some(s));
     }
     let (addr, pool) = serve(gw).await;

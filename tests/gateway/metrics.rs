@@ -26,7 +26,7 @@ async fn start() -> (SocketAddr, Vec<ModelServer>) {
         ))
         .await;
         gw.upstreams
-            .push(gateway::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
+            .push(crate::parse_upstream(&format!("{},models=sim", s.uri())).unwrap());
         servers.push(s);
     }
     let (addr, _pool) = crate::serve(gw).await;
@@ -198,4 +198,105 @@ async fn metrics_keep_their_series_through_an_ejection_and_parse_as_prometheus_t
     assert_eq!(histograms, 6, "two histograms for each of three endpoints");
     let served = value(&after, "ai_balance_request_duration_seconds_count", &on);
     assert!(served >= 5.0, "the failures' durations too");
+}
+
+/// Sends a chat request and reads the usage the answer reported, streamed or not (a stream
+/// reports it only when asked to).
+async fn chat_usage(addr: SocketAddr, prompt: &str, stream: Option<bool>) -> (u64, u64) {
+    let mut body = serde_json::json!({
+        "model": "sim", "max_tokens": 3,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    if let Some(include_usage) = stream {
+        body["stream"] = true.into();
+        body["stream_options"] = serde_json::json!({ "include_usage": include_usage });
+    }
+    let request = Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = Upstream::client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&text).unwrap();
+    let documents: Vec<serde_json::Value> = match stream {
+        None => vec![serde_json::from_str(text).unwrap()],
+        Some(_) => text
+            .split("\n\n")
+            .filter_map(|event| event.strip_prefix("data: "))
+            .filter(|data| *data != "[DONE]")
+            .map(|data| serde_json::from_str(data).unwrap())
+            .collect(),
+    };
+    let usage: Vec<_> = documents
+        .iter()
+        .filter(|d| d["usage"].is_object())
+        .collect();
+    match usage[..] {
+        [] => (0, 0),
+        [u] => (
+            u["usage"]["prompt_tokens"].as_u64().unwrap(),
+            u["usage"]["completion_tokens"].as_u64().unwrap(),
+        ),
+        _ => panic!("one usage: {text}"),
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_the_tokens_the_servers_reported_per_endpoint_and_model() {
+    let (addr, _servers) = start().await;
+    let before = parse(&scrape(addr).await);
+    let prompts = [
+        "Hi.",
+        "What is the capital of France?",
+        "one two three four five",
+        "Tell me a joke",
+    ];
+    let (mut input, mut output) = (0, 0);
+    for i in 0..24 {
+        // Answers, streams that ask for their usage, and streams that do not.
+        let (prompt, stream) = (prompts[i % 4], [None, Some(true), Some(false)][i % 3]);
+        let reported = chat_usage(addr, prompt, stream).await;
+        let words = prompt.split_whitespace().count() as u64;
+        let want = if stream == Some(false) {
+            (0, 0)
+        } else {
+            (words, 3)
+        };
+        assert_eq!(reported, want, "the server reports real counts");
+        input += reported.0;
+        output += reported.1;
+    }
+    let text = scrape(addr).await;
+    let after = parse(&text);
+    assert_eq!(series(&before), series(&after), "no series appeared");
+    let sum = |metric: &str, model: &str| -> f64 {
+        after
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && s.labels.get("model") == Some(model))
+            .map(|s| match s.value {
+                Value::Counter(v) => v,
+                _ => panic!("{metric} is a counter"),
+            })
+            .sum()
+    };
+    assert_eq!(
+        sum("ai_balance_input_tokens_total", "sim"),
+        input as f64,
+        "{text}"
+    );
+    assert_eq!(sum("ai_balance_output_tokens_total", "sim"), output as f64);
+    assert_eq!(sum("ai_balance_cached_input_tokens_total", "sim"), 0.0);
+    assert_eq!(sum("ai_balance_input_tokens_total", "_OTHER"), 0.0);
+    // The tokens are counted where they were served.
+    for s in after.samples.iter().filter(|s| {
+        s.metric == "ai_balance_output_tokens_total" && s.labels.get("model") == Some("sim")
+    }) {
+        let endpoint = s.labels.get("endpoint").unwrap();
+        let served = [("endpoint", endpoint), ("outcome", "success")];
+        if matches!(s.value, Value::Counter(v) if v > 0.0) {
+            assert!(value(&after, "ai_balance_requests_total", &served) > 0.0);
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! probes, slow start, and a pool where most endpoints fail.
 #![allow(unreachable_pub)]
 
+mod ejection_cap;
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
 #[path = "../support/mod.rs"]

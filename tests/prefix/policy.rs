@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use rand::{rngs::SmallRng, SeedableRng};
 use tokio::time::Instant;
 use tower_ai_balance::{
+    engines::{from_prometheus, LoadReport},
     hints::Exclude,
     load::LoadGuard,
     pick::Filter,
@@ -404,6 +405,96 @@ fn another_routers_prefill_under_way_counts_less_what_it_has_computed_since() {
         .unwrap();
     assert!((c.expected - (0.5 + own)).abs() < 1e-9, "{c:?}");
     drop(mine);
+}
+
+#[test]
+fn an_endpoints_own_load_report_counts_without_a_call() {
+    let (eps, mut rng) = (endpoints(2), SmallRng::seed_from_u64(13));
+    let p = policy().report_age(Duration::from_secs(5));
+    let q = policy().report_age(Duration::from_secs(5));
+    let t0 = Instant::now();
+    let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+    // A vLLM scrape of e0: one request running, 20,000 prompt tokens scheduled and not cached,
+    // none computed yet (half a second's prefill), none of them this router's.
+    let metrics = "vllm:num_requests_waiting 0\nvllm:num_requests_running 1\n\
+        vllm:prefix_cache_queries_total 26000\nvllm:prefix_cache_hits_total 6000\n\
+        vllm:prompt_tokens_by_source_total{source=\"local_compute\"} 0\n";
+    let report = from_prometheus(metrics.as_bytes(), t0).unwrap();
+    assert_eq!(report.prefilling, Some(20_000));
+    eps[0].report(&report.local_in_flight(0));
+
+    let x = only(&eps, 0);
+    let mut on_e0 = |secs: f64| {
+        let filter = Filter::new().exclude(&x).at(at(secs));
+        p.pick(&eps, &filter, &fresh(3, 4), 2_048, &mut rng)
+            .unwrap()
+            .expected
+    };
+    let own = 2_048.0 / 40_000.0;
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    // Read before this router placed anything there, and again once it has a record.
+    assert!(near(on_e0(0.0), 0.5 + own));
+    assert!(near(on_e0(0.2), 0.3 + own));
+    let c = p
+        .pick(
+            &eps,
+            &Filter::new().at(at(0.1)),
+            &fresh(3, 4),
+            2_048,
+            &mut rng,
+        )
+        .unwrap();
+    assert_eq!(c.index, 1, "the idle engine wins while the prefill lasts");
+    drop(p.placed(&eps[0], &fresh(5, 1), &Choice { index: 0, ..c }));
+    let mut on_e0 = |secs: f64| {
+        let filter = Filter::new().exclude(&x).at(at(secs));
+        p.pick(&eps, &filter, &fresh(3, 4), 2_048, &mut rng)
+            .unwrap()
+            .expected
+    };
+    assert!(near(on_e0(0.2), 0.3 + own));
+
+    // The policy given the same figures directly expects the same.
+    let others = endpoints(2);
+    let y = only(&others, 0);
+    let load = EngineLoad {
+        waiting: 0,
+        running: 1,
+        prefilling: 20_000,
+    };
+    q.report(&others[0], load, t0);
+    let filter = Filter::new().exclude(&y).at(at(0.2));
+    let direct = q
+        .pick(
+            &others,
+            &filter,
+            &fresh(3, 4),
+            2_048,
+            &mut SmallRng::seed_from_u64(1),
+        )
+        .unwrap();
+    assert!(near(direct.expected, 0.3 + own));
+
+    // A newer report replaces it; a report given directly counts while it is the newer one.
+    eps[0].report(&LoadReport::new(at(0.3)).waiting(0).running(0).prefilling(0));
+    assert!(near(on_e0(0.3), own));
+    p.report(
+        &eps[0],
+        EngineLoad {
+            prefilling: 40_000,
+            ..load
+        },
+        at(0.4),
+    );
+    assert!(near(on_e0(0.4), 1.0 + own));
+    eps[0].report(&LoadReport::new(at(0.5)).running(1).prefilling(4_000));
+    assert!(near(on_e0(0.5), 0.1 + own));
+    // A stale one counts no more; a report that gives no queue does not replace one that does.
+    assert!(near(on_e0(5.6), own));
+    eps[0].report(&LoadReport::new(at(6.0)).running(1).prefilling(8_000));
+    assert!(near(on_e0(6.0), 0.2 + own));
+    eps[0].report(&LoadReport::new(at(6.1)).kv_usage(0.5));
+    assert!(near(on_e0(6.1), 0.1 + own));
 }
 
 #[test]

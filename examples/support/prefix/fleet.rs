@@ -294,6 +294,7 @@ pub fn run(
             engines[w].queue.push_back(id);
             if diag {
                 ahead[id] = Ahead::at(&engines[w], w, k, now, requests, trace, &owner, &placed, s);
+                ahead[id].best(&engines, r, trace, s);
             }
             start_next(
                 w,
@@ -330,10 +331,10 @@ pub fn run(
         }
         let k = slowest.len() as f64;
         eprintln!(
-            "slowest {}: ttft {:.2} expected {:.2} | prefill running: own {:.2} s, others {:.2} s | queued: own {:.2} s ({:.1} req), others {:.2} s ({:.1} req) | full {:.0}% | own prefill {:.2} s",
+            "slowest {}: ttft {:.2} expected {:.2} | prefill running: own {:.2} s, others {:.2} s | queued: own {:.2} s ({:.1} req), others {:.2} s ({:.1} req) | full {:.0}% | own prefill {:.2} s (best engine's {:.2} s)",
             slowest.len(), sum.ttft / k, sum.expected / k, sum.running_own / k, sum.running_other / k,
             sum.queued_own / k, sum.queued_own_n / k, sum.queued_other / k, sum.queued_other_n / k,
-            100.0 * sum.full / k, sum.own / k,
+            100.0 * sum.full / k, sum.own / k, sum.best_own / k,
         );
     }
     out.ttft.sort_by(f64::total_cmp);
@@ -360,6 +361,8 @@ struct Ahead {
     queued_other_n: f64,
     full: f64,
     own: f64,
+    /// The prefill it would have had on the engine holding most of its prompt.
+    best_own: f64,
     ttft: f64,
     expected: f64,
 }
@@ -378,7 +381,10 @@ impl Ahead {
         s: &Settings,
     ) -> Self {
         let _ = (w, placed);
-        let mut a = Ahead::default();
+        let mut a = Ahead {
+            best_own: f64::INFINITY,
+            ..Ahead::default()
+        };
         if e.prefilling {
             let left = (e.prefill_end - now).max(0.0);
             if e.prefill_owner == router {
@@ -407,6 +413,14 @@ impl Ahead {
         a
     }
 
+    fn best(&mut self, engines: &[Engine], r: &Request, trace: &Trace, s: &Settings) {
+        for e in engines {
+            let hit = e.cache.matched(trace.blocks(r)) as u64 * u64::from(s.block_tokens);
+            let t = (u64::from(r.input) - hit.min(u64::from(r.input) - 1)) as f64 / s.prefill_rate;
+            self.best_own = self.best_own.min(t);
+        }
+    }
+
     fn add(&mut self, o: &Ahead, ttft: f64, expected: f64) {
         self.running_own += o.running_own;
         self.running_other += o.running_other;
@@ -416,6 +430,7 @@ impl Ahead {
         self.queued_other_n += o.queued_other_n;
         self.full += o.full;
         self.own += o.own;
+        self.best_own += o.best_own;
         self.ttft += ttft;
         self.expected += expected;
     }
