@@ -287,9 +287,15 @@ impl Window {
         ((ahead as f64 / self.interval).ceil() as u64).min(u64::MAX / 2)
     }
 
-    /// The provider says `remaining` are left and the window is whole again after `reset`:
-    /// its figures replace the local estimate. The provider has counted the request they came
-    /// with (`own` units) but not the others this router has in flight, which are taken off.
+    /// The provider says `remaining` are left and the window is whole again after `reset`.
+    /// The provider has counted the request they came with (`own` units) but not the others
+    /// this router has in flight, which are taken off. Its figures override the local
+    /// estimate where they leave less room (other clients of the key spent some, or nothing
+    /// is left before the reset); they never leave more than the local accounting does: a
+    /// provider's window refills by what it served a minute before, in lumps, while this one
+    /// refills evenly, so room granted on a provider's higher figure would be spent again by
+    /// the even refill before the provider's own returned (429s at saturation). Returns
+    /// whether the figures overrode the estimate.
     pub(super) fn told(
         &self,
         limit: Option<u64>,
@@ -297,7 +303,7 @@ impl Window {
         reset: Option<Duration>,
         own: u64,
         now: u64,
-    ) {
+    ) -> bool {
         let others = self.pending.load(SeqCst).saturating_sub(own);
         let available = remaining.saturating_sub(others);
         let burst_units = (self.tolerance as f64 / self.interval).floor() as u64;
@@ -310,9 +316,10 @@ impl Window {
             now.saturating_add(self.tolerance)
                 .saturating_sub(self.cost(available.min(burst_units)))
         };
-        self.tat.store(tat, SeqCst);
+        let before = self.tat.fetch_max(tat, SeqCst);
         self.told_limit.store(limit.unwrap_or(u64::MAX), SeqCst);
         self.told_remaining.store(remaining, SeqCst);
+        tat > before
     }
 }
 

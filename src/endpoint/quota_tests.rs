@@ -227,6 +227,35 @@ fn the_providers_headers_replace_the_estimate() {
     assert!(when - at >= Duration::from_secs(45), "{:?}", when - at);
 }
 
+/// A provider's figure that leaves more room than the local accounting does not raise it (its
+/// window refills by what it served a minute before, this one evenly), and the request it
+/// came with is then corrected by its usage as if no header had come.
+#[test]
+fn the_providers_headers_never_leave_more_room_than_the_local_accounting() {
+    let at = Instant::now();
+    let e = endpoint(Quota::new().tokens_per_minute(10_000).burst(0.2));
+    let first = Reservation::take(&e, Some(Tokens::new(1_000, 1_000)), at)
+        .unwrap()
+        .unwrap();
+    let before = level(&e, QuotaKind::Tokens, at).remaining;
+    assert_eq!(before, 0, "the burst of 2,000 is spent");
+    let headers: http::HeaderMap = [("x-ratelimit-remaining-tokens", "9000")]
+        .into_iter()
+        .map(|(n, v)| (http::HeaderName::from_static(n), v.parse().unwrap()))
+        .collect();
+    first.told(&read(&headers, SystemTime::now()), at);
+    let told = level(&e, QuotaKind::Tokens, at);
+    assert_eq!(
+        told.remaining, 0,
+        "a higher figure leaves the estimate as it was"
+    );
+    assert_eq!(told.provider_remaining, Some(9_000), "but is reported");
+    assert!(Reservation::take(&e, Some(Tokens::new(1, 0)), at).is_err());
+    // The request used half its reservation: the usage gives the rest back.
+    assert!(first.settle(Tokens::new(1_000, 0)));
+    assert_eq!(level(&e, QuotaKind::Tokens, at).remaining, 1_000);
+}
+
 /// What a run of random operations leaves in the windows.
 #[derive(Debug, Clone)]
 enum Op {

@@ -154,9 +154,10 @@ impl Reservation {
         }
     }
 
-    /// The provider's headers on this request's response: their figures replace the local
-    /// estimate of every window they speak of, and the request counts as the provider counted
-    /// it (kept, unless a usage settles it).
+    /// The provider's headers on this request's response: their figures override the local
+    /// estimate of every window they speak of where they leave less room (see
+    /// `Window::told`), and the request counts as the provider counted it (kept, unless a
+    /// usage settles it).
     pub(crate) fn told(&self, figures: &ProviderFigures, now: Instant) {
         let q = self.quota();
         let now_n = q.nanos(now);
@@ -179,8 +180,11 @@ impl Reservation {
             } else {
                 0
             };
-            w.told(*limit, *remaining, *reset, own, now_n);
-            self.held.told.fetch_or(1 << i, SeqCst);
+            if w.told(*limit, *remaining, *reset, own, now_n) {
+                // The provider's count replaced this request's estimate: a settle must not
+                // correct it again.
+                self.held.told.fetch_or(1 << i, SeqCst);
+            }
             any = true;
         }
         if any {

@@ -134,6 +134,18 @@ fn settle<B>(response: &Response<B>) {
 /// no provider answers 429.
 #[tokio::test(start_paused = true)]
 async fn five_minutes_at_one_and_a_half_times_the_quota_stay_within_it_and_near_full() {
+    five_minutes(false).await;
+}
+
+/// The same five minutes with the providers' rate-limit headers on every answer: a provider's
+/// sliding window refills by what it served a minute before, so its figures must not make the
+/// router spend faster than its own even refill allows.
+#[tokio::test(start_paused = true)]
+async fn five_minutes_with_the_providers_headers_stay_within_the_quota_and_near_full() {
+    five_minutes(true).await;
+}
+
+async fn five_minutes(headers: bool) {
     const QUOTAS: [u64; 2] = [60_000, 40_000];
     let pool = Pool::new();
     let logs: Vec<Arc<Log>> = QUOTAS.iter().map(|_| Arc::default()).collect();
@@ -143,7 +155,7 @@ async fn five_minutes_at_one_and_a_half_times_the_quota_stay_within_it_and_near_
                 .tokens_per_minute(tpm)
                 .requests_per_minute(10_000),
         );
-        pool.insert(config, provider(tpm, Duration::from_secs(2), log, false))
+        pool.insert(config, provider(tpm, Duration::from_secs(2), log, headers))
             .unwrap();
     }
     let svc = ServiceBuilder::new()
@@ -219,8 +231,9 @@ async fn five_minutes_at_one_and_a_half_times_the_quota_stay_within_it_and_near_
             max = max.max(log.window(t));
         }
         println!(
-            "{name}: quota {tpm} tokens/min; any 60 s window used at most {max} ({:.1}%), \
-             at least {min} ({:.1}%) after the first minute; 429s: {}",
+            "{name} (provider headers {}): quota {tpm} tokens/min; any 60 s window used at \
+             most {max} ({:.1}%), at least {min} ({:.1}%) after the first minute; 429s: {}",
+            if headers { "on" } else { "off" },
             100.0 * max as f64 / tpm as f64,
             100.0 * min as f64 / tpm as f64,
             log.refused.load(SeqCst)
@@ -300,9 +313,11 @@ async fn a_spent_quota_waits_for_its_refill_or_fails_saying_when_it_returns() {
     assert_eq!(log.refused.load(SeqCst), 0);
 }
 
-/// A quota spent in the first tier sends requests to the next tier, not to a 429. The
-/// provider's headers say what is left of its window after each response, so the first tier
-/// serves its whole minute's 10,000 tokens at once, not only its own burst.
+/// A quota spent in the first tier sends requests to the next tier, not to a 429. Another
+/// client of the same key has spent 8,000 of the first tier's 10,000 tokens: the router's own
+/// accounting would allow its whole burst of 5,000, but the provider's headers on the first
+/// answer say what is really left, so the first tier serves two requests and the rest go to
+/// the next tier, none refused.
 #[tokio::test(start_paused = true)]
 async fn a_spent_quota_spills_to_the_next_tier() {
     let pool = Pool::new();
@@ -317,6 +332,7 @@ async fn a_spent_quota_spills_to_the_next_tier() {
         provider(u64::MAX, Duration::ZERO, &second, true),
     )
     .unwrap();
+    first.served.lock().push((Instant::now(), 8_000));
     let svc = ServiceBuilder::new()
         .layer(BalanceLayer::new())
         .service(pool.clone());
@@ -328,8 +344,8 @@ async fn a_spent_quota_spills_to_the_next_tier() {
     }
     assert_eq!(
         tiers,
-        [10, 10],
-        "the provider's 10,000 tokens, then the next tier"
+        [2, 18],
+        "the 2,000 tokens the provider has left, then the next tier"
     );
     assert_eq!(first.refused.load(SeqCst), 0);
 }
