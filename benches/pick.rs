@@ -24,6 +24,9 @@
 //! - `requirements/balance/{0,1,3}`: `Balance::pick` at 1,000 endpoints with 0, 1 (model) and 3
 //!   (model, context window, hardware) requirements.
 //!
+//! - `quota/balance {without,with}/{8,1000}`: `Balance::pick` with a token hint over endpoints
+//!   without a quota and with one (requests and tokens per minute): the reservation's cost.
+//!
 //! At the end, the ratio of each to the floor at the same size is printed.
 
 use std::{
@@ -35,7 +38,9 @@ use std::{
 use criterion::{BenchmarkId, Criterion};
 use rand::RngCore;
 use tower_ai_balance::{
+    endpoint::Quota,
     hints::Require,
+    hints::Tokens,
     hints::{Exclude, WithHints},
     load::LoadGuard,
     pick::{self, Filter, Picker, Strategy},
@@ -221,6 +226,40 @@ fn benches(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Balance::pick with a provider quota (requests and tokens per minute) on every endpoint,
+    // beside the same pool without: the reservation taken with the slot and given back when
+    // the guard drops, so however many picks a run makes, no pick finds a quota full.
+    let mut group = c.benchmark_group("quota");
+    for n in [8, 1000] {
+        for (name, quota) in [
+            ("without", None),
+            (
+                "with",
+                Some(
+                    Quota::new()
+                        .requests_per_minute(1_000_000_000)
+                        .tokens_per_minute(1_000_000_000),
+                ),
+            ),
+        ] {
+            let p = Pool::new();
+            for i in 0..n {
+                let mut config = EndpointConfig::new(format!("e{i}"));
+                if let Some(q) = &quota {
+                    config = config.quota(q.clone());
+                }
+                p.insert(config, Unit).unwrap();
+            }
+            let balance = Balance::new(p);
+            let mut request = WithHints::new(());
+            request.extensions.insert(Tokens::new(600, 400));
+            group.bench_function(BenchmarkId::new(format!("balance {name}"), n), |b| {
+                b.iter(|| black_box(balance.pick(&request).unwrap()))
+            });
+        }
+    }
+    group.finish();
 }
 
 #[path = "support/ratios.rs"]
@@ -239,6 +278,14 @@ fn main() {
         "balance/0",
         &["balance/1".to_owned(), "balance/3".to_owned()],
     );
+    for n in [8, 1000] {
+        ratios::print(
+            &format!("Balance::pick at {n} endpoints with a quota on each, against none"),
+            "quota",
+            &format!("balance without/{n}"),
+            &[format!("balance with/{n}")],
+        );
+    }
     ratios::print(
         "two threads at 1,000 endpoints, against the bare atomic floor",
         "two threads",
