@@ -6,10 +6,11 @@ use std::{
     time::Duration,
 };
 
-use http::{Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_ai_balance::{
-    failover::{FailoverLayer, RetryBudget},
+    affinity::{Header, StreamAffinityLayer},
+    failover::{FailoverLayer, Hedge, RetryBudget},
     health::{HealthFilterLayer, HealthPolicy},
     BalanceLayer, Health,
 };
@@ -60,6 +61,44 @@ async fn duration_max_means_no_limit_everywhere() {
         let response = svc.clone().oneshot(chat_request(3, stream)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         read_to_end(response.into_body()).await.unwrap();
+    }
+
+    // Failover's own waits and the affinity table's idle time at `Duration::MAX`: a hedge
+    // that never fires, a first-chunk wait without end, sessions never forgotten.
+    for hedge in [
+        Hedge::After(Duration::MAX),
+        Hedge::Percentile {
+            p: 0.9,
+            floor: Duration::MAX,
+        },
+    ] {
+        let svc = ServiceBuilder::new()
+            .layer(
+                FailoverLayer::builder()
+                    .deadline(Duration::MAX)
+                    .first_chunk(Duration::MAX)
+                    .hedge(hedge)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                StreamAffinityLayer::builder(Header(HeaderName::from_static("x-session-id")))
+                    .remember(16, Duration::MAX)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(HealthFilterLayer::new())
+            .layer(BalanceLayer::new())
+            .service(pool.clone());
+        for stream in [false, true, false] {
+            let mut request = chat_request(3, stream);
+            request
+                .headers_mut()
+                .insert("x-session-id", HeaderValue::from_static("s"));
+            let response = svc.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            read_to_end(response.into_body()).await.unwrap();
+        }
     }
 }
 
