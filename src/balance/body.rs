@@ -38,7 +38,8 @@ where
         guard.judge(head);
         let (mut parts, body) = self.into_parts();
         if let Some(reservation) = guard.reservation() {
-            // The provider's own figures, when it sends them, replace the local estimate.
+            // The provider's own figures, when it sends them, override the local estimate
+            // where they leave less room.
             let figures = read_quota_headers(&parts.headers, std::time::SystemTime::now());
             if !figures.is_empty() {
                 reservation.told(&figures, Instant::now());
