@@ -78,8 +78,8 @@ pub fn rendezvous<E: AsRef<Endpoint>>(
         if beats(best_any, score) {
             best_any = Some((i, score));
         }
-        let capacity = (share * view.weight).ceil();
-        if (view.load as f64) < capacity && beats(best, score) {
+        // A whole load is under `⌈x⌉` exactly when it is under `x`: no rounding call.
+        if (view.load as f64) < share * view.weight && beats(best, score) {
             best = Some((i, score));
         }
     }
