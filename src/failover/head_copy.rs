@@ -12,6 +12,9 @@ use super::replay::Head;
 /// The width of each length in the flattened headers.
 const LEN: usize = std::mem::size_of::<usize>();
 
+/// The room made for each header's name and value together.
+const USUAL: usize = 48;
+
 /// A request's head as a retry needs it: the method, version and extensions as they are,
 /// and the URI and every header's name and value flattened into one buffer.
 ///
@@ -35,12 +38,9 @@ impl HeadCopy {
         let map = request.headers();
         let uri = uri_parts(request.uri());
         let uri_len: usize = uri.iter().map(|part| part.len()).sum();
-        let size = LEN
-            + uri_len
-            + map
-                .iter()
-                .map(|(name, value)| 2 * LEN + 1 + name.as_str().len() + value.len())
-                .sum::<usize>();
+        // One pass over the headers: room for names and values of a usual size, grown (rarely)
+        // for larger ones, rather than a first pass to measure them.
+        let size = LEN + uri_len + map.len() * (2 * LEN + 1 + USUAL);
         let mut flat = Vec::with_capacity(size);
         flat.extend_from_slice(&uri_len.to_ne_bytes());
         for part in uri {
