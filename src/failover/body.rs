@@ -173,6 +173,10 @@ where
         if let Some(frame) = this.first.take() {
             return Poll::Ready(Some(Ok(*frame)));
         }
+        if this.resume.is_none() {
+            // Nothing to continue: the frame passes as it is.
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        }
         loop {
             if let Some(resume) = this.resume.as_mut() {
                 if let Some(pending) = resume.pending.as_mut() {
