@@ -257,18 +257,29 @@ mod tests {
 
     #[test]
     fn unequal_weights_still_use_the_formula() {
-        let endpoints: Vec<Arc<Endpoint>> = [1.0, 2.0, 5.0, 1.0]
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(w)))
-            .collect::<Result<_, _>>()
-            .unwrap();
-        for k in 0..20_000u64 {
-            let key = crate::hash::stable_hash(&k.to_le_bytes());
-            assert_eq!(
-                rendezvous(&endpoints, &Filter::new(), key, 1.25),
-                by_formula(&endpoints, key, 1.25),
-            );
+        // 4 endpoints are placed from one look at each, 24 from two.
+        for n in [4, 24] {
+            let endpoints: Vec<Arc<Endpoint>> = (0..n)
+                .map(|i| {
+                    let w = [1.0, 2.0, 5.0, 1.0][i % 4];
+                    Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(w))
+                })
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // Uneven loads, so that the bound sends some keys past their first choice.
+            let now = tokio::time::Instant::now();
+            let held: Vec<_> = (0..2 * n)
+                .filter_map(|i| LoadGuard::acquire_at(&endpoints[i % 3], 1, now))
+                .collect();
+            for k in 0..20_000u64 {
+                let key = crate::hash::stable_hash(&k.to_le_bytes());
+                assert_eq!(
+                    rendezvous(&endpoints, &Filter::new(), key, 1.25),
+                    by_formula(&endpoints, key, 1.25),
+                    "key {k} at {n} endpoints"
+                );
+            }
+            drop(held);
         }
     }
 }
