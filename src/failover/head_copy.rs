@@ -48,9 +48,12 @@ impl HeadCopy {
         }
         for (name, value) in map {
             let name = name.as_str().as_bytes();
-            flat.extend_from_slice(&name.len().to_ne_bytes());
-            flat.push(u8::from(value.is_sensitive()));
-            flat.extend_from_slice(&value.len().to_ne_bytes());
+            // The lengths and the flag in one write.
+            let mut lengths = [0; 2 * LEN + 1];
+            lengths[..LEN].copy_from_slice(&name.len().to_ne_bytes());
+            lengths[LEN] = u8::from(value.is_sensitive());
+            lengths[LEN + 1..].copy_from_slice(&value.len().to_ne_bytes());
+            flat.extend_from_slice(&lengths);
             flat.extend_from_slice(name);
             flat.extend_from_slice(value.as_bytes());
         }
