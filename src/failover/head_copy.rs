@@ -43,7 +43,8 @@ impl HeadCopy {
         let size = LEN + uri_len + map.len() * (2 * LEN + 1 + USUAL);
         let mut flat = Vec::with_capacity(size);
         flat.extend_from_slice(&uri_len.to_ne_bytes());
-        for part in uri {
+        // An origin-form URI (a path and query, as clients send) leaves most parts empty.
+        for part in uri.iter().filter(|part| !part.is_empty()) {
             flat.extend_from_slice(part.as_bytes());
         }
         for (name, value) in map {
