@@ -39,6 +39,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if this.remember.is_none() {
+            // Stateless: the response passes as it is, without a copy here.
+            return this.inner.poll(cx);
+        }
         let result = ready!(this.inner.poll(cx));
         if let (Ok(response), Some((key, shared))) = (&result, this.remember.take()) {
             if let (Some(served), Some(table)) =

@@ -119,22 +119,26 @@ impl<S: Clone> Chooser<S> {
             return Err(NoSlot::Unavailable(NoEndpoints::empty().into()));
         }
         let hints = request.extensions();
-        let cost = hints.get::<Cost>().map_or(1, |c| c.0);
-        let how = match (hints.get::<Affinity>(), &self.config.prefix) {
+        let affinity = hints.get::<Affinity>();
+        // Each look-up in a map that is not empty hashes and probes: a request whose one hint
+        // is its affinity (what `StreamAffinity` hands on) skips the look-ups for the others.
+        let others = (hints.len() > usize::from(affinity.is_some())).then_some(hints);
+        let cost = others.and_then(|h| h.get::<Cost>()).map_or(1, |c| c.0);
+        let how = match (affinity, &self.config.prefix) {
             (Some(affinity), _) => How::Affinity(affinity),
-            (None, Some(policy)) => hints
-                .get::<PromptBlocks>()
+            (None, Some(policy)) => others
+                .and_then(|h| h.get::<PromptBlocks>())
                 .map_or(How::Strategy, |blocks| How::Prefix(policy, blocks)),
             (None, None) => How::Strategy,
         };
-        let require = hints.get::<Require>();
+        let require = others.and_then(|h| h.get::<Require>());
         // One clock read serves the whole pick: the health of an endpoint whose ejection may
         // have ended, and the start of the request's timing.
         let mut filter = Filter::new().cost(cost).at(Instant::now());
-        if let Some(tokens) = hints.get::<Tokens>() {
+        if let Some(tokens) = others.and_then(|h| h.get::<Tokens>()) {
             filter = filter.tokens(*tokens);
         }
-        if let Some(exclude) = hints.get::<Exclude>() {
+        if let Some(exclude) = others.and_then(|h| h.get::<Exclude>()) {
             filter = filter.exclude(exclude);
         }
         // A model's endpoints are precomputed: the pick never draws one without it.
@@ -151,12 +155,12 @@ impl<S: Clone> Chooser<S> {
         };
         if let Some(picked) = self.pick_in(snapshot, &filter, how, LoadGuard::acquire_at) {
             self.pool.note_panic(false);
-            return Ok(self.picked(hints, picked));
+            return Ok(self.picked_with(hints, others, picked));
         }
         // Endpoints held back by a soft ejection serve only when nothing else can.
         let filter = filter.include_held();
         if let Some(picked) = self.pick_in(snapshot, &filter, how, LoadGuard::acquire_at) {
-            return Ok(self.picked(hints, picked));
+            return Ok(self.picked_with(hints, others, picked));
         }
         if let Some(unmet) = require.and_then(|r| unsatisfiable(&all, r)) {
             return Err(NoSlot::Unavailable(unmet.into()));
@@ -169,7 +173,7 @@ impl<S: Clone> Chooser<S> {
                 let picked = self.pick_in(snapshot, &filter, how, LoadGuard::acquire_any_at);
                 self.pool.note_panic(picked.is_some());
                 picked
-                    .map(|p| self.picked(hints, p))
+                    .map(|p| self.picked_with(hints, others, p))
                     .ok_or_else(|| why_no_slot(snapshot, &filter))
             }
             why => Err(why),
@@ -180,8 +184,20 @@ impl<S: Clone> Chooser<S> {
     /// judges the first chunk.
     #[inline]
     pub(super) fn picked(&self, hints: &http::Extensions, picked: (S, LoadGuard)) -> Choice<S> {
+        self.picked_with(hints, Some(hints), picked)
+    }
+
+    /// As [`picked`](Self::picked), with `others`: the hints, unless an affinity is the only
+    /// one.
+    #[inline]
+    fn picked_with(
+        &self,
+        hints: &http::Extensions,
+        others: Option<&http::Extensions>,
+        picked: (S, LoadGuard),
+    ) -> Choice<S> {
         let (service, mut guard) = picked;
-        if hints.get::<FirstChunkJudged>().is_some() {
+        if others.is_some_and(|h| h.get::<FirstChunkJudged>().is_some()) {
             guard.defer_first_end = true;
         }
         let endpoint = guard.endpoint();
@@ -192,7 +208,7 @@ impl<S: Clone> Chooser<S> {
             why = self.why(hints),
             "picked"
         );
-        if let Some(cell) = hints.get::<Picked>() {
+        if let Some(cell) = others.and_then(|h| h.get::<Picked>()) {
             cell.set(endpoint);
         }
         Choice {

@@ -106,7 +106,9 @@ impl<B> Resume<B> {
 /// that reaches the caller as an error in the body; nothing is replayed, unless a
 /// [`Continuation`] is set, which carries the stream on from another endpoint.
 pub struct ResponseBody<B: Body> {
-    first: Option<Frame<B::Data>>,
+    // Boxed: held only under a first-chunk wait, and a frame is as large as a header map,
+    // which every response and every poll would otherwise carry and copy.
+    first: Option<Box<Frame<B::Data>>>,
     inner: B,
     resume: Option<Box<Resume<B>>>,
 }
@@ -123,9 +125,10 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
 impl<B: Body + Unpin> Unpin for ResponseBody<B> {}
 
 impl<B: Body> ResponseBody<B> {
+    #[inline]
     pub(crate) fn new(first: Option<Frame<B::Data>>, inner: B) -> Self {
         Self {
-            first,
+            first: first.map(Box::new),
             inner,
             resume: None,
         }
@@ -138,7 +141,7 @@ impl<B: Body> ResponseBody<B> {
 
     /// Holds the first frame, read to decide that the attempt succeeded, for the caller.
     pub(crate) fn hold_first(&mut self, first: Option<Frame<B::Data>>) {
-        self.first = first;
+        self.first = first.map(Box::new);
     }
 
     /// Whether a continuation request is being sent.
@@ -147,7 +150,7 @@ impl<B: Body> ResponseBody<B> {
     }
 
     pub(crate) fn resume(&mut self, mut resume: Resume<B>) {
-        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+        if let Some(data) = self.first.as_ref().and_then(|f| f.data_ref()) {
             resume.record(data.chunk());
         }
         self.resume = Some(Box::new(resume));
@@ -168,7 +171,11 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         if let Some(frame) = this.first.take() {
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(Some(Ok(*frame)));
+        }
+        if this.resume.is_none() {
+            // Nothing to continue: the frame passes as it is.
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
         }
         loop {
             if let Some(resume) = this.resume.as_mut() {
@@ -223,7 +230,7 @@ where
         let Some(extra) = self
             .first
             .as_ref()
-            .and_then(Frame::data_ref)
+            .and_then(|f| f.data_ref())
             .map(|d| d.remaining() as u64)
         else {
             return inner;

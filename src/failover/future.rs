@@ -16,7 +16,7 @@ use super::{
     attempts::{give_up, Attempts, Stop},
     context::Context as Shared,
     head_copy::HeadCopy,
-    step::{judge, Failed, Step},
+    step::{is_done, judge, Failed, Step},
     Replay, ResponseBody,
 };
 use crate::{error::BoxError, hints::Judged};
@@ -153,8 +153,15 @@ where
                 retry,
                 shared,
             } => {
+                let result = match ready!(call.poll(cx)) {
+                    // The common answer passes on at once, as `judge` would pass it.
+                    Ok(response) if is_done(&response) => {
+                        return Poll::Ready(Ok(response.map(|body| ResponseBody::new(None, body))));
+                    }
+                    result => result,
+                };
                 let retry_timeouts = shared.settings.retry_timeouts;
-                let mut failed = match judge(ready!(call.poll(cx)), None, retry_timeouts) {
+                let mut failed = match judge(result, None, retry_timeouts) {
                     Step::Done(response) => return Poll::Ready(Ok(response)),
                     Step::Fail(error) => {
                         return Poll::Ready(give_up(Vec::new(), None, Stop::Error(error)))

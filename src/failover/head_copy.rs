@@ -12,6 +12,9 @@ use super::replay::Head;
 /// The width of each length in the flattened headers.
 const LEN: usize = std::mem::size_of::<usize>();
 
+/// The room made for each header's name and value together.
+const USUAL: usize = 48;
+
 /// A request's head as a retry needs it: the method, version and extensions as they are,
 /// and the URI and every header's name and value flattened into one buffer.
 ///
@@ -35,22 +38,23 @@ impl HeadCopy {
         let map = request.headers();
         let uri = uri_parts(request.uri());
         let uri_len: usize = uri.iter().map(|part| part.len()).sum();
-        let size = LEN
-            + uri_len
-            + map
-                .iter()
-                .map(|(name, value)| 2 * LEN + 1 + name.as_str().len() + value.len())
-                .sum::<usize>();
+        // One pass over the headers: room for names and values of a usual size, grown (rarely)
+        // for larger ones, rather than a first pass to measure them.
+        let size = LEN + uri_len + map.len() * (2 * LEN + 1 + USUAL);
         let mut flat = Vec::with_capacity(size);
         flat.extend_from_slice(&uri_len.to_ne_bytes());
-        for part in uri {
+        // An origin-form URI (a path and query, as clients send) leaves most parts empty.
+        for part in uri.iter().filter(|part| !part.is_empty()) {
             flat.extend_from_slice(part.as_bytes());
         }
         for (name, value) in map {
             let name = name.as_str().as_bytes();
-            flat.extend_from_slice(&name.len().to_ne_bytes());
-            flat.push(u8::from(value.is_sensitive()));
-            flat.extend_from_slice(&value.len().to_ne_bytes());
+            // The lengths and the flag in one write.
+            let mut lengths = [0; 2 * LEN + 1];
+            lengths[..LEN].copy_from_slice(&name.len().to_ne_bytes());
+            lengths[LEN] = u8::from(value.is_sensitive());
+            lengths[LEN + 1..].copy_from_slice(&value.len().to_ne_bytes());
+            flat.extend_from_slice(&lengths);
             flat.extend_from_slice(name);
             flat.extend_from_slice(value.as_bytes());
         }

@@ -75,7 +75,9 @@ where
             );
             // The inner service was polled ready for this call; the inner layers log their
             // picks inside the request's span.
-            let call = span.in_scope(|| self.inner.call(request));
+            let entered = span.enter();
+            let call = self.inner.call(request);
+            drop(entered);
             return ResponseFuture::first(call, retry, Arc::clone(context), span);
         }
         let (parts, body) = request.into_parts();

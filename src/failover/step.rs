@@ -52,6 +52,17 @@ impl<RB: Body> Step<RB> {
     }
 }
 
+/// Whether a response is what the caller gets, by the verdict on its head (in [`Served`]):
+/// neither a failure nor a rate limit, which [`judge`] would send elsewhere.
+#[inline]
+pub(crate) fn is_done<RB>(response: &Response<RB>) -> bool {
+    let served = response.extensions().get::<Served>();
+    !matches!(
+        served.map_or(Outcome::Success, Served::verdict),
+        Outcome::Failure | Outcome::RateLimited { .. }
+    )
+}
+
 /// Judges a call's result by the verdict on its head (in [`Served`]) or on its error (in
 /// [`EndpointError`]). `picked` names the endpoint of a response that does not say. A
 /// per-attempt timeout after the request was sent is retried only with `retry_timeouts`.

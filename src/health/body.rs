@@ -4,7 +4,7 @@
 use std::{
     pin::Pin,
     sync::Arc,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
 };
 
 use http_body::{Body, Frame, SizeHint};
@@ -53,13 +53,15 @@ impl<B: Body + Judged> Body for ResponseBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let result = ready!(this.inner.as_mut().poll_frame(cx));
-        if this.watch.is_some() {
+        // The frame passes as it is, not taken apart and put back together.
+        let poll = this.inner.as_mut().poll_frame(cx);
+        if poll.is_ready() && this.watch.is_some() {
             // The body beneath judged its end (or is still running).
             if let Some(verdict) = this.inner.verdict() {
                 if let Some(watch) = this.watch.take() {
@@ -67,7 +69,7 @@ impl<B: Body + Judged> Body for ResponseBody<B> {
                 }
             }
         }
-        Poll::Ready(result)
+        poll
     }
 
     fn is_end_stream(&self) -> bool {

@@ -39,6 +39,11 @@ impl Held {
         }
     }
 
+    /// Whether the first byte is still awaited.
+    pub(crate) fn waits(&self) -> bool {
+        self.pending
+    }
+
     /// The first byte came at `at`.
     pub(crate) fn first_byte(&mut self, at: Instant) {
         if std::mem::take(&mut self.pending) {

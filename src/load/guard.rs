@@ -142,9 +142,14 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         }
     }
 
-    /// Records the first byte of the response body (once).
+    /// Records the first byte of the response body (once). The clock is read only while
+    /// something still waits for the first byte: a stream's later frames read none.
+    #[inline]
     pub fn first_byte(&mut self) {
-        self.first_byte_at(Instant::now());
+        let waits = !self.first_byte && !self.failed;
+        if waits || self.held.as_ref().is_some_and(Held::waits) {
+            self.first_byte_at(Instant::now());
+        }
     }
 
     /// As [`first_byte`](Self::first_byte), at `at`.

@@ -39,59 +39,160 @@ pub fn affine<E: AsRef<Endpoint>>(
 /// flight, plus the other routers' by a fresh load report) under
 /// `⌈bound × (total + 1) × weight / Σweight⌉`. The same key finds the same
 /// endpoint wherever it is computed; removing an endpoint moves only its keys; a hot key
-/// spills over rather than pile up. Two passes over the endpoints.
+/// spills over rather than pile up. One look at each endpoint (two above 16 endpoints).
 pub fn rendezvous<E: AsRef<Endpoint>>(
     endpoints: &[E],
     filter: &Filter<'_>,
     key: u64,
     bound: f64,
 ) -> Option<usize> {
-    let mut total = 0usize;
-    let mut weights = 0.0;
-    // The one weight every eligible endpoint has, if they have one.
-    let mut same: Option<Option<f64>> = None;
-    for view in endpoints.iter().filter_map(|e| filter.view(e.as_ref())) {
-        total += view.load;
-        weights += view.weight;
-        same = match same {
-            None => Some(Some(view.weight)),
-            Some(w) => Some(w.filter(|&w| w == view.weight)),
-        };
+    if endpoints.len() > KEPT {
+        return rendezvous_twice(endpoints, filter, key, bound);
     }
-    if weights <= 0.0 {
-        return None;
-    }
-    // With equal weights `weight / -ln(u)` orders the endpoints as `u` does, so the logarithm
-    // (eight of them at eight endpoints, most of a pick's time) is left out: same result.
-    let equal = same.flatten().is_some();
-    let share = bound.max(1.0) * (total + 1) as f64 / weights;
-    // The best score of all, and the best among those under their bound.
-    let mut best: Option<(usize, f64)> = None;
-    let mut best_any: Option<(usize, f64)> = None;
-    let beats = |best: Option<(usize, f64)>, score: f64| best.map_or(true, |(_, s)| s < score);
+    // The eligible endpoints as the one look saw them, then placed from that record.
+    let mut seen = [Seen::default(); KEPT];
+    let mut n = 0;
+    let mut sums = Sums::default();
     for (i, e) in endpoints.iter().enumerate() {
         let e = e.as_ref();
         let Some(view) = filter.view(e) else {
             continue;
         };
-        let score = score(key, e, view.weight, equal);
-        if beats(best_any, score) {
-            best_any = Some((i, score));
-        }
-        let capacity = (share * view.weight).ceil();
-        if (view.load as f64) < capacity && beats(best, score) {
-            best = Some((i, score));
-        }
+        sums.add(view.load, view.weight);
+        seen[n] = Seen {
+            index: i,
+            load: view.load,
+            weight: view.weight,
+            hash: combine(key, e.key_hash()),
+        };
+        n += 1;
     }
-    best.or(best_any).map(|(i, _)| i)
+    let place = sums.place(bound)?;
+    seen[..n]
+        .iter()
+        .fold(Best::default(), |best, s| place.rank(best, s))
+        .index()
 }
 
-/// An endpoint's rendezvous score for `key`: `weight / -ln(u)`, `u` uniform in (0, 1) from the
-/// two hashes; when every weight is the same (`equal`), `u` itself, which ranks the endpoints
-/// in the same order.
+/// How many endpoints [`rendezvous`] places in one look at each.
+const KEPT: usize = 16;
+
+/// An eligible endpoint as the look at it saw it.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    index: usize,
+    load: usize,
+    weight: f64,
+    /// The key's and the endpoint's hashes combined.
+    hash: u64,
+}
+
+/// The eligible endpoints' total load, total weight, and the one weight they all have, if
+/// they have one.
+#[derive(Default)]
+struct Sums {
+    total: usize,
+    weights: f64,
+    same: Option<Option<f64>>,
+}
+
+impl Sums {
+    #[inline]
+    fn add(&mut self, load: usize, weight: f64) {
+        self.total += load;
+        self.weights += weight;
+        self.same = match self.same {
+            None => Some(Some(weight)),
+            Some(w) => Some(w.filter(|&w| w == weight)),
+        };
+    }
+
+    /// How endpoints are ranked, or `None` when no weight is left to place a key by.
+    fn place(&self, bound: f64) -> Option<Place> {
+        if self.weights <= 0.0 {
+            return None;
+        }
+        Some(Place {
+            // With equal weights `weight / -ln(u)` orders the endpoints as `u` does, so the
+            // logarithm (eight of them at eight endpoints, most of a pick's time) is left
+            // out: same result.
+            equal: self.same.flatten().is_some(),
+            share: bound.max(1.0) * (self.total + 1) as f64 / self.weights,
+        })
+    }
+}
+
+/// How the endpoints are ranked: by score, among those under their bound.
+struct Place {
+    equal: bool,
+    share: f64,
+}
+
+/// The best score of all, and the best among those under their bound.
+#[derive(Default, Clone, Copy)]
+struct Best {
+    any: Option<(usize, f64)>,
+    under: Option<(usize, f64)>,
+}
+
+impl Best {
+    fn index(self) -> Option<usize> {
+        self.under.or(self.any).map(|(i, _)| i)
+    }
+}
+
+impl Place {
+    #[inline]
+    fn rank(&self, mut best: Best, s: &Seen) -> Best {
+        let beats = |best: Option<(usize, f64)>, score: f64| best.map_or(true, |(_, b)| b < score);
+        let score = score(s.hash, s.weight, self.equal);
+        if beats(best.any, score) {
+            best.any = Some((s.index, score));
+        }
+        // A whole load is under `⌈x⌉` exactly when it is under `x`: no rounding call.
+        if (s.load as f64) < self.share * s.weight && beats(best.under, score) {
+            best.under = Some((s.index, score));
+        }
+        best
+    }
+}
+
+/// [`rendezvous`] over more endpoints than it keeps: a look to sum the loads and weights, and
+/// another to rank.
+fn rendezvous_twice<E: AsRef<Endpoint>>(
+    endpoints: &[E],
+    filter: &Filter<'_>,
+    key: u64,
+    bound: f64,
+) -> Option<usize> {
+    let mut sums = Sums::default();
+    for view in endpoints.iter().filter_map(|e| filter.view(e.as_ref())) {
+        sums.add(view.load, view.weight);
+    }
+    let place = sums.place(bound)?;
+    let mut best = Best::default();
+    for (i, e) in endpoints.iter().enumerate() {
+        let e = e.as_ref();
+        let Some(view) = filter.view(e) else {
+            continue;
+        };
+        let seen = Seen {
+            index: i,
+            load: view.load,
+            weight: view.weight,
+            hash: combine(key, e.key_hash()),
+        };
+        best = place.rank(best, &seen);
+    }
+    best.index()
+}
+
+/// An endpoint's rendezvous score from `hash`, its hash combined with the key's:
+/// `weight / -ln(u)`, `u` uniform in (0, 1) from the hash; when every weight is the same
+/// (`equal`), `u` itself, which ranks the endpoints in the same order.
 #[inline]
-fn score(key: u64, e: &Endpoint, weight: f64, equal: bool) -> f64 {
-    let u = ((combine(key, e.key_hash()) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+fn score(hash: u64, weight: f64, equal: bool) -> f64 {
+    let u = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     if equal {
         u
     } else {
@@ -156,18 +257,29 @@ mod tests {
 
     #[test]
     fn unequal_weights_still_use_the_formula() {
-        let endpoints: Vec<Arc<Endpoint>> = [1.0, 2.0, 5.0, 1.0]
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(w)))
-            .collect::<Result<_, _>>()
-            .unwrap();
-        for k in 0..20_000u64 {
-            let key = crate::hash::stable_hash(&k.to_le_bytes());
-            assert_eq!(
-                rendezvous(&endpoints, &Filter::new(), key, 1.25),
-                by_formula(&endpoints, key, 1.25),
-            );
+        // 4 endpoints are placed from one look at each, 24 from two.
+        for n in [4, 24] {
+            let endpoints: Vec<Arc<Endpoint>> = (0..n)
+                .map(|i| {
+                    let w = [1.0, 2.0, 5.0, 1.0][i % 4];
+                    Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(w))
+                })
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // Uneven loads, so that the bound sends some keys past their first choice.
+            let now = tokio::time::Instant::now();
+            let held: Vec<_> = (0..2 * n)
+                .filter_map(|i| LoadGuard::acquire_at(&endpoints[i % 3], 1, now))
+                .collect();
+            for k in 0..20_000u64 {
+                let key = crate::hash::stable_hash(&k.to_le_bytes());
+                assert_eq!(
+                    rendezvous(&endpoints, &Filter::new(), key, 1.25),
+                    by_formula(&endpoints, key, 1.25),
+                    "key {k} at {n} endpoints"
+                );
+            }
+            drop(held);
         }
     }
 }
