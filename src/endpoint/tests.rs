@@ -186,7 +186,7 @@ mod loom_queue {
 
     fn join(pool: &PoolState) -> Place {
         pool.waiters
-            .join(8, 1, Box::new(|_| true))
+            .join(8, 1, None, Box::new(|_| true))
             .expect("room in the queue")
     }
 
