@@ -231,27 +231,32 @@ mod tests {
         best.or(best_any).map(|(i, _)| i)
     }
 
+    /// Loads `held` slots round the first three endpoints (so the bound sends some keys past
+    /// their first choice) and checks 20,000 keys against the formula.
+    fn places_as_the_formula_does(weights: impl Fn(usize) -> f64, n: usize, held: usize) {
+        let endpoints: Vec<Arc<Endpoint>> = (0..n)
+            .map(|i| Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(weights(i))))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let now = tokio::time::Instant::now();
+        let held: Vec<_> = (0..held)
+            .filter_map(|i| LoadGuard::acquire_at(&endpoints[i % 3], 1, now))
+            .collect();
+        for k in 0..20_000u64 {
+            let key = crate::hash::stable_hash(&k.to_le_bytes());
+            assert_eq!(
+                rendezvous(&endpoints, &Filter::new(), key, 1.25),
+                by_formula(&endpoints, key, 1.25),
+                "key {k} at {n} endpoints"
+            );
+        }
+        drop(held);
+    }
+
     #[test]
     fn equal_weights_place_every_key_where_the_formula_does() {
         for (weight, n) in [(1.0, 8), (3.5, 5), (1.0, 64)] {
-            let endpoints: Vec<Arc<Endpoint>> = (0..n)
-                .map(|i| Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(weight)))
-                .collect::<Result<_, _>>()
-                .unwrap();
-            // Uneven loads, so that the bound sends some keys past their first choice.
-            let now = tokio::time::Instant::now();
-            let held: Vec<_> = (0..3 * n)
-                .filter_map(|i| LoadGuard::acquire_at(&endpoints[i % 3], 1, now))
-                .collect();
-            for k in 0..20_000u64 {
-                let key = crate::hash::stable_hash(&k.to_le_bytes());
-                assert_eq!(
-                    rendezvous(&endpoints, &Filter::new(), key, 1.25),
-                    by_formula(&endpoints, key, 1.25),
-                    "key {k} at {n} endpoints of weight {weight}"
-                );
-            }
-            drop(held);
+            places_as_the_formula_does(|_| weight, n, 3 * n);
         }
     }
 
@@ -259,27 +264,7 @@ mod tests {
     fn unequal_weights_still_use_the_formula() {
         // 4 endpoints are placed from one look at each, 24 from two.
         for n in [4, 24] {
-            let endpoints: Vec<Arc<Endpoint>> = (0..n)
-                .map(|i| {
-                    let w = [1.0, 2.0, 5.0, 1.0][i % 4];
-                    Endpoint::new(EndpointConfig::new(format!("e{i}")).weight(w))
-                })
-                .collect::<Result<_, _>>()
-                .unwrap();
-            // Uneven loads, so that the bound sends some keys past their first choice.
-            let now = tokio::time::Instant::now();
-            let held: Vec<_> = (0..2 * n)
-                .filter_map(|i| LoadGuard::acquire_at(&endpoints[i % 3], 1, now))
-                .collect();
-            for k in 0..20_000u64 {
-                let key = crate::hash::stable_hash(&k.to_le_bytes());
-                assert_eq!(
-                    rendezvous(&endpoints, &Filter::new(), key, 1.25),
-                    by_formula(&endpoints, key, 1.25),
-                    "key {k} at {n} endpoints"
-                );
-            }
-            drop(held);
+            places_as_the_formula_does(|i| [1.0, 2.0, 5.0, 1.0][i % 4], n, 2 * n);
         }
     }
 }
