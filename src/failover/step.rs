@@ -96,11 +96,13 @@ where
             };
         }
     };
+    if is_done(&response) {
+        return Step::Done(response.map(|body| ResponseBody::new(None, body)));
+    }
     let served = response.extensions().get::<Served>();
     let (retry_after, rate_limited) = match served.map_or(Outcome::Success, Served::verdict) {
-        Outcome::Failure => (None, false),
         Outcome::RateLimited { retry_after } => (retry_after, true),
-        _ => return Step::Done(response.map(|body| ResponseBody::new(None, body))),
+        _ => (None, false), // a failure
     };
     let endpoint = served
         .map(|s| Arc::clone(s.endpoint()))

@@ -146,10 +146,16 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
     /// something still waits for the first byte: a stream's later frames read none.
     #[inline]
     pub fn first_byte(&mut self) {
-        let waits = !self.first_byte && !self.failed;
-        if waits || self.held.as_ref().is_some_and(Held::waits) {
+        if self.times_first_byte() || self.held.as_ref().is_some_and(Held::waits) {
             self.first_byte_at(Instant::now());
         }
+    }
+
+    /// Whether the first byte is still to be timed: none came yet and the request has not
+    /// failed.
+    #[inline]
+    fn times_first_byte(&self) -> bool {
+        !self.first_byte && !self.failed
     }
 
     /// As [`first_byte`](Self::first_byte), at `at`.
@@ -157,7 +163,7 @@ impl<E: Borrow<Endpoint>> LoadGuard<E> {
         if let Some(held) = self.held.as_mut() {
             held.first_byte(at);
         }
-        if !self.first_byte && !self.failed {
+        if self.times_first_byte() {
             self.first_byte = true;
             self.endpoint.borrow().observe_ttfb(at - self.start, at);
         }

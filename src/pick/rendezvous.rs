@@ -1,7 +1,7 @@
 //! Affinity: weighted rendezvous hashing with bounded loads ([`rendezvous`]), and the
 //! remembered endpoint first ([`affine`]).
 
-use super::filter::{ramp_admits, Filter};
+use super::filter::{ramp_admits, Filter, View};
 use crate::{endpoint::Endpoint, hash::combine, hints::Affinity};
 
 /// Affinity: the preferred endpoint if it can serve, else [`rendezvous`].
@@ -59,12 +59,7 @@ pub fn rendezvous<E: AsRef<Endpoint>>(
             continue;
         };
         sums.add(view.load, view.weight);
-        seen[n] = Seen {
-            index: i,
-            load: view.load,
-            weight: view.weight,
-            hash: combine(key, e.key_hash()),
-        };
+        seen[n] = Seen::of(i, e, &view, key);
         n += 1;
     }
     let place = sums.place(bound)?;
@@ -85,6 +80,19 @@ struct Seen {
     weight: f64,
     /// The key's and the endpoint's hashes combined.
     hash: u64,
+}
+
+impl Seen {
+    /// Endpoint `e`, at `index`, as `view` shows it, for `key`.
+    #[inline]
+    fn of(index: usize, e: &Endpoint, view: &View, key: u64) -> Self {
+        Self {
+            index,
+            load: view.load,
+            weight: view.weight,
+            hash: combine(key, e.key_hash()),
+        }
+    }
 }
 
 /// The eligible endpoints' total load, total weight, and the one weight they all have, if
@@ -176,13 +184,7 @@ fn rendezvous_twice<E: AsRef<Endpoint>>(
         let Some(view) = filter.view(e) else {
             continue;
         };
-        let seen = Seen {
-            index: i,
-            load: view.load,
-            weight: view.weight,
-            hash: combine(key, e.key_hash()),
-        };
-        best = place.rank(best, &seen);
+        best = place.rank(best, &Seen::of(i, e, &view, key));
     }
     best.index()
 }
