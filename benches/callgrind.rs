@@ -11,6 +11,8 @@
 //!   `support/real.rs`) through Failover, StreamAffinity, HealthFilter and Balance over 8
 //!   endpoints, one at a time on a current-thread runtime;
 //! - `balance-real`: the same through `Balance` alone; `direct-real`: the same to one endpoint;
+//! - `failover-real`, `affinity-real`, `health-real`: the same through one outer layer over
+//!   `Balance` (affinity by the `x-session-id` header), to see what each layer adds;
 //! - `stack`: 20,000 minimal requests (`Request<()>`, an empty answer) through the four layers;
 //! - `balance`: the same through `Balance` alone;
 //! - `pick`: 1,000,000 picks by power of two choices at 1,000 endpoints with two filters (an
@@ -24,6 +26,9 @@ use std::{hint::black_box, time::Duration};
 use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_ai_balance::{
+    affinity::StreamAffinityLayer,
+    failover::FailoverLayer,
+    health::HealthFilterLayer,
     hints::Exclude,
     pick::{self, Filter},
     BalanceLayer, EndpointConfig, Health, Pool,
@@ -59,10 +64,18 @@ fn real_stack(which: &str) {
         .build()
         .unwrap();
     let pool = real::pool(8);
+    let balance = BalanceLayer::new().layer(pool.clone());
     rt.block_on(async move {
         match which {
             "four" => real_requests(endpoint::four_layers(pool), 20_000).await,
-            "balance" => real_requests(BalanceLayer::new().layer(pool), 20_000).await,
+            "balance" => real_requests(balance, 20_000).await,
+            // Each outer layer alone over `Balance`, to see what each adds.
+            "failover" => real_requests(FailoverLayer::new().layer(balance), 20_000).await,
+            "affinity" => {
+                let session = http::HeaderName::from_static("x-session-id");
+                real_requests(StreamAffinityLayer::header(session).layer(balance), 20_000).await
+            }
+            "health" => real_requests(HealthFilterLayer::new().layer(balance), 20_000).await,
             _ => real_requests(real::Upstream::new(), 20_000).await,
         }
     });
@@ -139,6 +152,9 @@ fn main() {
         Some("stack-real") => real_stack("four"),
         Some("balance-real") => real_stack("balance"),
         Some("direct-real") => real_stack("direct"),
+        Some("failover-real") => real_stack("failover"),
+        Some("affinity-real") => real_stack("affinity"),
+        Some("health-real") => real_stack("health"),
         Some("stack") => stack(true),
         Some("balance") => stack(false),
         Some("pick") => picks(),
