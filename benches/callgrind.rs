@@ -72,8 +72,8 @@ fn real_stack(which: &str) {
             // Each outer layer alone over `Balance`, to see what each adds.
             "failover" => real_requests(FailoverLayer::new().layer(balance), 20_000).await,
             "affinity" => {
-                let session = http::HeaderName::from_static("x-session-id");
-                real_requests(StreamAffinityLayer::header(session).layer(balance), 20_000).await
+                let affinity = StreamAffinityLayer::header(endpoint::session_header());
+                real_requests(affinity.layer(balance), 20_000).await
             }
             "health" => real_requests(HealthFilterLayer::new().layer(balance), 20_000).await,
             _ => real_requests(real::Upstream::new(), 20_000).await,

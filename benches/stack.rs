@@ -24,13 +24,12 @@ use criterion::{BenchmarkId, Criterion};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use tower::Layer;
 use tower::{
     balance::p2c,
     buffer::Buffer,
     discover::ServiceList,
     load::{CompleteOnResponse, PendingRequests},
-    Service, ServiceExt,
+    Layer, Service, ServiceExt,
 };
 use tower_ai_balance::{
     affinity::StreamAffinityLayer, failover::FailoverLayer, health::HealthFilterLayer, BalanceLayer,
@@ -148,20 +147,27 @@ fn realistic(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             BenchmarkId::new("tower p2c + Buffer", callers),
             &callers,
             |b, &n| {
-                let services: Vec<_> = (0..ENDPOINTS)
-                    .map(|_| {
-                        PendingRequests::new(real::Upstream::new(), CompleteOnResponse::default())
-                    })
-                    .collect();
-                let buffered = rt.block_on(async {
-                    Buffer::new(p2c::Balance::new(ServiceList::new(services)), 1024)
-                });
+                let buffered = tower_p2c_real(rt);
                 b.iter_custom(|iters| drive_real(rt, buffered.clone(), n, iters))
             },
         );
     }
     group.finish();
 }
+
+/// Tower's p2c `Balance` over the realistic endpoints, behind a `Buffer` (made on the runtime,
+/// which runs its worker).
+fn tower_p2c_real(rt: &tokio::runtime::Runtime) -> TowerReal {
+    let services: Vec<_> = (0..ENDPOINTS)
+        .map(|_| PendingRequests::new(real::Upstream::new(), CompleteOnResponse::default()))
+        .collect();
+    rt.block_on(async { Buffer::new(p2c::Balance::new(ServiceList::new(services)), 1024) })
+}
+
+type RealRequest = Request<Full<Bytes>>;
+type RealList = ServiceList<Vec<PendingRequests<real::Upstream, CompleteOnResponse>>>;
+type RealP2c = p2c::Balance<RealList, RealRequest>;
+type TowerReal = Buffer<RealRequest, <RealP2c as Service<RealRequest>>::Future>;
 
 fn benches(c: &mut Criterion) {
     let rt = runtime();
@@ -219,7 +225,6 @@ mod cpu;
 fn cpu_rounds() {
     let rt = runtime();
     let n: u64 = 400_000;
-    let session = || http::HeaderName::from_static("x-session-id");
     for callers in CALLERS {
         println!("\n{callers} caller(s): per request, CPU time and wall-clock time");
         for round in 1..=3 {
@@ -247,7 +252,8 @@ fn cpu_rounds() {
             run("Failover over Balance", &mut |i| {
                 drive_real(&rt, failover.clone(), callers, i)
             });
-            let affinity = StreamAffinityLayer::header(session()).layer(balance.clone());
+            let affinity =
+                StreamAffinityLayer::header(endpoint::session_header()).layer(balance.clone());
             run("StreamAffinity over Balance", &mut |i| {
                 drive_real(&rt, affinity.clone(), callers, i)
             });
@@ -259,12 +265,7 @@ fn cpu_rounds() {
             run("four layers", &mut |i| {
                 drive_real(&rt, four.clone(), callers, i)
             });
-            let services: Vec<_> = (0..ENDPOINTS)
-                .map(|_| PendingRequests::new(real::Upstream::new(), CompleteOnResponse::default()))
-                .collect();
-            let buffered = rt.block_on(async {
-                Buffer::new(p2c::Balance::new(ServiceList::new(services)), 1024)
-            });
+            let buffered = tower_p2c_real(&rt);
             run("tower p2c + Buffer", &mut |i| {
                 drive_real(&rt, buffered.clone(), callers, i)
             });

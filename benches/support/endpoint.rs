@@ -49,6 +49,11 @@ pub(crate) fn pool_of<S: Clone>(n: usize, make: impl Fn() -> S) -> Pool<S> {
     pool
 }
 
+/// The header the benches' affinity keys on (the realistic request carries it).
+pub(crate) fn session_header() -> http::HeaderName {
+    http::HeaderName::from_static("x-session-id")
+}
+
 /// The four layers, with their defaults: Failover, StreamAffinity, HealthFilter, Balance.
 pub(crate) type FourLayers<S = Instant200> =
     Failover<StreamAffinity<HealthFilter<Balance<S>>, Header>>;
@@ -56,9 +61,7 @@ pub(crate) type FourLayers<S = Instant200> =
 pub(crate) fn four_layers<S: Clone>(pool: Pool<S>) -> FourLayers<S> {
     tower::ServiceBuilder::new()
         .layer(FailoverLayer::new())
-        .layer(StreamAffinityLayer::header(http::HeaderName::from_static(
-            "x-session-id",
-        )))
+        .layer(StreamAffinityLayer::header(session_header()))
         .layer(HealthFilterLayer::new())
         .layer(BalanceLayer::new())
         .service(pool)
