@@ -394,14 +394,18 @@ where
     RB: Body + Judged + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let span = tracing::debug_span!(
-        "attempt",
-        n = sending.n,
-        excluded = exclude.len(),
-        tier_floor = exclude.tier_floor(),
-        "gen_ai.usage.input_tokens" = tracing::field::Empty,
-        "gen_ai.usage.output_tokens" = tracing::field::Empty,
-    );
+    let span = if super::span_fields::spans_wanted() {
+        tracing::debug_span!(
+            "attempt",
+            n = sending.n,
+            excluded = exclude.len(),
+            tier_floor = exclude.tier_floor(),
+            "gen_ai.usage.input_tokens" = tracing::field::Empty,
+            "gen_ai.usage.output_tokens" = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
     let attempt =
         attempt(sending.settings, first, hedge_copy, sending.head, exclude).instrument(span);
     match sending.deadline {

@@ -19,11 +19,18 @@ use crate::{
     hints::Served,
 };
 
-/// The request span, with the fields recorded later left empty; with no subscriber that
-/// wants it, `Span::none()`, which (unlike a disabled span that keeps its metadata) costs
-/// nothing to enter and leave, even when `tracing`'s `log` feature is on.
+/// Whether a subscriber takes Failover's debug spans. When none does, the spans are
+/// `Span::none()`, which (unlike a disabled span that keeps its metadata) costs nothing to
+/// enter and leave, even when `tracing`'s `log` feature is on.
+#[inline]
+pub(crate) fn spans_wanted() -> bool {
+    tracing::level_enabled!(tracing::Level::DEBUG)
+}
+
+/// The request span, with the fields recorded later left empty (`Span::none()` unless
+/// [`spans_wanted`]).
 pub(crate) fn request_span(uri: &Uri, method: &http::Method) -> tracing::Span {
-    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+    if !spans_wanted() {
         return tracing::Span::none();
     }
     tracing::debug_span!(
