@@ -34,7 +34,7 @@ use std::{path::PathBuf, sync::Mutex, time::Instant};
 
 use sim::{
     fleet::{percentile, run, Settings},
-    report::{Cell, Report, Row},
+    report::{Cell, Report, Row, KV_EVENTS},
     routers::{router, tuned, Kind, Tuning, KINDS},
     trace::{self, Trace},
 };
@@ -301,6 +301,35 @@ fn main() {
                     )
                 }),
             }));
+        }
+    }
+    // Outside the stated setting: the new policy fed the engines' KV events.
+    for &(cache, target, speed) in &speeds {
+        for replicas in REPLICAS {
+            for seed in 1..=args.seeds {
+                let t = &t;
+                let tuning = Tuning {
+                    kv_events: true,
+                    ..Tuning::default()
+                };
+                jobs.push(Box::new(move || Row {
+                    cache,
+                    target,
+                    replicas,
+                    kind: Kind::Prefix,
+                    variant: Some(KV_EVENTS),
+                    cell: tuned(tuning, || {
+                        replay(
+                            t,
+                            speed,
+                            &settings(cache, t.distinct),
+                            Kind::Prefix,
+                            replicas,
+                            seed,
+                        )
+                    }),
+                }));
+            }
         }
     }
     let rows = parallel(jobs);

@@ -184,6 +184,10 @@ impl PrefixPolicy {
     /// not place the earlier ones and knows only where the rendezvous order puts it; so a
     /// prefix this router has never placed goes to its rendezvous home while that home's cost
     /// is within `2(n - 1) / 3n` of the best (a half with four replicas), on top of the spread.
+    ///
+    /// Replicas whose indexes are fed the engines' KV events ([`PrefixIndex::apply`]) each know
+    /// what every engine holds, whoever placed it: leave this at 1, since the bet only costs
+    /// them (docs/prefix-cache.md measures both).
     pub fn replicas(self, n: u32) -> Result<Self, ConfigError> {
         if n == 0 {
             return Err(invalid("replicas", "must be at least 1"));

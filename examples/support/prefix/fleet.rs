@@ -3,6 +3,8 @@
 
 use std::{cmp::Reverse, collections::BinaryHeap, collections::VecDeque};
 
+use tower_ai_balance::prefix::KvEvent;
+
 use super::{
     lru::Lru,
     trace::{Request, Trace},
@@ -43,6 +45,14 @@ pub struct Metrics {
     pub computed: u64,
 }
 
+/// The engines' cache changes not yet told to the routers: which engine stored which
+/// request's prompt, and the blocks that made room for it (a range of `evicted`).
+#[derive(Default)]
+struct Published {
+    changes: Vec<(usize, usize, std::ops::Range<usize>)>,
+    evicted: Vec<u64>,
+}
+
 /// A router: picks a worker for each request it receives, and hears what a real router hears.
 pub trait Router {
     fn route(&mut self, id: usize, request: &Request, blocks: &[u64], now: f64) -> usize;
@@ -52,6 +62,9 @@ pub trait Router {
     fn finished(&mut self, id: usize, now: f64);
     /// A scrape of every engine's metrics.
     fn scrape(&mut self, metrics: &[Metrics], now: f64);
+    /// An engine's KV event (vLLM's `BlockStored` and `BlockRemoved`), published as its cache
+    /// changes. Only routers told to subscribe use them; none does in the stated setting.
+    fn kv_event(&mut self, _worker: usize, _event: KvEvent<'_>) {}
     /// The time to first token the router expected for a request, if it estimates one.
     fn expected(&self, _id: usize) -> Option<f64> {
         None
@@ -169,7 +182,8 @@ pub fn run(
                       out: &mut Outcome,
                       running: &mut usize,
                       computed: &mut Vec<u64>,
-                      owner: &Vec<usize>| {
+                      owner: &Vec<usize>,
+                      published: &mut Published| {
         let e = &mut engines[w];
         if e.prefilling || e.running >= s.slots {
             return;
@@ -189,7 +203,10 @@ pub fn run(
         computed[id] = compute;
         e.prefill_end = now + compute as f64 / s.prefill_rate;
         e.prefill_owner = owner[id];
-        e.cache.touch(chain, |_| {});
+        let from = published.evicted.len();
+        e.cache.touch(chain, |block| published.evicted.push(block));
+        let to = published.evicted.len();
+        published.changes.push((w, id, from..to));
         e.running += 1;
         *running += 1;
         e.prefilling = true;
@@ -201,7 +218,20 @@ pub fn run(
         )));
     };
 
+    let mut published = Published::default();
     while done < n {
+        // The engines' cache changes since the last step reach the routers before anything
+        // else happens: KV events arrive within milliseconds.
+        for (w, id, evicted) in published.changes.drain(..) {
+            let stored = trace.blocks(&requests[id]);
+            for router in routers.iter_mut() {
+                router.kv_event(w, KvEvent::Stored(stored));
+                if !evicted.is_empty() {
+                    router.kv_event(w, KvEvent::Removed(&published.evicted[evicted.clone()]));
+                }
+            }
+        }
+        published.evicted.clear();
         let arrival = requests.get(next).map(|r| r.at);
         let event = events.peek().map(|Reverse((t, _, _))| t.0);
         let now = match (arrival, event) {
@@ -259,6 +289,7 @@ pub fn run(
                         &mut running,
                         &mut computed,
                         &owner,
+                        &mut published,
                     );
                 }
                 Kind::Done => {
@@ -279,6 +310,7 @@ pub fn run(
                         &mut running,
                         &mut computed,
                         &owner,
+                        &mut published,
                     );
                 }
             }
@@ -305,6 +337,7 @@ pub fn run(
                 &mut running,
                 &mut computed,
                 &owner,
+                &mut published,
             );
         }
     }

@@ -4,7 +4,8 @@
 //! Every router sees what a real one sees: its own placements, its own requests in flight
 //! (counted with the crate's `LoadGuard`), the first token and the end of its own responses,
 //! and the engines' metrics scraped every 100 ms. None sees another router's placements or
-//! an engine's cache.
+//! an engine's cache, except the prefix policy when told to subscribe to the engines' KV
+//! events (`Tuning::kv_events`, outside the stated setting).
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,7 +14,7 @@ use tower_ai_balance::{
     affinity::hash_key as stable_hash,
     load::LoadGuard,
     pick::{self, Filter},
-    prefix::{EngineLoad, Placement, PrefixIndex, PrefixPolicy},
+    prefix::{EngineLoad, KvEvent, Placement, PrefixIndex, PrefixPolicy},
     Endpoint, EndpointConfig,
 };
 
@@ -198,6 +199,8 @@ struct Prefix {
     policy: PrefixPolicy,
     placements: Vec<Option<Placement>>,
     expected: Vec<f64>,
+    /// Subscribed to the engines' KV events.
+    kv_events: bool,
 }
 
 impl Prefix {
@@ -207,7 +210,9 @@ impl Prefix {
         let mut policy =
             PrefixPolicy::new(Arc::new(PrefixIndex::new(s.cache_blocks)), s.block_tokens)
                 .and_then(|p| p.prefill_rate(s.prefill_rate * t.rate_error.unwrap_or(1.0)))
-                .and_then(|p| p.replicas(replicas as u32))
+                // Fed the engines' KV events, every replica's index lists what every engine holds:
+                // no bet on a prefix's home is needed.
+                .and_then(|p| p.replicas(if t.kv_events { 1 } else { replicas as u32 }))
                 .expect("valid settings");
         if !t.no_slots {
             policy = policy.slots(s.slots as u32).expect("valid");
@@ -223,6 +228,7 @@ impl Prefix {
             policy,
             placements: (0..n).map(|_| None).collect(),
             expected: vec![0.0; n],
+            kv_events: t.kv_events,
         }
     }
 }
@@ -281,6 +287,14 @@ impl Router for Prefix {
     fn expected(&self, id: usize) -> Option<f64> {
         Some(self.expected[id])
     }
+
+    fn kv_event(&mut self, worker: usize, event: KvEvent<'_>) {
+        if self.kv_events {
+            self.policy
+                .index()
+                .apply(&self.base.endpoints[worker], event);
+        }
+    }
 }
 
 /// Variations of the prefix policy's settings, for the sensitivity table.
@@ -290,10 +304,12 @@ pub struct Tuning {
     pub spread: Option<f64>,
     pub rate_error: Option<f64>,
     pub no_slots: bool,
+    /// The prefix policy subscribes to the engines' KV events (not the stated setting).
+    pub kv_events: bool,
 }
 
 thread_local! {
-    static TUNING: std::cell::Cell<Tuning> = const { std::cell::Cell::new(Tuning { work_weight: None, spread: None, rate_error: None, no_slots: false }) };
+    static TUNING: std::cell::Cell<Tuning> = const { std::cell::Cell::new(Tuning { work_weight: None, spread: None, rate_error: None, no_slots: false, kv_events: false }) };
 }
 
 /// Runs `f` with the prefix policies it builds on this thread tuned so.
