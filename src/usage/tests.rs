@@ -130,6 +130,18 @@ fn lone_carriage_returns_end_lines_also_when_split_from_their_line_feed() {
 }
 
 #[test]
+fn an_empty_piece_between_a_carriage_return_and_its_line_feed_changes_nothing() {
+    // A body may hand over an empty data frame anywhere; one between the `\r` and the `\n`
+    // of a line end must not turn the `\n` into a blank line that splits the event.
+    let joined = "data: {\"usage\":\r\ndata: {\"prompt_tokens\":3}}\r\n\r\n";
+    let at = joined.find('\n').unwrap();
+    assert_eq!(
+        read([&joined[..at], "", &joined[at..]]),
+        Some(Usage::new(3, 0))
+    );
+}
+
+#[test]
 fn what_is_not_the_servers_count_is_not_read() {
     let none: [&str; 9] = [
         "",
