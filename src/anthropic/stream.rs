@@ -379,4 +379,23 @@ mod tests {
             Err(ResponseError::Malformed)
         );
     }
+
+    #[test]
+    fn token_counts_near_u64_max_saturate_instead_of_panicking() {
+        let stream = concat!(
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"x\",",
+            "\"usage\":{\"input_tokens\":18446744073709551615,\"cache_read_input_tokens\":1,",
+            "\"cache_creation_input_tokens\":18446744073709551615}}}\n\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},",
+            "\"usage\":{\"output_tokens\":18446744073709551615}}\n\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let mut out = Vec::new();
+        let mut t = StreamTranslator::new(true);
+        t.push(stream.as_bytes(), &mut out).unwrap();
+        let events = data_lines(&out);
+        let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["prompt_tokens"], u64::MAX);
+        assert_eq!(usage["usage"]["total_tokens"], u64::MAX);
+    }
 }
