@@ -465,4 +465,37 @@ mod tests {
             let _ = keys.extract(&http::Request::new(Full::new(Bytes::from(body))), &mut out);
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn only_the_top_level_array_is_hashed_whatever_comes_around_it(
+            text in "[a-z{}\\[\\]\":,\\\\ ]{0,40}",
+            before in proptest::collection::vec(0usize..5, 0..4),
+            after in proptest::collection::vec(0usize..5, 0..3),
+        ) {
+            let text = serde_json::to_string(&text).unwrap();
+            let array = format!(r#"[{{"role":"user","content":{text}}},{{"content":[{{"type":"text","text":{text}}}]}}]"#);
+            let member = |i: usize| match i {
+                0 => format!(r#""model":{text}"#),
+                1 => format!(r#""metadata":{{"messages":[{text}]}}"#),
+                2 => format!(r#""tools":[{{"function":{{"parameters":{{"properties":{{"messages":{{"type":"array"}}}}}}}}}}]"#),
+                3 => format!(r#""stop":["messages",{text}]"#),
+                _ => r#""x":"messages""#.to_owned(),
+            };
+            let members: Vec<String> = before
+                .iter()
+                .map(|&i| member(i))
+                .chain([format!(r#""messages" : {array}"#)])
+                .chain(after.iter().map(|&i| member(i)))
+                .collect();
+            let body = format!("{{{}}}", members.join(","));
+            let keys = ChatMessages::new(8).unwrap();
+            let mut want = Vec::new();
+            BlockHasher::new(8).unwrap().bytes(array.as_bytes(), &mut want);
+            let (_, got) = blocks(&keys, &body);
+            proptest::prop_assert_eq!(&got, &want, "{}", body);
+        }
+    }
 }
