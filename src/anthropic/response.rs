@@ -27,7 +27,10 @@ pub(crate) fn usage(usage: &Value) -> (Option<u64>, Option<u64>) {
     let cached = field("cache_creation_input_tokens")
         .unwrap_or(0)
         .saturating_add(field("cache_read_input_tokens").unwrap_or(0));
-    (input.map(|i| i.saturating_add(cached)), field("output_tokens"))
+    (
+        input.map(|i| i.saturating_add(cached)),
+        field("output_tokens"),
+    )
 }
 
 /// Translates an Anthropic Messages response body (a `message`) into an OpenAI

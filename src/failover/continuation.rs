@@ -146,7 +146,8 @@ mod tests {
     #[test]
     fn the_empty_content_of_the_role_chunk_is_not_a_token() {
         // OpenAI and vLLM open a stream with `{"role":"assistant","content":""}`: no token.
-        let original = br#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+        let original =
+            br#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
         let streamed = concat!(
             "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
             "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"One\"}}]}\n\n",
@@ -163,7 +164,8 @@ mod tests {
     fn several_choices_are_not_spliced_into_one_message() {
         // With `n: 2` each chunk carries one choice, by its index: choice 1's text is not
         // the continuation of choice 0's.
-        let original = br#"{"model":"m","n":2,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let original =
+            br#"{"model":"m","n":2,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
         let streamed = concat!(
             "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A\"}}]}\n\n",
             "data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\"B\"}}]}\n\n",

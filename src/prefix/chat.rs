@@ -480,7 +480,8 @@ mod tests {
             let member = |i: usize| match i {
                 0 => format!(r#""model":{text}"#),
                 1 => format!(r#""metadata":{{"messages":[{text}]}}"#),
-                2 => format!(r#""tools":[{{"function":{{"parameters":{{"properties":{{"messages":{{"type":"array"}}}}}}}}}}]"#),
+                2 => r#""tools":[{"function":{"parameters":{"properties":{"messages":{"type":"array"}}}}}]"#
+                    .to_owned(),
                 3 => format!(r#""stop":["messages",{text}]"#),
                 _ => r#""x":"messages""#.to_owned(),
             };
