@@ -7,8 +7,8 @@ use super::{BadRequest, Decide, RequestInfo, Routing, Rules};
 use crate::json::{ScanError, Scanner, Str};
 
 /// What an OpenAI-style JSON body (chat or text completions) says of itself: its model, an
-/// estimate of its prompt's tokens and its `max_tokens` (or `max_completion_tokens`; 256 when
-/// absent).
+/// estimate of its prompt's tokens and its `max_tokens` (or `max_completion_tokens`, which a
+/// chat's `max_completion_tokens` supersedes; 256 when absent).
 ///
 /// The prompt is the text of `messages[*].content` (a string, or the `text` of each part), or
 /// else `prompt`: a string, an array of strings, an array of token ids or an array of arrays of
