@@ -372,7 +372,7 @@ mod tests {
             // The same instant, written by httpdate ("Sun, 06 Nov 1994 08:49:37 GMT") and
             // rewritten as RFC 3339 in a zone `offset` minutes east.
             let local = secs as i64 + offset * 60;
-            proptest::prop_assume!(local >= 0 && local < 253_402_300_800);
+            proptest::prop_assume!((0..253_402_300_800).contains(&local));
             let http = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(local as u64));
             let f: Vec<&str> = http.split([' ', ':']).collect();
             let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
