@@ -23,9 +23,14 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 pub(crate) fn usage(usage: &Value) -> (Option<u64>, Option<u64>) {
     let field = |name: &str| usage.get(name).and_then(Value::as_u64);
     let input = field("input_tokens");
-    let cached = field("cache_creation_input_tokens").unwrap_or(0)
-        + field("cache_read_input_tokens").unwrap_or(0);
-    (input.map(|i| i + cached), field("output_tokens"))
+    // Saturating: the counts are the upstream's bytes, and no sum of them may panic.
+    let cached = field("cache_creation_input_tokens")
+        .unwrap_or(0)
+        .saturating_add(field("cache_read_input_tokens").unwrap_or(0));
+    (
+        input.map(|i| i.saturating_add(cached)),
+        field("output_tokens"),
+    )
 }
 
 /// Translates an Anthropic Messages response body (a `message`) into an OpenAI
@@ -146,6 +151,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn token_counts_near_u64_max_saturate_instead_of_panicking() {
+        let message = json!({
+            "id": "msg_1", "type": "message", "model": "claude-x", "content": [],
+            "usage": {"input_tokens": u64::MAX, "cache_read_input_tokens": 1,
+                      "cache_creation_input_tokens": u64::MAX, "output_tokens": 3},
+        });
+        let out: Value =
+            serde_json::from_slice(&to_chat_completion(message.to_string().as_bytes(), 7).unwrap())
+                .unwrap();
+        assert_eq!(out["usage"]["prompt_tokens"], u64::MAX);
+        assert_eq!(out["usage"]["total_tokens"], u64::MAX);
+    }
 
     #[test]
     fn a_message_becomes_a_chat_completion() {

@@ -3,13 +3,16 @@
 //! Follows the SSE rules that matter here: lines end with `\n`, `\r\n` or `\r` (also when the
 //! `\r` and the `\n` arrive in different chunks); a blank line ends an event; `data:` lines
 //! join with `\n`; `event:` names it; a line that starts with `:` is a comment; one space
-//! after the colon is dropped. An event is bounded in size, so bytes that never end a line
-//! cannot grow it without limit.
+//! after the colon is dropped; a byte-order mark that starts the stream is dropped. An event
+//! is bounded in size, so bytes that never end a line cannot grow it without limit.
 
 use super::error::ResponseError;
 
 /// The most one event (its lines and data) may hold.
 pub(crate) const MAX_EVENT: usize = 4 << 20;
+
+/// U+FEFF in UTF-8.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// One event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub(crate) struct SseParser {
     name: Option<String>,
     data: Vec<u8>,
     has_data: bool,
+    /// A line has ended: a byte-order mark is no longer the stream's first bytes.
+    seen_line: bool,
 }
 
 impl SseParser {
@@ -76,7 +81,11 @@ impl SseParser {
     }
 
     fn end_line(&mut self, events: &mut Vec<Event>) {
-        let line = std::mem::take(&mut self.line);
+        let mut line = std::mem::take(&mut self.line);
+        if !std::mem::replace(&mut self.seen_line, true) && line.starts_with(BOM) {
+            // The stream's one leading byte-order mark, which the SSE rules drop.
+            line.drain(..BOM.len());
+        }
         if line.is_empty() {
             if self.has_data {
                 if self.data.last() == Some(&b'\n') {
@@ -166,5 +175,23 @@ mod tests {
             result = parser.push(&block, &mut events);
         }
         assert_eq!(result, Err(ResponseError::EventTooLarge));
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_dropped() {
+        // The SSE rules drop one leading U+FEFF; kept, it made the first line's field
+        // `\u{feff}data`, and the first event (Anthropic's `message_start`, with the input
+        // tokens) was lost.
+        let input = "\u{feff}data: {\"x\":1}\n\n".as_bytes();
+        for cut in 1..input.len() + 1 {
+            assert_eq!(
+                parse_in_pieces(input, cut),
+                [Event {
+                    name: None,
+                    data: b"{\"x\":1}".to_vec(),
+                }],
+                "cut {cut}"
+            );
+        }
     }
 }

@@ -124,7 +124,11 @@ impl StreamTranslator {
                 if let Some(id) = message.get("id").and_then(Value::as_str) {
                     self.id = id.chars().take(200).collect();
                 }
-                self.model = message.get("model").cloned().unwrap_or(Value::Null);
+                // Repeated in every chunk, so bounded as the id is: a model's name is short.
+                self.model = match message.get("model") {
+                    Some(Value::String(model)) => Value::String(model.chars().take(200).collect()),
+                    _ => Value::Null,
+                };
                 self.read_usage(message.get("usage"));
                 // The role chunk waits for the first text: an error before it is then the
                 // stream's first event, which Failover's first-chunk check recognises.
@@ -377,6 +381,47 @@ mod tests {
         assert_eq!(
             t.push(b"data: {not json\n\n", &mut out),
             Err(ResponseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn token_counts_near_u64_max_saturate_instead_of_panicking() {
+        let stream = concat!(
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"x\",",
+            "\"usage\":{\"input_tokens\":18446744073709551615,\"cache_read_input_tokens\":1,",
+            "\"cache_creation_input_tokens\":18446744073709551615}}}\n\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},",
+            "\"usage\":{\"output_tokens\":18446744073709551615}}\n\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let mut out = Vec::new();
+        let mut t = StreamTranslator::new(true);
+        t.push(stream.as_bytes(), &mut out).unwrap();
+        let events = data_lines(&out);
+        let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["prompt_tokens"], u64::MAX);
+        assert_eq!(usage["usage"]["total_tokens"], u64::MAX);
+    }
+
+    #[test]
+    fn a_huge_model_name_is_not_repeated_in_every_chunk() {
+        // The id is cut to 200 characters so that an upstream cannot make every chunk large;
+        // the model, repeated in every chunk just the same, must be bounded too.
+        let model = "m".repeat(1 << 20);
+        let mut stream = format!(
+            "data: {{\"type\":\"message_start\",\"message\":{{\"id\":\"m\",\"model\":\"{model}\"}}}}\n\n"
+        );
+        for _ in 0..64 {
+            stream.push_str("data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n");
+        }
+        let mut out = Vec::new();
+        let mut t = StreamTranslator::new(false);
+        t.push(stream.as_bytes(), &mut out).unwrap();
+        assert!(
+            out.len() < 64 * 4096,
+            "{} bytes out for {} in",
+            out.len(),
+            stream.len()
         );
     }
 }

@@ -359,4 +359,57 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn rfc3339_times_read_as_httpdate_writes_them(
+            secs in 0u64..253_402_300_800,
+            offset in -1439i64..=1439,
+            millis in proptest::option::of(0u32..1000),
+        ) {
+            // The same instant, written by httpdate ("Sun, 06 Nov 1994 08:49:37 GMT") and
+            // rewritten as RFC 3339 in a zone `offset` minutes east.
+            let local = secs as i64 + offset * 60;
+            proptest::prop_assume!((0..253_402_300_800).contains(&local));
+            let http = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(local as u64));
+            let f: Vec<&str> = http.split([' ', ':']).collect();
+            let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+                .iter()
+                .position(|m| *m == f[2])
+                .unwrap()
+                + 1;
+            let fraction = millis.map_or(String::new(), |m| format!(".{m:03}"));
+            let zone = if offset == 0 {
+                "Z".to_owned()
+            } else {
+                let sign = if offset > 0 { '+' } else { '-' };
+                format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60)
+            };
+            let text = format!(
+                "{}-{month:02}-{}T{}:{}:{}{fraction}{zone}",
+                f[3], f[1], f[4], f[5], f[6]
+            );
+            let want = UNIX_EPOCH
+                + Duration::from_secs(secs)
+                + Duration::from_millis(u64::from(millis.unwrap_or(0)));
+            proptest::prop_assert_eq!(rfc3339(&text), Some(want), "{}", text);
+        }
+
+        #[test]
+        fn go_durations_read_as_written(
+            h in 0u64..8_000,
+            m in 0u64..60,
+            s in 0u64..60,
+            ms in 0u64..1000,
+        ) {
+            let text = format!("{h}h{m}m{s}.{ms:03}s");
+            let want = Duration::from_millis(((h * 60 + m) * 60 + s) * 1000 + ms);
+            let got = go_duration(&text).unwrap();
+            // Read through f64 nanoseconds: within a microsecond.
+            let diff = got.abs_diff(want);
+            proptest::prop_assert!(diff < Duration::from_micros(1), "{} read as {:?}", text, got);
+        }
+    }
 }

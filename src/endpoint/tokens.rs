@@ -48,11 +48,15 @@ pub(crate) struct Counts {
 
 impl Row {
     fn add(&self, counts: &Counts) {
-        self.input.fetch_add(counts.input, Relaxed);
-        self.output.fetch_add(counts.output, Relaxed);
-        if counts.cached_input > 0 {
-            self.cached.fetch_add(counts.cached_input, Relaxed);
-        }
+        // Saturating: the counts are an upstream's, and a counter must never go back.
+        let add = |counter: &AtomicU64, n: u64| {
+            if n > 0 {
+                let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_add(n)));
+            }
+        };
+        add(&self.input, counts.input);
+        add(&self.output, counts.output);
+        add(&self.cached, counts.cached_input);
     }
 
     fn read(&self, model: Arc<str>) -> ModelTokens {
@@ -158,6 +162,17 @@ mod tests {
         rows.iter()
             .map(|r| (&*r.model, r.input, r.output, r.cached_input))
             .collect()
+    }
+
+    #[test]
+    fn counts_beyond_u64_saturate_instead_of_wrapping() {
+        // The counts are an upstream's bytes: one answer claiming u64::MAX tokens must not
+        // wrap the counters (a `_total` series that goes back reads as a counter reset).
+        let t = Tokens::new(&[Arc::from("m")]);
+        t.count(Some("m"), &counts(5, 5, 5));
+        t.count(Some("m"), &counts(u64::MAX, u64::MAX, u64::MAX));
+        t.count(Some("m"), &counts(1, 1, 1));
+        assert_eq!(tokens(&t.read())[0], ("m", u64::MAX, u64::MAX, u64::MAX));
     }
 
     #[test]

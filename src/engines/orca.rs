@@ -96,11 +96,13 @@ impl OrcaReport {
         }
     }
 
-    /// The first named metric among `names`.
+    /// The first named metric among `names`; of a name given twice, its last value (as
+    /// protobuf reads a map key given twice).
     fn named(&self, names: &[&str]) -> Option<f64> {
         names.iter().find_map(|n| {
             self.named_metrics
                 .iter()
+                .rev()
                 .find(|(k, _)| k == n)
                 .map(|&(_, v)| v)
         })

@@ -173,6 +173,17 @@ mod tests {
     }
 
     #[test]
+    fn a_map_key_given_twice_takes_its_last_value() {
+        // Protobuf: "if there are duplicate map keys, the last key seen is used".
+        let mut msg = map_entry(8, "num_requests_waiting", 1.0);
+        msg.extend(map_entry(8, "kv_cache_usage_perc", 0.5));
+        msg.extend(map_entry(8, "num_requests_waiting", 9.0));
+        let r = decode(&msg).unwrap();
+        let l = r.load_report(tokio::time::Instant::now());
+        assert_eq!((l.waiting, l.kv_usage), (Some(9), Some(0.5)));
+    }
+
+    #[test]
     fn refuses_truncated_and_nonsense() {
         let msg = double(1, 0.5);
         assert!(decode(&msg[..5]).is_err());

@@ -26,9 +26,10 @@ pub trait Continuation: Send + Sync + 'static {
 ///   closes the message and the model starts a new answer, repeating itself.
 /// - `max_tokens` and `max_completion_tokens` (where the request has them) lowered by the
 ///   tokens already streamed, never below 1. Tokens are counted as content deltas: one per
-///   `data:` event with a `content`, which is what vLLM and OpenAI send per token. A server
-///   that puts several tokens in one event is under-counted, so the original limit may be
-///   exceeded by that much in total; `usage` is not read (it comes only at the end).
+///   `data:` event with a non-empty `content`, which is what vLLM and OpenAI send per token
+///   (the role chunk's empty `content` is none). A server that puts several tokens in one
+///   event is under-counted, so the original limit may be exceeded by that much in total;
+///   `usage` is not read (it comes only at the end).
 /// - `"stream": true`.
 ///
 /// OpenAI's hosted API has no such parameters and does not continue a trailing assistant
@@ -37,7 +38,8 @@ pub trait Continuation: Send + Sync + 'static {
 /// spliced in; the caller's stream fails as it would have without one).
 ///
 /// Declines (the stream fails as it broke) when the partial answer has tool calls or a
-/// function call, when no content was streamed yet, or when the request is not a chat
+/// function call, when no content was streamed yet, when the request asks for several
+/// choices (`n` above 1: one message continues one choice), or when the request is not a chat
 /// completion (no `messages` array, or not JSON).
 #[cfg(feature = "openai")]
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,6 +51,10 @@ impl Continuation for OpenAiChat {
         use serde_json::{json, Value};
 
         let mut request: Value = serde_json::from_slice(original).ok()?;
+        // One assistant message carries one choice on: `n` above 1 cannot be continued.
+        if request["n"].as_u64().is_some_and(|n| n > 1) {
+            return None;
+        }
         let (mut text, mut tokens) = (String::new(), 0u64);
         for line in streamed.split(|&b| b == b'\n') {
             let Some(data) = line.trim_ascii().strip_prefix(b"data:") else {
@@ -57,11 +63,17 @@ impl Continuation for OpenAiChat {
             let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) else {
                 continue; // "[DONE]" or a partial line
             };
-            let delta = &event["choices"][0]["delta"];
+            // The first choice, by its index (a chunk of another choice is not its text).
+            let choice = &event["choices"][0];
+            if choice["index"].as_u64().is_some_and(|i| i != 0) {
+                continue;
+            }
+            let delta = &choice["delta"];
             if !delta["tool_calls"].is_null() || !delta["function_call"].is_null() {
                 return None;
             }
-            if let Some(content) = delta["content"].as_str() {
+            // The role chunk's `"content": ""` is no token.
+            if let Some(content) = delta["content"].as_str().filter(|c| !c.is_empty()) {
                 text.push_str(content);
                 tokens += 1;
             }
@@ -129,5 +141,40 @@ mod tests {
         assert!(OpenAiChat
             .continue_body(br#"{"prompt":"x"}"#, text)
             .is_none());
+    }
+
+    #[test]
+    fn the_empty_content_of_the_role_chunk_is_not_a_token() {
+        // OpenAI and vLLM open a stream with `{"role":"assistant","content":""}`: no token.
+        let original =
+            br#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+        let streamed = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"One\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\", two\"}}]}\n\n",
+        );
+        let body = OpenAiChat
+            .continue_body(original, streamed.as_bytes())
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["max_tokens"], 98, "two tokens streamed");
+    }
+
+    #[test]
+    fn several_choices_are_not_spliced_into_one_message() {
+        // With `n: 2` each chunk carries one choice, by its index: choice 1's text is not
+        // the continuation of choice 0's.
+        let original =
+            br#"{"model":"m","n":2,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let streamed = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\"B\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"C\"}}]}\n\n",
+        );
+        if let Some(body) = OpenAiChat.continue_body(original, streamed.as_bytes()) {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let messages = v["messages"].as_array().unwrap();
+            assert_eq!(messages.last().unwrap()["content"], "AC", "{v}");
+        }
     }
 }

@@ -129,8 +129,16 @@ struct Scan {
 
 #[derive(Clone, Copy, PartialEq)]
 enum State {
-    /// Matched this many bytes of `"messages"`.
-    Seek(usize),
+    /// Looking for a top-level `"messages"` key: the nesting depth (1 inside the body's
+    /// object), whether inside a string (and after a backslash), and how many bytes of
+    /// `"messages"` the current string has matched (`None`: not a top-level string, or it
+    /// differs). A `messages` key nested deeper (a tool's parameter, metadata) is not it.
+    Seek {
+        depth: u32,
+        string: bool,
+        escape: bool,
+        matched: Option<usize>,
+    },
     /// After the key: expecting `:`.
     Colon,
     /// After the colon: expecting `[`.
@@ -146,11 +154,33 @@ enum State {
 
 const KEY: &[u8] = b"\"messages\"";
 
+/// Looking for the key, at the start of the body.
+const SEEK: State = State::Seek {
+    depth: 0,
+    string: false,
+    escape: false,
+    matched: None,
+};
+
+/// Looking for the key, at `depth` outside strings, after byte `b`.
+fn seek(depth: u32, b: u8) -> State {
+    State::Seek {
+        depth: match b {
+            b'{' | b'[' => depth.saturating_add(1),
+            b'}' | b']' => depth.saturating_sub(1),
+            _ => depth,
+        },
+        string: b == b'"',
+        escape: false,
+        matched: (b == b'"' && depth == 1).then_some(1),
+    }
+}
+
 impl Scan {
     fn new(stream: ByteStream) -> Self {
         Self {
             stream,
-            state: State::Seek(0),
+            state: SEEK,
             bytes: 0,
         }
     }
@@ -171,21 +201,34 @@ impl Scan {
             let b = bytes[0];
             bytes = &bytes[1..];
             self.state = match self.state {
-                State::Seek(matched) => {
-                    if b == KEY[matched] {
-                        if matched + 1 == KEY.len() {
-                            State::Colon
-                        } else {
-                            State::Seek(matched + 1)
+                State::Seek {
+                    depth,
+                    string: true,
+                    escape,
+                    matched,
+                } => {
+                    let (escape, string, matched) = match b {
+                        _ if escape => (false, true, None),
+                        b'\\' => (true, true, None),
+                        b'"' if matched == Some(KEY.len() - 1) => {
+                            self.state = State::Colon;
+                            continue;
                         }
-                    } else {
-                        State::Seek(usize::from(b == KEY[0]))
+                        b'"' => (false, false, None),
+                        _ => (false, true, matched.filter(|&m| KEY[m] == b).map(|m| m + 1)),
+                    };
+                    State::Seek {
+                        depth,
+                        string,
+                        escape,
+                        matched,
                     }
                 }
+                State::Seek { depth, .. } => seek(depth, b),
                 State::Colon if b.is_ascii_whitespace() => State::Colon,
                 State::Colon if b == b':' => State::Open,
-                // "messages" as a value, not a key: keep looking.
-                State::Colon => State::Seek(usize::from(b == KEY[0])),
+                // "messages" as a value, not a key: keep looking, at the top level.
+                State::Colon => seek(1, b),
                 State::Open if b.is_ascii_whitespace() => State::Open,
                 State::Open if b == b'[' => {
                     self.stream.push(b"[", out);
@@ -299,6 +342,24 @@ mod tests {
     }
 
     #[test]
+    fn a_messages_key_nested_before_the_top_level_one_is_not_it() {
+        // A tool whose parameter is named `messages`, or metadata holding such a key, may
+        // come before the request's own `messages`: only the top-level key is the prompt.
+        let keys = ChatMessages::new(8).unwrap();
+        let array = r#"[{"role":"user","content":"0123456789abcdef0123456789abcdef"}]"#;
+        let (want_tokens, want) = blocks(&keys, &format!(r#"{{"messages":{array}}}"#));
+        assert!(!want.is_empty());
+        for before in [
+            r#""tools":[{"type":"function","function":{"name":"summarize","parameters":{"type":"object","properties":{"messages":{"type":"array"}}}}}]"#,
+            r#""metadata":{"messages":["a"]}"#,
+            r#""model":"messages","stop":["messages"]"#,
+        ] {
+            let body = format!(r#"{{{before},"messages":{array}}}"#);
+            assert_eq!(blocks(&keys, &body), (want_tokens, want.clone()), "{body}");
+        }
+    }
+
+    #[test]
     fn bodies_without_messages_have_no_key() {
         let keys = ChatMessages::new(8).unwrap();
         for body in [
@@ -402,6 +463,40 @@ mod tests {
                 .collect();
             let mut out = Vec::new();
             let _ = keys.extract(&http::Request::new(Full::new(Bytes::from(body))), &mut out);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn only_the_top_level_array_is_hashed_whatever_comes_around_it(
+            text in "[a-z{}\\[\\]\":,\\\\ ]{0,40}",
+            before in proptest::collection::vec(0usize..5, 0..4),
+            after in proptest::collection::vec(0usize..5, 0..3),
+        ) {
+            let text = serde_json::to_string(&text).unwrap();
+            let array = format!(r#"[{{"role":"user","content":{text}}},{{"content":[{{"type":"text","text":{text}}}]}}]"#);
+            let member = |i: usize| match i {
+                0 => format!(r#""model":{text}"#),
+                1 => format!(r#""metadata":{{"messages":[{text}]}}"#),
+                2 => r#""tools":[{"function":{"parameters":{"properties":{"messages":{"type":"array"}}}}}]"#
+                    .to_owned(),
+                3 => format!(r#""stop":["messages",{text}]"#),
+                _ => r#""x":"messages""#.to_owned(),
+            };
+            let members: Vec<String> = before
+                .iter()
+                .map(|&i| member(i))
+                .chain([format!(r#""messages" : {array}"#)])
+                .chain(after.iter().map(|&i| member(i)))
+                .collect();
+            let body = format!("{{{}}}", members.join(","));
+            let keys = ChatMessages::new(8).unwrap();
+            let mut want = Vec::new();
+            BlockHasher::new(8).unwrap().bytes(array.as_bytes(), &mut want);
+            let (_, got) = blocks(&keys, &body);
+            proptest::prop_assert_eq!(&got, &want, "{}", body);
         }
     }
 }

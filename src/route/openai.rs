@@ -7,8 +7,8 @@ use super::{BadRequest, Decide, RequestInfo, Routing, Rules};
 use crate::json::{ScanError, Scanner, Str};
 
 /// What an OpenAI-style JSON body (chat or text completions) says of itself: its model, an
-/// estimate of its prompt's tokens and its `max_tokens` (or `max_completion_tokens`; 256 when
-/// absent).
+/// estimate of its prompt's tokens and its `max_tokens` (or `max_completion_tokens`, which a
+/// chat's `max_completion_tokens` supersedes; 256 when absent).
 ///
 /// The prompt is the text of `messages[*].content` (a string, or the `text` of each part), or
 /// else `prompt`: a string, an array of strings, an array of token ids or an array of arrays of
@@ -131,7 +131,15 @@ fn read(s: &mut Scanner<'_>) -> Result<RequestInfo, ScanError> {
         return Err(s.error("bytes follow the JSON object"));
     }
     let prompt = f.messages.or(f.prompt).unwrap_or_default();
-    let max_tokens = f.max_tokens.or(f.max_completion_tokens).unwrap_or(256);
+    // A chat request's `max_completion_tokens` supersedes its deprecated `max_tokens` (as
+    // vLLM, the Anthropic translation and `AttemptTimeout` read them); the completions API
+    // has only `max_tokens`.
+    let max_tokens = if f.messages.is_some() {
+        f.max_completion_tokens.or(f.max_tokens)
+    } else {
+        f.max_tokens.or(f.max_completion_tokens)
+    };
+    let max_tokens = max_tokens.unwrap_or(256);
     Ok(RequestInfo {
         model: f.model,
         prompt_tokens: prompt.tokens(),
@@ -367,6 +375,11 @@ mod tests {
         assert_eq!(
             (read.model, read.prompt_tokens, read.max_tokens),
             (None, 2, 300)
+        );
+        let chat = info(r#"{"max_tokens":100,"messages":[],"max_completion_tokens":8}"#);
+        assert_eq!(
+            chat.max_tokens, 8,
+            "a chat's max_completion_tokens supersedes max_tokens"
         );
         assert_eq!(info(r#"{"model":"m"}"#).max_tokens, 256, "the default");
         assert_eq!(info(r#"{"model":null,"max_tokens":null}"#).model, None);

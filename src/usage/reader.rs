@@ -102,6 +102,11 @@ impl UsageReader {
     }
 
     fn events(&mut self, mut bytes: &[u8]) {
+        // An empty piece changes nothing: a `\r` that ended the last one still waits for
+        // the `\n` that may start the next.
+        if bytes.is_empty() {
+            return;
+        }
         if std::mem::take(&mut self.after_cr) {
             if let Some(rest) = bytes.strip_prefix(b"\n") {
                 bytes = rest;

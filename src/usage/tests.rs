@@ -130,6 +130,18 @@ fn lone_carriage_returns_end_lines_also_when_split_from_their_line_feed() {
 }
 
 #[test]
+fn an_empty_piece_between_a_carriage_return_and_its_line_feed_changes_nothing() {
+    // A body may hand over an empty data frame anywhere; one between the `\r` and the `\n`
+    // of a line end must not turn the `\n` into a blank line that splits the event.
+    let joined = "data: {\"usage\":\r\ndata: {\"prompt_tokens\":3}}\r\n\r\n";
+    let at = joined.find('\n').unwrap();
+    assert_eq!(
+        read([&joined[..at], "", &joined[at..]]),
+        Some(Usage::new(3, 0))
+    );
+}
+
+#[test]
 fn what_is_not_the_servers_count_is_not_read() {
     let none: [&str; 9] = [
         "",
@@ -225,5 +237,74 @@ proptest! {
         broken.extend_from_slice(&noise);
         broken.extend_from_slice(&body[at..]);
         let _ = read(broken.chunks(7));
+    }
+}
+
+/// A JSON string literal of `text` (quotes and backslashes escaped).
+fn literal(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn generated_answers_read_their_usage_whatever_the_framing_and_splits(
+        (prompt, completion, cached) in (any::<u64>(), any::<u64>(), any::<u64>()),
+        noise in "[a-z{}\\[\\]\":,\\\\ ]{0,24}",
+        space in "[ \t\r\n]{0,3}",
+        stream in any::<bool>(),
+        eol in prop::sample::select(vec!["\n", "\r\n", "\r"]),
+        bom in any::<bool>(),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        // A data line holds no line end: the stream's JSON is spaced with spaces and tabs.
+        let space = if stream { space.replace(['\r', '\n'], " ") } else { space };
+        let s = &space;
+        let usage = format!(
+            "{{{s}\"prompt_tokens\"{s}:{s}{prompt}{s},\"completion_tokens\":{completion},{s}\
+             \"prompt_tokens_details\":{s}{{\"cached_tokens\":{cached}}}{s}}}"
+        );
+        let noise = literal(&noise);
+        let doc = format!(
+            "{{\"id\":{noise},\"choices\":[{{\"delta\":{{\"content\":{noise}}},\"usage\":{{\"prompt_tokens\":1}}}}],\
+             {noise}:{{\"usage\":{{\"prompt_tokens\":2}}}},{s}\"usage\"{s}:{s}{usage}{s}}}"
+        );
+        let mut body = String::new();
+        if bom {
+            body.push('\u{feff}');
+        }
+        if stream {
+            for line in [
+                ": comment".to_owned(),
+                "event: x".to_owned(),
+                format!("data: {{\"choices\":[],\"usage\":null,\"x\":{noise}}}"),
+                String::new(),
+                format!("data: {doc}"),
+                String::new(),
+                "data: [DONE]".to_owned(),
+                String::new(),
+            ] {
+                body.push_str(&line);
+                body.push_str(eol);
+            }
+        } else {
+            body.push_str(&doc);
+        }
+        let bytes = body.as_bytes();
+        let mut at: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+        at.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for to in at.into_iter().chain([bytes.len()]) {
+            pieces.push(&bytes[from..to]);
+            from = to;
+        }
+        prop_assert_eq!(
+            read(pieces),
+            Some(Usage::new(prompt, completion).cached(cached)),
+            "{}",
+            body
+        );
     }
 }

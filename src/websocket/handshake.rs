@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use http::{header, request, HeaderValue, Method, Response, StatusCode};
+use http::{
+    header::{self, GetAll},
+    request, HeaderValue, Method, Response, StatusCode,
+};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// A request that is not a WebSocket upgrade this crate can accept.
@@ -57,11 +60,13 @@ impl fmt::Display for NotUpgrade {
 
 impl std::error::Error for NotUpgrade {}
 
-/// Whether `value` is a comma-separated list holding `token` (without regard to case).
-fn has_token(value: Option<&HeaderValue>, token: &str) -> bool {
-    value
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+/// Whether the fields `values` (one comma-separated list, however many fields carry it) hold
+/// `token` (without regard to case).
+fn has_token(values: GetAll<'_, HeaderValue>, token: &str) -> bool {
+    values.iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
 }
 
 /// The `101 Switching Protocols` that accepts the WebSocket upgrade `head` asks for, with
@@ -76,8 +81,8 @@ pub fn accept(
     if head.method != Method::GET {
         return Err(NotUpgrade::Method);
     }
-    if !has_token(headers.get(header::CONNECTION), "upgrade")
-        || !has_token(headers.get(header::UPGRADE), "websocket")
+    if !has_token(headers.get_all(header::CONNECTION), "upgrade")
+        || !has_token(headers.get_all(header::UPGRADE), "websocket")
     {
         return Err(NotUpgrade::NotWebSocket);
     }
@@ -155,5 +160,21 @@ mod tests {
         let mut short = GOOD;
         short[3].1 = "abc";
         assert_eq!(accept(&head(&short), None).unwrap_err(), NotUpgrade::Key);
+    }
+
+    #[test]
+    fn a_connection_list_split_over_two_fields_is_one_list() {
+        // RFC 9110, 5.3: fields of one name are one comma-separated list.
+        let split = head(&[
+            ("connection", "keep-alive"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        assert_eq!(
+            accept(&split, None).unwrap().status(),
+            StatusCode::SWITCHING_PROTOCOLS
+        );
     }
 }

@@ -16,6 +16,8 @@
 //! upstream as the client sent it. The upstream's choice, always one of those, is the one
 //! the gateway answers the client with.
 
+use std::collections::HashSet;
+
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// The client headers forwarded to every WebSocket upstream, besides those its configuration
@@ -85,6 +87,8 @@ pub(crate) fn forward(from: &HeaderMap, extra: &[HeaderName], out: &mut HeaderMa
 /// when nothing is left. A malformed header offers nothing.
 pub(crate) fn offered_protocols(from: &HeaderMap, hidden: &[String]) -> Option<HeaderValue> {
     let mut kept: Vec<&str> = Vec::new();
+    // Each token once, found in linear time: the header is the client's, of any length.
+    let mut seen: HashSet<&str> = HashSet::new();
     for value in from.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(text) = value.to_str() else {
             return None;
@@ -94,7 +98,7 @@ pub(crate) fn offered_protocols(from: &HeaderMap, hidden: &[String]) -> Option<H
                 token.len() >= prefix.len()
                     && token.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
             });
-            if !secret && !kept.contains(&token) {
+            if !secret && seen.insert(token) {
                 kept.push(token);
             }
         }
@@ -195,5 +199,24 @@ mod tests {
             HeaderValue::from_bytes(b"\xffx").unwrap(),
         );
         assert_eq!(offered_protocols(&bad, &hidden), None);
+    }
+
+    #[test]
+    fn a_long_list_of_subprotocols_is_read_in_linear_time() {
+        // A client's upgrade may carry a header of hundreds of KiB (hyper reads up to some
+        // 400 KiB of head): each token compared with every one kept before it is quadratic,
+        // seconds of a core for one request.
+        let tokens: Vec<String> = (0..60_000).map(|i| format!("p{i:x}")).collect();
+        let value = tokens.join(",");
+        let mut from = HeaderMap::new();
+        from.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        let started = std::time::Instant::now();
+        let offered = offered_protocols(&from, &[OPENAI_KEY_PROTOCOL.to_owned()]);
+        let took = started.elapsed();
+        assert_eq!(offered.unwrap().len(), value.len() + tokens.len() - 1);
+        assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
     }
 }

@@ -131,8 +131,14 @@ fn read(json: &Json) -> Result<RequestInfo, ()> {
     };
     let max_tokens = whole(field(top, "max_tokens")?)?;
     let max_completion_tokens = whole(field(top, "max_completion_tokens")?)?;
+    // A chat's max_completion_tokens supersedes its max_tokens; completions have only max_tokens.
+    let max = if messages.is_some() {
+        max_completion_tokens.or(max_tokens)
+    } else {
+        max_tokens.or(max_completion_tokens)
+    };
+    let max = max.unwrap_or(256);
     let (text, ids) = messages.or(prompt).unwrap_or_default();
-    let max = max_tokens.or(max_completion_tokens).unwrap_or(256);
     Ok(RequestInfo {
         model,
         prompt_tokens: u32::try_from(text.div_ceil(4).saturating_add(ids)).unwrap_or(u32::MAX),
