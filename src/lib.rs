@@ -115,6 +115,8 @@ mod clock;
 #[cfg(feature = "serde")]
 pub mod config;
 pub mod discovery;
+#[cfg(any(feature = "client", feature = "websocket"))]
+mod dot_segments;
 pub mod endpoint;
 pub mod engines;
 pub mod error;

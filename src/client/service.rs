@@ -48,6 +48,8 @@ mod anthropic_models;
 /// - answers an upstream's `401`/`403`/`407` (its credentials refused) with `502` and an
 ///   OpenAI-format error, without the provider's message, which may quote the key;
 /// - drops hop-by-hop headers and `set-cookie` from the answer.
+/// - answers a request whose path has a `.` or `..` segment (also percent-encoded, or
+///   between `\\` or `%2f`) with `400` itself: joined under the base path it could leave it.
 ///
 /// With [`Format::Anthropic`] (feature `anthropic`), a chat-completions request is sent to
 /// `/v1/messages` as an Anthropic Messages request and its answer, streamed or not, comes
@@ -168,6 +170,16 @@ where
         let inner = Arc::clone(&self.inner);
         ResponseFuture {
             future: Box::pin(async move {
+                if crate::dot_segments::has_dot_segment(request.uri().path()) {
+                    // Joined under the base path, it would leave it, with this upstream's
+                    // credentials: answered here, reaching no upstream.
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        "the request's path has a `.` or `..` segment",
+                        "invalid_request_error",
+                        Some("invalid_path"),
+                    ));
+                }
                 match inner.format {
                     Format::OpenAi => inner.pass_through(request).await,
                     #[cfg(feature = "anthropic")]

@@ -15,6 +15,7 @@ use crate::{
     balance::Balance,
     error::{Attempt, AttemptFailure, AttemptsFailed, BoxError, GaveUp, NoEndpoints},
     hints::{Affinity, Cost, Exclude, Require, WithHints},
+    route::BadRequest,
 };
 
 /// The key of a session, hashed ([`hash_key`](crate::affinity::hash_key)), from its upgrade
@@ -77,13 +78,19 @@ impl<S: Target + Clone> Proxy<S> {
     /// or 407: the gateway's credentials refused) counts against that endpoint and the next is
     /// tried, up to the attempts allowed.
     ///
-    /// Fails with the pick's error ([`NoEndpoints`], [`Overloaded`](crate::error::Overloaded),
+    /// Fails with [`BadRequest`] for a path with a `.` or `..` segment (also
+    /// percent-encoded): under an upstream's base path it could leave it. Fails with the pick's error ([`NoEndpoints`], [`Overloaded`](crate::error::Overloaded),
     /// [`Unsatisfiable`](crate::capability::Unsatisfiable)) when no attempt could be made, and
     /// with [`AttemptsFailed`] otherwise; [`http_error::openai_response`] turns either into
     /// the answer to give the client.
     ///
     /// [`http_error::openai_response`]: crate::http_error::openai_response
     pub async fn connect(&self, head: &request::Parts) -> Result<Session, BoxError> {
+        if crate::dot_segments::has_dot_segment(head.uri.path()) {
+            // Joined under an upstream's base path it could leave it, with the upstream's
+            // credentials: refused before any endpoint is picked.
+            return Err(BadRequest::new("the request's path has a `.` or `..` segment").into());
+        }
         let shared = &*self.shared;
         let mut hints = WithHints::new(());
         let ext = &head.extensions;

@@ -279,3 +279,42 @@ async fn an_upstream_refusing_the_gateways_key_is_a_bad_gateway() {
     let error: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(error["error"]["code"], "upstream_auth_failed");
 }
+
+#[tokio::test]
+async fn a_path_with_dot_segments_is_refused_before_any_upstream() {
+    let server = Recorder::ok(None).await;
+    let base = format!("http://127.0.0.1:{}/openai/v1", server.addr.port());
+    let client = Client::new().unwrap();
+    let config = || {
+        UpstreamConfig::new(&base)
+            .unwrap()
+            .api_key("upstream-secret")
+    };
+    for path in [
+        "/../admin",
+        "/chat/../../admin",
+        "/%2e%2e/admin",
+        "/.%2E/admin",
+        "/./chat/completions",
+        "/chat/..%2f..%2fadmin",
+        "/chat\\..\\..\\admin",
+    ] {
+        let request = Request::post(format!("http://gateway{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let (head, body) = send(&client, config(), request).await.unwrap();
+        assert_eq!(head.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("invalid_path"),
+            "{path}: {body:?}"
+        );
+    }
+    assert_eq!(server.count(), 0, "no such request reached the upstream");
+    // Dots inside a segment are a model's name, not a dot segment.
+    let (head, _) = send(&client, config(), post("/models/llama-3.1-8b", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(server.last().target, "/openai/v1/models/llama-3.1-8b");
+}
