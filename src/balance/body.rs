@@ -47,7 +47,7 @@ where
             // For a reader of the response's usage to settle.
             parts.extensions.insert(reservation.clone());
         }
-        let served = Served::new(Arc::clone(guard.endpoint()), head);
+        let served = Served::new(Arc::clone(guard.endpoint()), head, guard.started());
         parts.extensions.insert(served);
         let body = ResponseBody::new(body, guard, head, completion);
         http::Response::from_parts(parts, body)

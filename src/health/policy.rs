@@ -122,23 +122,36 @@ impl HealthPolicy {
             tracing::debug!(endpoint = %error.endpoint().key(), "a per-attempt timeout: not counted against the endpoint");
             return;
         }
-        self.judge(error.endpoint(), error.verdict());
+        self.judge_sent(error.endpoint(), error.verdict(), error.sent());
     }
 
     /// What a verdict does to the endpoint that produced it. The common case, a success on a
     /// healthy endpoint with nothing to forget, takes no lock and reads no clock.
     pub(crate) fn judge(&self, e: &Endpoint, outcome: Outcome) {
+        self.judge_sent(e, outcome, None);
+    }
+
+    /// [`judge`](Self::judge) for a request that took its slot at `sent`, if known: a
+    /// failure of a request sent before the endpoint's last ejection is late news, however
+    /// late it comes, and never a failed trial.
+    pub(crate) fn judge_sent(&self, e: &Endpoint, outcome: Outcome, sent: Option<Instant>) {
         if outcome == Outcome::Success
             && e.is_healthy()
             && e.counters().try_count_unlocked_success()
         {
             return;
         }
-        self.record(e, outcome, Instant::now());
+        self.record_sent(e, outcome, Instant::now(), sent);
     }
 
     /// What an outcome does to the endpoint that produced it, at `now`.
+    #[cfg(test)]
     pub(crate) fn record(&self, e: &Endpoint, outcome: Outcome, now: Instant) {
+        self.record_sent(e, outcome, now, None);
+    }
+
+    /// [`record`](Self::record) for a request that took its slot at `sent`, if known.
+    fn record_sent(&self, e: &Endpoint, outcome: Outcome, now: Instant, sent: Option<Instant>) {
         let mut o = RecordGuard::lock(e);
         let health = e.health();
         match outcome {
@@ -187,8 +200,15 @@ impl HealthPolicy {
             }
             Outcome::Failure => {
                 match health {
-                    // Late news from a request sent before the ejection.
+                    // Late news from a request sent before the ejection: while it is in
+                    // force, or after it ended (a long stream that breaks later) when the
+                    // request is known to predate it.
                     Health::Ejected { until } if until > now => return,
+                    Health::Ejected { .. }
+                        if sent.is_some_and(|s| o.last_ejected.is_some_and(|t| s <= t)) =>
+                    {
+                        return
+                    }
                     Health::Ejected { .. } => {
                         self.eject(e, &mut o, now, EjectionCause::TrialFailed);
                         return;

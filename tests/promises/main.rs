@@ -1,0 +1,397 @@
+//! Tests of the request path's promises: nothing held after cancellation, failure,
+//! timeout or retry; retries that re-send the request as it was, within the budget; a 429
+//! passed through when nothing else can be tried; affinity and health as promised.
+#![allow(unreachable_pub)]
+
+mod script;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_ai_balance::{
+    failover::{Continuation, FailoverLayer, Hedge, RetryBudget},
+    hints::Served,
+    BalanceLayer, EndpointConfig, Pool,
+};
+
+use crate::script::{endpoint, Log, Script, Svc, Then};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+        .unwrap()
+}
+
+fn total_in_flight(pool: &Pool<Svc>) -> usize {
+    pool.endpoints().iter().map(|e| e.in_flight()).sum()
+}
+
+fn served_by<B>(r: &http::Response<B>) -> String {
+    r.extensions()
+        .get::<Served>()
+        .unwrap()
+        .endpoint()
+        .key()
+        .as_str()
+        .to_owned()
+}
+
+/// Lets spawned work and timers run.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A request waiting in `Balance`'s queue when `Failover`'s deadline drops it leaves no place
+/// in the queue and no slot: a later request is served as soon as the endpoint frees up.
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_dropped_by_the_deadline_holds_nothing() {
+    let log = Log::default();
+    let pool = Pool::new();
+    // The first request's body stays open until the test drops it; every later one is quick.
+    pool.insert(
+        EndpointConfig::new("a").max_concurrency(1),
+        endpoint("a", &log, |i| {
+            if i == 0 {
+                Script::ok(&[(0, "x")], Then::Hang)
+            } else {
+                Script::ok(&[(0, "y")], Then::End)
+            }
+        }),
+    )
+    .unwrap();
+    let balance = BalanceLayer::builder()
+        .queue(8, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(FailoverLayer::builder().deadline(ms(100)).build().unwrap())
+        .layer(balance)
+        .service(pool.clone());
+    let held = svc.clone().oneshot(request()).await.unwrap();
+    assert_eq!(total_in_flight(&pool), 1);
+    let e = svc
+        .clone()
+        .oneshot(request())
+        .await
+        .expect_err("waits past the deadline");
+    eprintln!("{e}");
+    assert_eq!(total_in_flight(&pool), 1, "only the open body holds a slot");
+    drop(held);
+    assert_eq!(total_in_flight(&pool), 0);
+    let r = tokio::time::timeout(ms(10), svc.clone().oneshot(request()))
+        .await
+        .expect("served at once")
+        .unwrap();
+    drop(r);
+    assert_eq!(total_in_flight(&pool), 0);
+}
+
+/// A hedge under a first-chunk wait: the slow side has sent its head but not its first chunk
+/// when the hedge wins; dropping it releases its slot, and the winner's body, dropped
+/// mid-stream, releases the other.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_wins_before_the_first_chunk_releases_the_losers_head() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        "slow",
+        endpoint("slow", &log, |_| Script::ok(&[(5_000, "late")], Then::End)),
+    )
+    .unwrap();
+    pool.insert(
+        "fast",
+        endpoint("fast", &log, |_| {
+            Script::ok(&[(10, "a"), (10, "b")], Then::Hang)
+        }),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            FailoverLayer::builder()
+                .first_chunk(Duration::from_secs(30))
+                .hedge(Hedge::After(ms(50)))
+                .budget(RetryBudget::new(1.0, 100).unwrap())
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    // Make "slow" take the first attempt: exclude nothing, but try until it does.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let r = svc.clone().oneshot(request()).await.unwrap();
+        let who = served_by(&r);
+        let mut body = r.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        drop(body);
+        settle().await;
+        assert_eq!(total_in_flight(&pool), 0, "after a response from {who}");
+        if log.calls_to("slow") > 0 || tries > 20 {
+            break;
+        }
+    }
+    assert!(log.calls_to("slow") > 0, "slow took a first attempt");
+}
+
+/// The continuation request is in flight (its head not yet back) when the caller drops the
+/// body: its slot is released, and so is every other.
+struct Echo;
+impl Continuation for Echo {
+    fn continue_body(&self, original: &[u8], _streamed: &[u8]) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(original))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_dropped_while_its_continuation_is_sent_holds_nothing() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        EndpointConfig::new("a").tier(0),
+        endpoint("a", &log, |_| Script::ok(&[(0, "data: 1\n\n")], Then::Fail)),
+    )
+    .unwrap();
+    pool.insert(
+        EndpointConfig::new("b").tier(1),
+        endpoint("b", &log, |_| {
+            Script::ok(&[(0, "data: 2\n\n")], Then::End).head_after(10_000)
+        }),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            FailoverLayer::builder()
+                .continuation(Echo)
+                .budget(RetryBudget::new(1.0, 100).unwrap())
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    let r = svc.oneshot(request()).await.unwrap();
+    assert_eq!(served_by(&r), "a");
+    let mut body = r.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: 1\n\n");
+    // The stream breaks; the continuation goes to b, whose head takes 10 s.
+    let poll = tokio::time::timeout(ms(100), body.frame()).await;
+    assert!(poll.is_err(), "the continuation is pending");
+    assert_eq!(log.calls_to("b"), 1, "the continuation was sent");
+    assert_eq!(
+        pool.get("a").unwrap().in_flight(),
+        0,
+        "the broken stream released a"
+    );
+    assert_eq!(pool.get("b").unwrap().in_flight(), 1);
+    drop(body);
+    settle().await;
+    assert_eq!(total_in_flight(&pool), 0);
+}
+
+/// With a budget that allows no retry, a continuation is not sent either.
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_sends_no_continuation_and_no_hedge() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        EndpointConfig::new("a").tier(0),
+        endpoint("a", &log, |_| {
+            Script::ok(&[(0, "data: 1\n\n")], Then::Fail).head_after(100)
+        }),
+    )
+    .unwrap();
+    pool.insert(
+        EndpointConfig::new("b").tier(1),
+        endpoint("b", &log, |_| Script::ok(&[(0, "data: 2\n\n")], Then::End)),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            FailoverLayer::builder()
+                .continuation(Echo)
+                .hedge(Hedge::After(ms(10)))
+                .budget(RetryBudget::new(0.0, 0).unwrap())
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    let r = svc.oneshot(request()).await.unwrap();
+    assert_eq!(served_by(&r), "a");
+    let mut body = r.into_body();
+    let _ = body.frame().await.unwrap().unwrap();
+    let e = body
+        .frame()
+        .await
+        .unwrap()
+        .expect_err("the break reaches the caller");
+    eprintln!("{e}");
+    assert_eq!(log.calls_to("b"), 0, "nothing was sent to b");
+    drop(body);
+    assert_eq!(total_in_flight(&pool), 0);
+}
+
+fn quick_policy() -> tower_ai_balance::HealthPolicy {
+    let mut p = tower_ai_balance::HealthPolicy::default();
+    p.consecutive_failures = 2;
+    p.base_ejection = Duration::from_secs(1);
+    p.max_ejection = Duration::from_secs(60);
+    p.trials = 1;
+    p.slow_start = None;
+    p
+}
+
+fn excluding(pool: &Pool<Svc>, keys: &[&str]) -> Request<Full<Bytes>> {
+    let mut r = request();
+    let mut x = tower_ai_balance::hints::Exclude::new();
+    for k in keys {
+        x.insert(&pool.get(k).unwrap());
+    }
+    r.extensions_mut().insert(x);
+    r
+}
+
+/// A stream that was already running when its endpoint was ejected, and breaks after the
+/// ejection ended, is late news, as it is while the ejection is in force: it is no failed
+/// trial, and does not eject the endpoint again for twice as long before any trial was sent.
+#[tokio::test(start_paused = true)]
+async fn a_stream_from_before_an_ejection_that_breaks_after_it_is_no_failed_trial() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        "a",
+        endpoint("a", &log, |i| match i {
+            0 => Script::ok(&[(0, "x"), (1_500, "y")], Then::Fail),
+            1 | 2 => Script::status(500, &[], "broken"),
+            _ => Script::ok(&[(0, "fine")], Then::End),
+        }),
+    )
+    .unwrap();
+    pool.insert(
+        "b",
+        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            tower_ai_balance::HealthFilterLayer::builder()
+                .policy(quick_policy())
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone());
+    let a = pool.get("a").unwrap();
+    // The long stream starts on a, healthy.
+    let stream = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
+    let mut stream = stream.into_body();
+    stream.frame().await.unwrap().unwrap();
+    // Two failures eject a for 1 s.
+    for _ in 0..2 {
+        let r = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
+        assert_eq!(r.status(), 500);
+        drop(r.into_body().collect().await);
+    }
+    assert!(
+        matches!(a.health(), tower_ai_balance::Health::Ejected { .. }),
+        "{:?}",
+        a.health()
+    );
+    // The stream breaks at 1.5 s, after the ejection ended and before any trial.
+    stream.frame().await.unwrap().unwrap();
+    let broke = stream.frame().await.unwrap();
+    assert!(broke.is_err());
+    drop(stream);
+    let now = tokio::time::Instant::now();
+    if let tower_ai_balance::Health::Ejected { until } = a.health() {
+        assert!(
+            until <= now,
+            "a was ejected again by a request sent before its first ejection: {:?} more",
+            until - now
+        );
+    }
+    // The trial goes to a and brings it back.
+    let r = svc
+        .clone()
+        .oneshot(excluding(&pool, &["b"]))
+        .await
+        .expect("a takes its trial request");
+    assert_eq!(served_by(&r), "a");
+    drop(r.into_body().collect().await);
+    assert_eq!(total_in_flight(&pool), 0);
+}
+
+/// A retry re-sends the request as the caller built it: method, URI, every header value in
+/// order with its sensitive flag, and the body; on both of `Failover`'s paths (the first
+/// attempt in place, and the boxed attempts a deadline needs).
+#[tokio::test(start_paused = true)]
+async fn a_retry_resends_method_uri_headers_with_their_flags_and_body() {
+    for deadline in [None, Some(Duration::from_secs(60))] {
+        let log = Log::default();
+        let pool = Pool::new();
+        pool.insert(
+            EndpointConfig::new("a").tier(0),
+            endpoint("a", &log, |_| Script::status(503, &[], "down")),
+        )
+        .unwrap();
+        pool.insert(
+            EndpointConfig::new("b").tier(1),
+            endpoint("b", &log, |_| Script::ok(&[(0, "ok")], Then::End)),
+        )
+        .unwrap();
+        let mut failover = FailoverLayer::builder();
+        if let Some(d) = deadline {
+            failover = failover.deadline(d);
+        }
+        let svc = ServiceBuilder::new()
+            .layer(failover.build().unwrap())
+            .layer(BalanceLayer::new())
+            .service(pool.clone());
+        let mut key = http::HeaderValue::from_static("Bearer sk-secret");
+        key.set_sensitive(true);
+        let request = Request::builder()
+            .method("PATCH")
+            .uri("http://gw.internal:8080/v1/chat/completions?x=1&y=%20")
+            .header("authorization", key)
+            .header("x-multi", "1")
+            .header("content-type", "application/json")
+            .header("x-multi", "2")
+            .header("x-empty", "")
+            .body(Full::new(Bytes::from_static(b"{\"messages\":[]}")))
+            .unwrap();
+        let r = svc.oneshot(request).await.unwrap();
+        assert_eq!(served_by(&r), "b", "{deadline:?}");
+        drop(r);
+        let seen = log.seen.lock();
+        assert_eq!(seen.len(), 2);
+        let (first, retry) = (&seen[0].1, &seen[1].1);
+        assert_eq!(retry.method, first.method);
+        assert_eq!(retry.method, "PATCH");
+        assert_eq!(retry.uri, first.uri);
+        assert_eq!(retry.body, first.body);
+        assert_eq!(retry.body, "{\"messages\":[]}");
+        let all = |h: &http::HeaderMap| {
+            h.iter()
+                .map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(&retry.headers), all(&first.headers), "{deadline:?}");
+        assert!(retry.headers["authorization"].is_sensitive());
+        drop(seen);
+        assert_eq!(total_in_flight(&pool), 0);
+    }
+}
