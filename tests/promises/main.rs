@@ -395,3 +395,48 @@ async fn a_retry_resends_method_uri_headers_with_their_flags_and_body() {
         assert_eq!(total_in_flight(&pool), 0);
     }
 }
+
+/// A `Cost` hint at its extreme (a caller's own estimate, unchecked) neither panics in a
+/// cost-aware pick nor in the pool's metrics, and is given back in full.
+#[tokio::test(start_paused = true)]
+async fn costs_at_their_extreme_neither_panic_nor_leak() {
+    use tower_ai_balance::{hints::Cost, pick::Strategy};
+    for strategy in [
+        Strategy::PowerOfTwoChoices,
+        Strategy::LeastLoaded,
+        Strategy::PeakEwma,
+        Strategy::RoundRobin,
+        Strategy::Random,
+        Strategy::Weighted,
+        Strategy::LeastWork,
+        Strategy::LeastWorkScan,
+        Strategy::CostAware { max_load: 0.75 },
+    ] {
+        let log = Log::default();
+        let pool = Pool::new();
+        for name in ["a", "b"] {
+            pool.insert(
+                name,
+                endpoint(name, &log, |_| Script::ok(&[(0, "x")], Then::Hang)),
+            )
+            .unwrap();
+        }
+        let svc = ServiceBuilder::new()
+            .layer(BalanceLayer::builder().strategy(strategy).build().unwrap())
+            .service(pool.clone());
+        let mut held = Vec::new();
+        for cost in [u64::MAX, u64::MAX, u64::MAX - 1, 2, 1] {
+            let mut r = request();
+            r.extensions_mut().insert(Cost(cost));
+            held.push(svc.clone().oneshot(r).await.unwrap());
+        }
+        let _ = pool.metrics();
+        for e in pool.endpoints() {
+            let _ = e.outstanding();
+        }
+        drop(held);
+        for e in pool.endpoints() {
+            assert_eq!((e.in_flight(), e.outstanding()), (0, 0), "{strategy:?}");
+        }
+    }
+}
