@@ -440,3 +440,59 @@ async fn costs_at_their_extreme_neither_panic_nor_leak() {
         }
     }
 }
+
+/// A body that says it has `u64::MAX` bytes left and gives one chunk, then hangs.
+struct Boundless {
+    sent: bool,
+}
+
+impl http_body::Body for Boundless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.sent, true) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"data: 1\n\n",
+            )))))
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(u64::MAX)
+    }
+}
+
+/// `Failover`'s body under a first-chunk wait adds the held chunk to the inner body's size
+/// hint: an inner hint at its extreme neither panics nor wraps.
+#[tokio::test(start_paused = true)]
+async fn a_size_hint_at_its_extreme_survives_the_held_first_chunk() {
+    let pool = Pool::new();
+    pool.insert(
+        "a",
+        tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Boundless { sent: false }))
+        }),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            FailoverLayer::builder()
+                .first_chunk(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    let r = svc.oneshot(request()).await.unwrap();
+    let hint = http_body::Body::size_hint(r.body());
+    assert!(hint.lower() <= hint.upper().unwrap_or(u64::MAX));
+    assert!(hint.lower() >= 9, "{hint:?}");
+    drop(r);
+    assert_eq!(pool.get("a").unwrap().in_flight(), 0);
+}
