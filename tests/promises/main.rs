@@ -496,3 +496,178 @@ async fn a_size_hint_at_its_extreme_survives_the_held_first_chunk() {
     drop(r);
     assert_eq!(pool.get("a").unwrap().in_flight(), 0);
 }
+
+/// The only endpoint's 429 reaches the caller as it was (status, `Retry-After`, rate-limit
+/// headers, body), whatever else `Failover` is set to do, and holds no slot.
+#[tokio::test(start_paused = true)]
+async fn the_only_429_passes_through_under_every_failover_setting() {
+    let settings: Vec<(&str, fn() -> FailoverLayer)> = vec![
+        ("default", || FailoverLayer::new()),
+        ("deadline", || {
+            FailoverLayer::builder()
+                .deadline(Duration::from_secs(60))
+                .build()
+                .unwrap()
+        }),
+        ("first chunk", || {
+            FailoverLayer::builder()
+                .first_chunk(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        }),
+        ("hedge", || {
+            FailoverLayer::builder()
+                .hedge(Hedge::After(ms(10)))
+                .build()
+                .unwrap()
+        }),
+        ("continuation", || {
+            FailoverLayer::builder().continuation(Echo).build().unwrap()
+        }),
+        ("one attempt", || {
+            FailoverLayer::builder().attempts(1).build().unwrap()
+        }),
+    ];
+    for (name, layer) in settings {
+        let log = Log::default();
+        let pool = Pool::new();
+        pool.insert(
+            "a",
+            endpoint("a", &log, |_| {
+                Script::status(
+                    429,
+                    &[
+                        ("retry-after", "7"),
+                        ("x-ratelimit-remaining-requests", "0"),
+                        ("content-type", "application/json"),
+                    ],
+                    "{\"error\":\"slow down\"}",
+                )
+            }),
+        )
+        .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(layer())
+            .layer(tower_ai_balance::HealthFilterLayer::new())
+            .layer(BalanceLayer::new())
+            .service(pool.clone());
+        let r = svc
+            .oneshot(request())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.status(), 429, "{name}");
+        assert_eq!(r.headers()["retry-after"], "7", "{name}");
+        assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0", "{name}");
+        assert_eq!(log.calls_to("a"), 1, "{name}");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "{\"error\":\"slow down\"}", "{name}");
+        assert_eq!(total_in_flight(&pool), 0, "{name}");
+    }
+}
+
+/// Rate-limit headers and `Retry-After` values of every odd shape, on a 200, a 429 and a 503,
+/// from an endpoint with a quota (whose figures the headers correct): nothing panics, every
+/// answer is a response or a typed error, and nothing stays held.
+#[tokio::test(start_paused = true)]
+async fn odd_rate_limit_headers_never_panic_or_hold_a_slot() {
+    const VALUES: [&str; 22] = [
+        "0",
+        "-1",
+        "1e9",
+        "1.5",
+        "99999999999999999999999999",
+        "18446744073709551615",
+        "18446744073709551616",
+        "",
+        " ",
+        "NaN",
+        "inf",
+        "1h1h1h1h",
+        "0.000000001ns",
+        "9999999999999h",
+        "1.5.5s",
+        ".s",
+        "5m-3s",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Thu, 01 Jan 1970 00:00:00 GMT",
+        "9999-12-31T23:59:59.999999999999Z",
+        "0000-01-01T00:00:00+23:59",
+        "2026-02-30T25:61:61Z",
+    ];
+    const NAMES: [&str; 9] = [
+        "retry-after",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+        "anthropic-ratelimit-tokens-reset",
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-output-tokens-reset",
+    ];
+    let quota = tower_ai_balance::endpoint::Quota::new()
+        .requests_per_minute(1_000_000)
+        .tokens_per_minute(u64::MAX);
+    for status in [200u16, 429, 503] {
+        for value in VALUES {
+            let log = Log::default();
+            let pool = Pool::new();
+            let headers: Vec<(&'static str, &'static str)> =
+                NAMES.iter().map(|n| (*n, value)).collect();
+            for name in ["a", "b"] {
+                let headers = headers.clone();
+                pool.insert(
+                    EndpointConfig::new(name).quota(quota.clone()),
+                    endpoint(name, &log, move |_| Script::status(status, &headers, "x")),
+                )
+                .unwrap();
+            }
+            let svc = ServiceBuilder::new()
+                .layer(FailoverLayer::new())
+                .layer(tower_ai_balance::HealthFilterLayer::new())
+                .layer(BalanceLayer::new())
+                .service(pool.clone());
+            for _ in 0..3 {
+                match svc.clone().oneshot(request()).await {
+                    Ok(r) => drop(r.into_body().collect().await),
+                    Err(e) => drop(e),
+                }
+            }
+            assert_eq!(total_in_flight(&pool), 0, "{status} {value:?}");
+        }
+    }
+}
+
+/// Retries, hedges and continuations all draw on one budget shared by the layer's clones:
+/// with a floor of 2 a second and no deposits, 10 failing requests at once get 2 retries.
+#[tokio::test(start_paused = true)]
+async fn concurrent_failures_share_the_retry_budget_across_clones() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        EndpointConfig::new("a").tier(0),
+        endpoint("a", &log, |_| Script::status(500, &[], "no").head_after(10)),
+    )
+    .unwrap();
+    pool.insert(
+        EndpointConfig::new("b").tier(1),
+        endpoint("b", &log, |_| Script::ok(&[(0, "ok")], Then::End)),
+    )
+    .unwrap();
+    let layer = FailoverLayer::builder()
+        .budget(RetryBudget::new(0.0, 2).unwrap())
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .layer(BalanceLayer::new())
+        .service(pool.clone());
+    let calls: Vec<_> = (0..10).map(|_| svc.clone().oneshot(request())).collect();
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(log.calls_to("a"), 10);
+    assert_eq!(log.calls_to("b"), 2, "two retries in the second");
+    assert_eq!(ok, 2);
+    drop(results);
+    assert_eq!(total_in_flight(&pool), 0);
+}
