@@ -501,7 +501,8 @@ async fn a_size_hint_at_its_extreme_survives_the_held_first_chunk() {
 /// headers, body), whatever else `Failover` is set to do, and holds no slot.
 #[tokio::test(start_paused = true)]
 async fn the_only_429_passes_through_under_every_failover_setting() {
-    let settings: Vec<(&str, fn() -> FailoverLayer)> = vec![
+    type Make = fn() -> FailoverLayer;
+    let settings: Vec<(&str, Make)> = vec![
         ("default", || FailoverLayer::new()),
         ("deadline", || {
             FailoverLayer::builder()
