@@ -32,7 +32,7 @@ fn request() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-fn total_in_flight(pool: &Pool<Svc>) -> usize {
+fn total_in_flight<S: Clone>(pool: &Pool<S>) -> usize {
     pool.endpoints().iter().map(|e| e.in_flight()).sum()
 }
 
@@ -671,4 +671,75 @@ async fn concurrent_failures_share_the_retry_budget_across_clones() {
     assert_eq!(ok, 2);
     drop(results);
     assert_eq!(total_in_flight(&pool), 0);
+}
+
+/// A body of given chunks that says it has ended once the last is taken, as a body of known
+/// length does.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+type ChunkedSvc = tower::util::BoxCloneSyncService<
+    Request<Full<Bytes>>,
+    http::Response<Chunks>,
+    std::convert::Infallible,
+>;
+
+/// An endpoint that answers with `chunks`.
+fn chunked(chunks: Vec<Bytes>) -> ChunkedSvc {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let chunks = chunks.clone();
+        async move { Ok(http::Response::new(Chunks(chunks.into()))) }
+    }))
+}
+
+/// An answer whose one chunk is an error event counts as its endpoint's failure under a
+/// first-chunk wait, and is retried elsewhere, also when an empty data frame comes before it.
+#[tokio::test(start_paused = true)]
+async fn an_error_event_after_an_empty_frame_counts_as_a_failure() {
+    for empty_first in [false, true] {
+        let pool = Pool::new();
+        let event = Bytes::from_static(b"data: {\"error\": {\"message\": \"overloaded\"}}\n\n");
+        let chunks = if empty_first {
+            vec![Bytes::new(), event]
+        } else {
+            vec![event]
+        };
+        pool.insert(EndpointConfig::new("a").tier(0), chunked(chunks))
+            .unwrap();
+        pool.insert(
+            EndpointConfig::new("b").tier(1),
+            chunked(vec![Bytes::from_static(b"data: {}\n\n")]),
+        )
+        .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(
+                FailoverLayer::builder()
+                    .first_chunk(Duration::from_secs(5))
+                    .build()
+                    .unwrap(),
+            )
+            .layer(BalanceLayer::new())
+            .service(pool.clone());
+        let r = svc.oneshot(request()).await.unwrap();
+        assert_eq!(served_by(&r), "b", "empty first: {empty_first}");
+        drop(r.into_body().collect().await);
+        let a = pool.get("a").unwrap();
+        assert_eq!(a.failures(), 1, "empty first: {empty_first}");
+        assert_eq!(total_in_flight(&pool), 0);
+    }
 }
