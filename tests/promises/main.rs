@@ -743,3 +743,108 @@ async fn an_error_event_after_an_empty_frame_counts_as_a_failure() {
         assert_eq!(total_in_flight(&pool), 0);
     }
 }
+
+/// Upstream settings of every odd shape (URLs, keys, headers, command-line specs) are refused
+/// with an error or accepted, never a panic; an accepted one builds a pool.
+#[test]
+fn odd_upstream_settings_never_panic() {
+    use tower_ai_balance::client::{UpstreamConfig, Upstreams};
+    const URLS: [&str; 20] = [
+        "",
+        " ",
+        "http://",
+        "https://",
+        "http://:0",
+        "http://[::1",
+        "http://[::1]:99999",
+        "https://user:pa%ss@host",
+        "https://%zz:%@host/",
+        "http://a@b@c/",
+        "http://h/%",
+        "http://h/v1?",
+        "http://h/v1?#",
+        "ftp://h",
+        "//h/v1",
+        "http://h:/v1/",
+        "http://h/v1//",
+        "http://\u{e9}.com/",
+        "http://h/\u{1F600}",
+        "HTTP://H/V1",
+    ];
+    for url in URLS {
+        let _ = format!("{:?}", UpstreamConfig::new(url).map(|c| c.key().clone()));
+        if let Ok(config) = UpstreamConfig::new(url) {
+            for (name, value) in [
+                ("x-a", "b\r\nc"),
+                ("bad name", "v"),
+                ("", ""),
+                ("authorization", "\u{1F600}"),
+                ("x-api-key", "\0"),
+            ] {
+                let c = config.clone().header(name, value);
+                let _ = Upstreams::new().add(c).build_pool();
+                let c = config.clone().key_header(name, value);
+                let _ = Upstreams::new().add(c).build_pool();
+                let c = config.clone().forward_header(name);
+                let _ = Upstreams::new().add(c).build_pool();
+            }
+            let c = config
+                .clone()
+                .api_key("sk-\n")
+                .weight(f64::NAN)
+                .max_concurrency(0)
+                .max_buffered(0)
+                .default_max_tokens(u64::MAX);
+            let _ = Upstreams::new().add(c).build_pool();
+        }
+        for options in [
+            ",tier=-1",
+            ",weight=NaN",
+            ",weight=inf",
+            ",max_concurrency=0",
+            ",models=",
+            ",models=|||",
+            ",key=",
+            ",key=env:",
+            ",format=",
+            ",format=anthropic,model=",
+            ",=",
+            ",",
+            ",tier=1,tier=1",
+        ] {
+            let spec = format!("{url}{options}");
+            if let Ok(c) = spec.parse::<UpstreamConfig>() {
+                let _ = Upstreams::new().add(c).build_pool();
+            }
+        }
+    }
+}
+
+/// Usage figures at and past `u64::MAX`, summed (Anthropic's input counts the cached
+/// tokens in) and split anywhere: read without a panic.
+#[test]
+fn usage_figures_at_their_extreme_never_panic() {
+    use tower_ai_balance::usage::UsageReader;
+    let bodies = [
+        concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":18446744073709551615,",
+            "\"cache_read_input_tokens\":18446744073709551615,\"cache_creation_input_tokens\":18446744073709551615,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":184467440737095516150000}}\n\n",
+        ),
+        "{\"usage\":{\"prompt_tokens\":18446744073709551615,\"completion_tokens\":18446744073709551615,\"total_tokens\":18446744073709551615,\"prompt_tokens_details\":{\"cached_tokens\":18446744073709551615}}}",
+        "data: {\"usage\":{\"prompt_tokens\":-1,\"completion_tokens\":1e400,\"prompt_tokens_details\":{\"cached_tokens\":99999999999999999999999999999}}}\n\n",
+        "data: {\"usage\":{\"prompt_tokens\":1.5e3,\"completion_tokens\":0.0000001,\"prompt_tokens_details\":{\"cached_tokens\":-0}}}\n\n",
+        "data: {\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":18446744073709551615}}\n\n",
+    ];
+    for body in bodies {
+        for step in 1..=body.len() {
+            let mut reader = UsageReader::new();
+            for piece in body.as_bytes().chunks(step) {
+                reader.push(piece);
+            }
+            let _ = reader.usage();
+        }
+    }
+}
