@@ -848,3 +848,114 @@ fn usage_figures_at_their_extreme_never_panic() {
         }
     }
 }
+
+/// With many endpoints (ids beyond the exclusion mask's 64 bits), each retry goes to an
+/// endpoint not tried yet: no endpoint is sent the request twice.
+#[tokio::test(start_paused = true)]
+async fn a_hundred_retries_never_revisit_an_endpoint() {
+    const N: usize = 130;
+    let log = Log::default();
+    let pool = Pool::new();
+    let names: Vec<&'static str> = (0..N)
+        .map(|i| &*Box::leak(format!("e{i}").into_boxed_str()))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let good = i == N - 1;
+        pool.insert(
+            *name,
+            endpoint(name, &log, move |_| {
+                if good {
+                    Script::ok(&[(0, "ok")], Then::End)
+                } else {
+                    Script::status(503, &[], "no")
+                }
+            }),
+        )
+        .unwrap();
+    }
+    let svc = ServiceBuilder::new()
+        .layer(
+            FailoverLayer::builder()
+                .attempts(N)
+                .budget(RetryBudget::new(0.0, 10_000).unwrap())
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone());
+    let r = svc.oneshot(request()).await.unwrap();
+    assert_eq!(served_by(&r), names[N - 1]);
+    drop(r);
+    for name in &names {
+        assert!(
+            log.calls_to(name) <= 1,
+            "{name} was sent {} times",
+            log.calls_to(name)
+        );
+    }
+    assert_eq!(log.calls_to(names[N - 1]), 1);
+    assert_eq!(total_in_flight(&pool), 0);
+}
+
+/// An endpoint cooling down for its `Retry-After` is ejected by failures of requests that
+/// were already in flight: the ejection, shorter than the cooldown, must not end the
+/// provider's back-off early. No request reaches it before its `Retry-After`.
+#[tokio::test(start_paused = true)]
+async fn an_ejection_does_not_cut_a_cooldown_short() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        "a",
+        endpoint("a", &log, |i| match i {
+            0 | 1 => Script::status(500, &[], "broken").head_after(10),
+            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
+            _ => Script::ok(&[(0, "fine")], Then::End),
+        }),
+    )
+    .unwrap();
+    pool.insert(
+        "b",
+        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            tower_ai_balance::HealthFilterLayer::builder()
+                .policy(quick_policy())
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone());
+    let a = pool.get("a").unwrap();
+    // Two requests in flight on a, then its 429.
+    let slow: Vec<_> = (0..2)
+        .map(|_| svc.clone().oneshot(excluding(&pool, &["b"])))
+        .collect();
+    let slow = tokio::spawn(futures_util::future::join_all(slow));
+    settle().await;
+    let limited = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    drop(limited);
+    assert!(
+        matches!(a.health(), tower_ai_balance::Health::CoolingDown { .. }),
+        "{:?}",
+        a.health()
+    );
+    // The two fail: a is ejected for 1 s.
+    for r in slow.await.unwrap() {
+        drop(r.unwrap().into_body().collect().await);
+    }
+    eprintln!("after the failures: {:?}", a.health());
+    // Past the ejection, far before the Retry-After.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = log.calls_to("a");
+    let r = svc.clone().oneshot(excluding(&pool, &["b"])).await;
+    assert_eq!(
+        log.calls_to("a"),
+        calls,
+        "a request reached a 5 s into its 100 s Retry-After: {:?}",
+        r.map(|r| r.status())
+    );
+    assert_eq!(total_in_flight(&pool), 0);
+}
