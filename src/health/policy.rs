@@ -162,8 +162,15 @@ impl HealthPolicy {
                     .min(self.max_cooldown);
                 let until = later(now, cooldown);
                 match health {
-                    // A failing endpoint stays ejected; a cooldown in force is never shortened.
-                    Health::Ejected { .. } => {}
+                    // A failing endpoint stays ejected, and for at least the provider's
+                    // back-off (a trial answered 429 once its ejection ended, say); a
+                    // cooldown in force is never shortened.
+                    Health::Ejected { until: ejected } => {
+                        if until > ejected && e.eject(until, self.trials, self.max_ejected_fraction)
+                        {
+                            tracing::info!(endpoint = %e.key(), ?cooldown, "rate-limited while ejected: held out for its Retry-After");
+                        }
+                    }
                     Health::CoolingDown { until: current } if current >= until => {}
                     _ => {
                         e.set_health(Health::CoolingDown { until });

@@ -959,3 +959,60 @@ async fn an_ejection_does_not_cut_a_cooldown_short() {
     );
     assert_eq!(total_in_flight(&pool), 0);
 }
+
+/// An ejected endpoint whose trial request (after the ejection ended) is answered 429 with a
+/// `Retry-After` gets no more requests before that time: the back-off holds whatever state
+/// health was in.
+#[tokio::test(start_paused = true)]
+async fn a_429_to_a_trial_request_holds_the_endpoint_back_for_its_retry_after() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        "a",
+        endpoint("a", &log, |i| match i {
+            0 | 1 => Script::status(500, &[], "broken"),
+            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
+            _ => Script::ok(&[(0, "fine")], Then::End),
+        }),
+    )
+    .unwrap();
+    pool.insert(
+        "b",
+        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            tower_ai_balance::HealthFilterLayer::builder()
+                .policy(quick_policy())
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone());
+    let a = pool.get("a").unwrap();
+    for _ in 0..2 {
+        let r = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
+        drop(r.into_body().collect().await);
+    }
+    assert!(matches!(
+        a.health(),
+        tower_ai_balance::Health::Ejected { .. }
+    ));
+    // The ejection (1 s) ends; the trial is answered 429, Retry-After 100 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
+    assert_eq!(r.status(), 429);
+    drop(r.into_body().collect().await);
+    eprintln!("after the 429: {:?}", a.health());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = log.calls_to("a");
+    let r = svc.clone().oneshot(excluding(&pool, &["b"])).await;
+    assert_eq!(
+        log.calls_to("a"),
+        calls,
+        "a request reached a 5 s into its 100 s Retry-After: {:?}",
+        r.map(|r| r.status())
+    );
+    assert_eq!(total_in_flight(&pool), 0);
+}
