@@ -459,14 +459,8 @@ impl Endpoint {
     /// endpoints, but always one. An ejected endpoint may always be ejected again. Returns
     /// whether it was ejected.
     pub(crate) fn eject(&self, until: Instant, trials: u16, max_fraction: f64) -> bool {
-        let until = {
+        {
             let _write = self.health_writer.lock();
-            // A provider's back-off in force is never cut short: an ejection that would end
-            // sooner lasts until the cooldown does.
-            let until = match self.health() {
-                Health::CoolingDown { until: cooling } if cooling > until => cooling,
-                _ => until,
-            };
             if !self.counted_ejected.load(SeqCst) && !self.is_removed() {
                 // The place is reserved and the ejection written under one lock: no other
                 // health write of this endpoint can release the place in between, so an
@@ -477,8 +471,7 @@ impl Endpoint {
                 self.counted_ejected.store(true, SeqCst);
             }
             self.health_cell().eject(until, trials);
-            until
-        };
+        }
         self.health_changed();
         self.admission.waiters.note_time(until);
         true

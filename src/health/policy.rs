@@ -161,6 +161,7 @@ impl HealthPolicy {
                     .unwrap_or(self.default_cooldown)
                     .min(self.max_cooldown);
                 let until = later(now, cooldown);
+                o.cooled_until = o.cooled_until.max(Some(until));
                 match health {
                     // A failing endpoint stays ejected, and for at least the provider's
                     // back-off (a trial answered 429 once its ejection ended, say); a
@@ -267,7 +268,10 @@ impl HealthPolicy {
     fn eject(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: EjectionCause) -> bool {
         let ejections = o.ejections.saturating_add(1);
         let time = self.ejection_time(ejections);
-        if !e.eject(later(now, time), self.trials, self.max_ejected_fraction) {
+        // A provider's back-off in force is never cut short: an ejection that would end
+        // sooner lasts until the back-off does.
+        let until = later(now, time).max(o.cooled_until.unwrap_or(now));
+        if !e.eject(until, self.trials, self.max_ejected_fraction) {
             tracing::debug!(
                 endpoint = %e.key(),
                 why = why.as_str(),
@@ -302,6 +306,11 @@ impl HealthPolicy {
 
     fn recover(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
         e.set_health(match self.slow_start {
+            // A provider's back-off in force outlasts the recovery (good probes while it
+            // rate-limits): cooling down until it ends.
+            _ if o.cooled_until.is_some_and(|c| c > now) => Health::CoolingDown {
+                until: o.cooled_until.unwrap_or(now),
+            },
             Some(window) if !window.is_zero() => Health::SlowStart {
                 until: later(now, window),
             },

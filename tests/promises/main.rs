@@ -1016,3 +1016,65 @@ async fn a_429_to_a_trial_request_holds_the_endpoint_back_for_its_retry_after() 
     );
     assert_eq!(total_in_flight(&pool), 0);
 }
+
+/// Probes that succeed bring an ejected endpoint back early, but not into a provider's
+/// `Retry-After`: an endpoint ejected while it cooled down (or rate-limited while ejected)
+/// gets no request before its back-off ends, however its probes go.
+#[tokio::test(start_paused = true)]
+async fn good_probes_do_not_end_a_providers_back_off_early() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        "a",
+        endpoint("a", &log, |i| match i {
+            0 | 1 => Script::status(500, &[], "broken").head_after(10),
+            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
+            _ => Script::ok(&[(0, "fine")], Then::End),
+        }),
+    )
+    .unwrap();
+    pool.insert(
+        "b",
+        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
+    )
+    .unwrap();
+    let health = tower_ai_balance::HealthFilterLayer::builder()
+        .policy(quick_policy())
+        .build()
+        .unwrap();
+    let mut probes = tower_ai_balance::health::ProbeConfig::default();
+    probes.interval = ms(500);
+    let probing = health.spawn_probes(
+        &pool,
+        |_e: std::sync::Arc<tower_ai_balance::Endpoint>| async { true },
+        probes,
+    );
+    let svc = ServiceBuilder::new()
+        .layer(health)
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone());
+    let slow: Vec<_> = (0..2)
+        .map(|_| svc.clone().oneshot(excluding(&pool, &["b"])))
+        .collect();
+    let slow = tokio::spawn(futures_util::future::join_all(slow));
+    settle().await;
+    let limited = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    drop(limited);
+    for r in slow.await.unwrap() {
+        drop(r.unwrap().into_body().collect().await);
+    }
+    // Several rounds of good probes, far before the Retry-After.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let a = pool.get("a").unwrap();
+    eprintln!("after the probes: {:?}", a.health());
+    let calls = log.calls_to("a");
+    let r = svc.clone().oneshot(excluding(&pool, &["b"])).await;
+    assert_eq!(
+        log.calls_to("a"),
+        calls,
+        "a request reached a 5 s into its 100 s Retry-After: {:?}",
+        r.map(|r| r.status())
+    );
+    probing.abort();
+}
