@@ -1078,3 +1078,69 @@ async fn good_probes_do_not_end_a_providers_back_off_early() {
     );
     probing.abort();
 }
+
+/// The last attempt goes past the tiers tried only when a tier beyond can serve: when the
+/// tier beyond is all cooling down (its provider said wait), the attempt stays in the tier
+/// tried, as it does when the tier beyond has no endpoint at all.
+#[tokio::test(start_paused = true)]
+async fn a_cooling_tier_beyond_does_not_take_the_last_attempt() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        EndpointConfig::new("a").tier(0),
+        endpoint("a", &log, |_| Script::status(500, &[], "broken")),
+    )
+    .unwrap();
+    pool.insert(
+        EndpointConfig::new("d").tier(0),
+        endpoint("d", &log, |_| Script::ok(&[(0, "d")], Then::End)),
+    )
+    .unwrap();
+    pool.insert(
+        EndpointConfig::new("c").tier(1),
+        endpoint("c", &log, |_| {
+            Script::status(429, &[("retry-after", "100")], "slow down")
+        }),
+    )
+    .unwrap();
+    let mut policy = quick_policy();
+    policy.consecutive_failures = 1_000;
+    let svc = ServiceBuilder::new()
+        .layer(
+            FailoverLayer::builder()
+                .attempts(2)
+                .budget(RetryBudget::new(1.0, 1_000).unwrap())
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            tower_ai_balance::HealthFilterLayer::builder()
+                .policy(policy)
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone());
+    // c answers 429: it cools down for 100 s.
+    let r = svc
+        .clone()
+        .oneshot(excluding(&pool, &["a", "d"]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    drop(r);
+    let mut failed = Vec::new();
+    for _ in 0..20 {
+        match svc.clone().oneshot(request()).await {
+            Ok(r) => assert_eq!(served_by(&r), "d"),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 20 failed though d was never tried: {}",
+        failed.len(),
+        failed.first().map_or("", |s| s.as_str())
+    );
+    assert_eq!(total_in_flight(&pool), 0);
+}
