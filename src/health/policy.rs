@@ -297,6 +297,11 @@ impl HealthPolicy {
         o.ejections = o.ejections.saturating_add(1);
         let hold = self.ejection_time(o.ejections);
         e.hold_back(hold, self.slow_start.unwrap_or(Duration::ZERO), now);
+        if let Some(until) = o.cooled_until.filter(|&c| c > now) {
+            // The hold waits behind the provider's back-off in force, as a hold that a 429
+            // interrupts does: cooling down until then, held after.
+            e.set_health(Health::CoolingDown { until });
+        }
         o.consecutive_failures = 0;
         o.window.clear();
         o.last_ejected = Some(now);

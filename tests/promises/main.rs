@@ -1144,3 +1144,68 @@ async fn a_cooling_tier_beyond_does_not_take_the_last_attempt() {
     );
     assert_eq!(total_in_flight(&pool), 0);
 }
+
+/// An endpoint cooling down that fails when it may not be ejected (the pool's ejected share
+/// is spent) is held back instead; the hold must not end its `Retry-After` early either.
+#[tokio::test(start_paused = true)]
+async fn a_hold_back_does_not_cut_a_cooldown_short() {
+    let log = Log::default();
+    let pool = Pool::new();
+    pool.insert(
+        "x",
+        endpoint("x", &log, |_| Script::status(500, &[], "broken")),
+    )
+    .unwrap();
+    pool.insert(
+        "y",
+        endpoint("y", &log, |i| match i {
+            0 | 1 => Script::status(500, &[], "broken").head_after(10),
+            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
+            _ => Script::ok(&[(0, "fine")], Then::End),
+        }),
+    )
+    .unwrap();
+    let mut policy = quick_policy();
+    policy.base_ejection = Duration::from_secs(60);
+    let svc = ServiceBuilder::new()
+        .layer(
+            tower_ai_balance::HealthFilterLayer::builder()
+                .policy(policy)
+                .build()
+                .unwrap(),
+        )
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone());
+    // x is ejected: half of two, the most that may be.
+    for _ in 0..2 {
+        let r = svc.clone().oneshot(excluding(&pool, &["y"])).await.unwrap();
+        drop(r.into_body().collect().await);
+    }
+    assert!(matches!(
+        pool.get("x").unwrap().health(),
+        tower_ai_balance::Health::Ejected { .. }
+    ));
+    // Two requests in flight on y, then its 429; then the two fail.
+    let slow: Vec<_> = (0..2)
+        .map(|_| svc.clone().oneshot(excluding(&pool, &["x"])))
+        .collect();
+    let slow = tokio::spawn(futures_util::future::join_all(slow));
+    settle().await;
+    let limited = svc.clone().oneshot(excluding(&pool, &["x"])).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    drop(limited);
+    for r in slow.await.unwrap() {
+        drop(r.unwrap().into_body().collect().await);
+    }
+    let y = pool.get("y").unwrap();
+    eprintln!("y after the failures: {:?}", y.health());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = log.calls_to("y");
+    let r = svc.clone().oneshot(request()).await;
+    assert_eq!(
+        log.calls_to("y"),
+        calls,
+        "a request reached y 5 s into its 100 s Retry-After: {:?}",
+        r.map(|r| r.status())
+    );
+}
