@@ -401,6 +401,8 @@ pub struct EndpointError {
     endpoint: Arc<Endpoint>,
     source: BoxError,
     verdict: Outcome,
+    /// When the request took its slot, if known (see [`Served`](crate::hints::Served)).
+    sent: Option<tokio::time::Instant>,
 }
 
 impl EndpointError {
@@ -409,7 +411,19 @@ impl EndpointError {
             endpoint,
             source,
             verdict,
+            sent: None,
         }
+    }
+
+    /// The same error, for a request that took its slot at `sent`.
+    pub(crate) fn sent_at(mut self, sent: tokio::time::Instant) -> Self {
+        self.sent = Some(sent);
+        self
+    }
+
+    /// When the request took its slot, if known.
+    pub(crate) fn sent(&self) -> Option<tokio::time::Instant> {
+        self.sent
     }
 
     /// The endpoint that failed.

@@ -322,11 +322,27 @@ pub(crate) struct FirstChunkJudged;
 pub struct Served {
     endpoint: Arc<Endpoint>,
     verdict: Outcome,
+    /// When the request took its slot on the endpoint: a failure of a request sent before
+    /// the endpoint's last ejection is late news, not a failed trial.
+    sent: tokio::time::Instant,
 }
 
 impl Served {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, verdict: Outcome) -> Self {
-        Self { endpoint, verdict }
+    pub(crate) fn new(
+        endpoint: Arc<Endpoint>,
+        verdict: Outcome,
+        sent: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            endpoint,
+            verdict,
+            sent,
+        }
+    }
+
+    /// When the request took its slot on the endpoint.
+    pub(crate) fn sent(&self) -> tokio::time::Instant {
+        self.sent
     }
 
     /// The endpoint that served the response.

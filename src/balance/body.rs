@@ -9,6 +9,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -47,7 +48,7 @@ where
             // For a reader of the response's usage to settle.
             parts.extensions.insert(reservation.clone());
         }
-        let served = Served::new(Arc::clone(guard.endpoint()), head);
+        let served = Served::new(Arc::clone(guard.endpoint()), head, guard.started());
         parts.extensions.insert(served);
         let body = ResponseBody::new(body, guard, head, completion);
         http::Response::from_parts(parts, body)
@@ -198,7 +199,9 @@ where
             ),
             Some(Ok(frame)) => {
                 let mut defer = false;
-                if frame.is_data() {
+                // An empty data frame is no first byte, nor the first chunk that a layer
+                // above judges (it reads past empty frames): that is the next one.
+                if frame.data_ref().is_some_and(Buf::has_remaining) {
                     if let Some(g) = this.guard.as_mut() {
                         g.first_byte();
                         defer = std::mem::take(&mut g.defer_first_end);

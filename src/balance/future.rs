@@ -259,8 +259,11 @@ fn fail(guard: &mut Option<LoadGuard>, error: BoxError, completion: &Completion)
     let verdict = completion.classify.classify_error(&*error);
     guard.judge(verdict);
     let endpoint = Arc::clone(guard.endpoint());
+    let sent = guard.started();
     guard.complete();
-    EndpointError::new(endpoint, error, verdict).into()
+    EndpointError::new(endpoint, error, verdict)
+        .sent_at(sent)
+        .into()
 }
 
 /// The request's own [`AttemptTimeout`], or the layer's.

@@ -56,7 +56,10 @@ impl Slots {
     }
 
     pub(crate) fn outstanding(&self) -> u64 {
-        self.extra.load(SeqCst) + self.in_flight() as u64
+        // Saturating: a caller's `Cost` may be anything up to `u64::MAX`.
+        self.extra
+            .load(SeqCst)
+            .saturating_add(self.in_flight() as u64)
     }
 
     /// The pick's question, from one load and one comparison: the in-flight count if the

@@ -66,14 +66,18 @@ impl Stop {
         match self {
             Stop::Attempts | Stop::Budget | Stop::NotReplayable => true,
             Stop::Deadline => false,
-            Stop::Error(e) => {
-                e.is::<NoEndpoints>()
-                    || e.is::<RateLimited>()
-                    || e.is::<Overloaded>()
-                    || e.is::<QuotaExhausted>()
-            }
+            Stop::Error(e) => nowhere_to_send(e),
         }
     }
+}
+
+/// Whether `error` says that no endpoint the attempt may use can serve it now: none left,
+/// every one cooling down, full or out of quota.
+fn nowhere_to_send(e: &BoxError) -> bool {
+    e.is::<NoEndpoints>()
+        || e.is::<RateLimited>()
+        || e.is::<Overloaded>()
+        || e.is::<QuotaExhausted>()
 }
 
 /// What a request that gives up comes to: the error, with what it stopped for and every
@@ -263,8 +267,9 @@ where
             let hedge_copy = self.hedge_copy();
             let sent = send(self.sending(), (service, body), hedge_copy, exclude).await;
             let step = match sent {
-                // No tier beyond serves: the attempt stays in the tiers tried.
-                Ok(Step::Fail(e)) if past.is_some() && e.is::<NoEndpoints>() => {
+                // No tier beyond serves (none there, or every one cooling down, full or out
+                // of quota): the attempt stays in the tiers tried.
+                Ok(Step::Fail(e)) if past.is_some() && nowhere_to_send(&e) => {
                     match self.template.as_ref().and_then(Replay::replay) {
                         None => Ok(Step::Fail(e)),
                         Some(body) => {

@@ -236,11 +236,13 @@ where
             return inner;
         };
         // Raise the upper bound before the lower: `SizeHint` asserts lower <= upper at each step.
+        // Saturating: an inner hint may be anything up to `u64::MAX` (an upper bound that
+        // overflows is no bound).
         let mut hint = SizeHint::new();
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + extra);
+        if let Some(upper) = inner.upper().and_then(|upper| upper.checked_add(extra)) {
+            hint.set_upper(upper);
         }
-        hint.set_lower(inner.lower() + extra);
+        hint.set_lower(inner.lower().saturating_add(extra));
         hint
     }
 }

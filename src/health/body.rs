@@ -18,15 +18,26 @@ use crate::{classify::Outcome, endpoint::Endpoint, hints::Judged};
 pub(crate) struct Watch {
     endpoint: Arc<Endpoint>,
     policy: Arc<HealthPolicy>,
+    /// When the request took its slot.
+    sent: tokio::time::Instant,
 }
 
 impl Watch {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, policy: Arc<HealthPolicy>) -> Self {
-        Self { endpoint, policy }
+    pub(crate) fn new(
+        endpoint: Arc<Endpoint>,
+        policy: Arc<HealthPolicy>,
+        sent: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            endpoint,
+            policy,
+            sent,
+        }
     }
 
     fn judge(self, outcome: Outcome) {
-        self.policy.judge(&self.endpoint, outcome);
+        self.policy
+            .judge_sent(&self.endpoint, outcome, Some(self.sent));
     }
 }
 

@@ -57,16 +57,18 @@ where
                     match body.verdict() {
                         // The body ended already: its verdict is the whole response's.
                         Some(verdict) => {
-                            policy.judge(served.endpoint(), verdict);
+                            policy.judge_sent(served.endpoint(), verdict, Some(served.sent()));
                             None
                         }
                         // A success is decided at the end of the body: a stream may still
                         // break, and gRPC puts its status in the trailers.
-                        None if head.is_success() => {
-                            Some(Watch::new(Arc::clone(served.endpoint()), policy))
-                        }
+                        None if head.is_success() => Some(Watch::new(
+                            Arc::clone(served.endpoint()),
+                            policy,
+                            served.sent(),
+                        )),
                         None => {
-                            policy.judge(served.endpoint(), head);
+                            policy.judge_sent(served.endpoint(), head, Some(served.sent()));
                             None
                         }
                     }

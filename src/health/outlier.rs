@@ -136,6 +136,9 @@ pub(crate) struct Outliers {
     pub(crate) trial_successes: u32,
     /// Consecutive probe results: above 0 successes, below 0 failures.
     pub(crate) probe_streak: i32,
+    /// The end of the latest provider back-off (`Retry-After`): a recovery before it leaves
+    /// the endpoint cooling down until then.
+    pub(crate) cooled_until: Option<Instant>,
 }
 
 #[cfg(all(test, not(loom)))]

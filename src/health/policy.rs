@@ -122,23 +122,36 @@ impl HealthPolicy {
             tracing::debug!(endpoint = %error.endpoint().key(), "a per-attempt timeout: not counted against the endpoint");
             return;
         }
-        self.judge(error.endpoint(), error.verdict());
+        self.judge_sent(error.endpoint(), error.verdict(), error.sent());
     }
 
     /// What a verdict does to the endpoint that produced it. The common case, a success on a
     /// healthy endpoint with nothing to forget, takes no lock and reads no clock.
     pub(crate) fn judge(&self, e: &Endpoint, outcome: Outcome) {
+        self.judge_sent(e, outcome, None);
+    }
+
+    /// [`judge`](Self::judge) for a request that took its slot at `sent`, if known: a
+    /// failure of a request sent before the endpoint's last ejection is late news, however
+    /// late it comes, and never a failed trial.
+    pub(crate) fn judge_sent(&self, e: &Endpoint, outcome: Outcome, sent: Option<Instant>) {
         if outcome == Outcome::Success
             && e.is_healthy()
             && e.counters().try_count_unlocked_success()
         {
             return;
         }
-        self.record(e, outcome, Instant::now());
+        self.record_sent(e, outcome, Instant::now(), sent);
     }
 
     /// What an outcome does to the endpoint that produced it, at `now`.
+    #[cfg(test)]
     pub(crate) fn record(&self, e: &Endpoint, outcome: Outcome, now: Instant) {
+        self.record_sent(e, outcome, now, None);
+    }
+
+    /// [`record`](Self::record) for a request that took its slot at `sent`, if known.
+    fn record_sent(&self, e: &Endpoint, outcome: Outcome, now: Instant, sent: Option<Instant>) {
         let mut o = RecordGuard::lock(e);
         let health = e.health();
         match outcome {
@@ -148,9 +161,17 @@ impl HealthPolicy {
                     .unwrap_or(self.default_cooldown)
                     .min(self.max_cooldown);
                 let until = later(now, cooldown);
+                o.cooled_until = o.cooled_until.max(Some(until));
                 match health {
-                    // A failing endpoint stays ejected; a cooldown in force is never shortened.
-                    Health::Ejected { .. } => {}
+                    // A failing endpoint stays ejected, and for at least the provider's
+                    // back-off (a trial answered 429 once its ejection ended, say); a
+                    // cooldown in force is never shortened.
+                    Health::Ejected { until: ejected } => {
+                        if until > ejected && e.eject(until, self.trials, self.max_ejected_fraction)
+                        {
+                            tracing::info!(endpoint = %e.key(), ?cooldown, "rate-limited while ejected: held out for its Retry-After");
+                        }
+                    }
                     Health::CoolingDown { until: current } if current >= until => {}
                     _ => {
                         e.set_health(Health::CoolingDown { until });
@@ -187,8 +208,15 @@ impl HealthPolicy {
             }
             Outcome::Failure => {
                 match health {
-                    // Late news from a request sent before the ejection.
+                    // Late news from a request sent before the ejection: while it is in
+                    // force, or after it ended (a long stream that breaks later) when the
+                    // request is known to predate it.
                     Health::Ejected { until } if until > now => return,
+                    Health::Ejected { .. }
+                        if sent.is_some_and(|s| o.last_ejected.is_some_and(|t| s <= t)) =>
+                    {
+                        return
+                    }
                     Health::Ejected { .. } => {
                         self.eject(e, &mut o, now, EjectionCause::TrialFailed);
                         return;
@@ -240,7 +268,10 @@ impl HealthPolicy {
     fn eject(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: EjectionCause) -> bool {
         let ejections = o.ejections.saturating_add(1);
         let time = self.ejection_time(ejections);
-        if !e.eject(later(now, time), self.trials, self.max_ejected_fraction) {
+        // A provider's back-off in force is never cut short: an ejection that would end
+        // sooner lasts until the back-off does.
+        let until = later(now, time).max(o.cooled_until.unwrap_or(now));
+        if !e.eject(until, self.trials, self.max_ejected_fraction) {
             tracing::debug!(
                 endpoint = %e.key(),
                 why = why.as_str(),
@@ -266,6 +297,11 @@ impl HealthPolicy {
         o.ejections = o.ejections.saturating_add(1);
         let hold = self.ejection_time(o.ejections);
         e.hold_back(hold, self.slow_start.unwrap_or(Duration::ZERO), now);
+        if let Some(until) = o.cooled_until.filter(|&c| c > now) {
+            // The hold waits behind the provider's back-off in force, as a hold that a 429
+            // interrupts does: cooling down until then, held after.
+            e.set_health(Health::CoolingDown { until });
+        }
         o.consecutive_failures = 0;
         o.window.clear();
         o.last_ejected = Some(now);
@@ -275,6 +311,11 @@ impl HealthPolicy {
 
     fn recover(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
         e.set_health(match self.slow_start {
+            // A provider's back-off in force outlasts the recovery (good probes while it
+            // rate-limits): cooling down until it ends.
+            _ if o.cooled_until.is_some_and(|c| c > now) => Health::CoolingDown {
+                until: o.cooled_until.unwrap_or(now),
+            },
             Some(window) if !window.is_zero() => Health::SlowStart {
                 until: later(now, window),
             },

@@ -63,7 +63,11 @@ impl<T> TrackLoad for WithHints<T> {
     type Output = WithHints<T>;
 
     fn track(mut self, guard: LoadGuard, _: &Arc<Completion>) -> Self::Output {
-        let served = Served::new(Arc::clone(guard.endpoint()), Outcome::Success);
+        let served = Served::new(
+            Arc::clone(guard.endpoint()),
+            Outcome::Success,
+            guard.started(),
+        );
         self.extensions.insert(served);
         guard.complete();
         self

@@ -16,8 +16,9 @@ use crate::endpoint::Endpoint;
 #[inline]
 fn by_work(cost: u64) -> impl Fn(Candidate<'_>, Candidate<'_>) -> Ordering {
     move |(a, va), (b, vb)| {
-        let wa = (a.outstanding() + cost) as f64 * vb.weight;
-        let wb = (b.outstanding() + cost) as f64 * va.weight;
+        // In floating point: a caller's `Cost` may be anything up to `u64::MAX`.
+        let wa = (a.outstanding() as f64 + cost as f64) * vb.weight;
+        let wb = (b.outstanding() as f64 + cost as f64) * va.weight;
         wa.total_cmp(&wb)
     }
 }
