@@ -262,7 +262,11 @@ impl Window {
             .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(cost)));
     }
 
+    /// Charges `cost` more than a request reserved, at most a whole window's units: an
+    /// answer's usage beyond that (an upstream's absurd figure) would shut the window for as
+    /// long as it claims, and no provider admits one request over its whole limit.
     pub(super) fn take_more(&self, cost: u64) {
+        let cost = cost.min(self.cost(self.limit));
         let _ = self
             .tat
             .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_add(cost)));
