@@ -29,7 +29,19 @@ where
     RB: Body + Judged + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let read = read_first(response.body_mut().inner_mut(), settings.error_event);
+    // An event stream's comment lines (`: keep-alive`, as queueing proxies send while they
+    // wait) are no chunk of the answer: skipped while the gateway holds the response anyway,
+    // unless a declared length counts their bytes.
+    let headers = response.headers();
+    let skip_comments = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+        && !headers.contains_key(http::header::CONTENT_LENGTH);
+    let read = read_first(
+        response.body_mut().inner_mut(),
+        settings.error_event,
+        skip_comments,
+    );
     let failure = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(first)) => {
             response.body_mut().hold_first(first);
@@ -52,11 +64,12 @@ where
     ))
 }
 
-/// The first frame that is not empty data, unless the stream ends, fails or opens with an
-/// error event first.
+/// The first frame that is not empty data (nor, with `skip_comments`, whole SSE comment
+/// lines), unless the stream ends, fails or opens with an error event first.
 async fn read_first<B>(
     body: &mut B,
     is_error_event: fn(&[u8]) -> bool,
+    skip_comments: bool,
 ) -> Result<Option<Frame<B::Data>>, BoxError>
 where
     B: Body + Unpin,
@@ -71,12 +84,55 @@ where
                     if !data.has_remaining() {
                         continue;
                     }
+                    let whole = data.chunk().len() == data.remaining();
+                    if skip_comments && whole && only_comments(data.chunk()) {
+                        continue;
+                    }
                     if is_error_event(data.chunk()) {
                         return Err("the stream opened with an error event".into());
                     }
                 }
                 return Ok(Some(frame));
             }
+        }
+    }
+}
+
+/// Whether `chunk` is whole SSE lines, each empty or a comment (starting with `:`), ending
+/// with a line end: nothing of an event, and the next frame starts a line.
+fn only_comments(chunk: &[u8]) -> bool {
+    if !chunk.ends_with(b"\n") && !chunk.ends_with(b"\r") {
+        return false;
+    }
+    chunk
+        .split(|&b| b == b'\n' || b == b'\r')
+        .all(|line| line.is_empty() || line[0] == b':')
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::only_comments;
+
+    #[test]
+    fn only_whole_comment_lines_are_skipped() {
+        for yes in [
+            &b": keep-alive\n\n"[..],
+            b":\n",
+            b": a\r\n: b\r\n\r\n",
+            b"\n",
+            b":ping\r",
+        ] {
+            assert!(only_comments(yes), "{:?}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b": keep-"[..],
+            b"data: {}\n\n",
+            b": ok\ndata: x\n\n",
+            b"event: ping\n\n",
+            b"",
+            b"x\n",
+        ] {
+            assert!(!only_comments(no), "{:?}", String::from_utf8_lossy(no));
         }
     }
 }
