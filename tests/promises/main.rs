@@ -897,66 +897,96 @@ async fn a_hundred_retries_never_revisit_an_endpoint() {
     assert_eq!(total_in_flight(&pool), 0);
 }
 
+/// An endpoint's script for the back-off tests: two failures (the first two requests), a 429
+/// with `Retry-After: 100` (the third), then fine answers. `slow` delays the failures' heads,
+/// so that they are still in flight when the 429 comes.
+fn fails_then_backs_off(slow: bool) -> impl Fn(usize) -> Script + Send + Sync + 'static {
+    move |i| match i {
+        0 | 1 if slow => Script::status(500, &[], "broken").head_after(10),
+        0 | 1 => Script::status(500, &[], "broken"),
+        2 => Script::status(429, &[("retry-after", "100")], "slow down"),
+        _ => Script::ok(&[(0, "fine")], Then::End),
+    }
+}
+
+/// The stack the back-off tests run: `HealthFilter` over `Balance` without panic mode.
+type HealthStack = tower_ai_balance::health::HealthFilter<tower_ai_balance::Balance<Svc>>;
+
+/// `HealthFilter` over `Balance` without panic mode.
+fn health_over_balance(
+    pool: &Pool<Svc>,
+    health: tower_ai_balance::HealthFilterLayer,
+) -> HealthStack {
+    ServiceBuilder::new()
+        .layer(health)
+        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
+        .service(pool.clone())
+}
+
+fn quick_health() -> tower_ai_balance::HealthFilterLayer {
+    tower_ai_balance::HealthFilterLayer::builder()
+        .policy(quick_policy())
+        .build()
+        .unwrap()
+}
+
+/// Endpoint `a` scripted by `script` and `b` always fine.
+fn a_and_b(log: &Log, script: impl Fn(usize) -> Script + Send + Sync + 'static) -> Pool<Svc> {
+    let pool = Pool::new();
+    pool.insert("a", endpoint("a", log, script)).unwrap();
+    pool.insert(
+        "b",
+        endpoint("b", log, |_| Script::ok(&[(0, "b")], Then::End)),
+    )
+    .unwrap();
+    pool
+}
+
+/// Two requests that fail slowly on the endpoint `others` leave, then its 429 while they are
+/// in flight, then their failures.
+async fn two_failures_around_a_429(svc: &HealthStack, pool: &Pool<Svc>, others: &[&str]) {
+    let slow: Vec<_> = (0..2)
+        .map(|_| svc.clone().oneshot(excluding(pool, others)))
+        .collect();
+    let slow = tokio::spawn(futures_util::future::join_all(slow));
+    settle().await;
+    let limited = svc.clone().oneshot(excluding(pool, others)).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    drop(limited);
+    for r in slow.await.unwrap() {
+        drop(r.unwrap().into_body().collect().await);
+    }
+}
+
+/// Five seconds on, far before the 100 s `Retry-After`: `send` reaches `name` no more.
+async fn no_request_within_the_back_off(log: &Log, name: &str, send: impl std::future::Future) {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = log.calls_to(name);
+    send.await;
+    assert_eq!(
+        log.calls_to(name),
+        calls,
+        "a request reached {name} 5 s into its 100 s Retry-After"
+    );
+}
+
 /// An endpoint cooling down for its `Retry-After` is ejected by failures of requests that
 /// were already in flight: the ejection, shorter than the cooldown, must not end the
 /// provider's back-off early. No request reaches it before its `Retry-After`.
 #[tokio::test(start_paused = true)]
 async fn an_ejection_does_not_cut_a_cooldown_short() {
     let log = Log::default();
-    let pool = Pool::new();
-    pool.insert(
-        "a",
-        endpoint("a", &log, |i| match i {
-            0 | 1 => Script::status(500, &[], "broken").head_after(10),
-            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
-            _ => Script::ok(&[(0, "fine")], Then::End),
-        }),
-    )
-    .unwrap();
-    pool.insert(
-        "b",
-        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
-    )
-    .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(
-            tower_ai_balance::HealthFilterLayer::builder()
-                .policy(quick_policy())
-                .build()
-                .unwrap(),
-        )
-        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
-        .service(pool.clone());
+    let pool = a_and_b(&log, fails_then_backs_off(true));
+    let svc = health_over_balance(&pool, quick_health());
     let a = pool.get("a").unwrap();
-    // Two requests in flight on a, then its 429.
-    let slow: Vec<_> = (0..2)
-        .map(|_| svc.clone().oneshot(excluding(&pool, &["b"])))
-        .collect();
-    let slow = tokio::spawn(futures_util::future::join_all(slow));
-    settle().await;
-    let limited = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
-    assert_eq!(limited.status(), 429);
-    drop(limited);
+    two_failures_around_a_429(&svc, &pool, &["b"]).await;
+    // The two failures ejected a for 1 s.
     assert!(
-        matches!(a.health(), tower_ai_balance::Health::CoolingDown { .. }),
+        matches!(a.health(), tower_ai_balance::Health::Ejected { .. }),
         "{:?}",
         a.health()
     );
-    // The two fail: a is ejected for 1 s.
-    for r in slow.await.unwrap() {
-        drop(r.unwrap().into_body().collect().await);
-    }
-    eprintln!("after the failures: {:?}", a.health());
-    // Past the ejection, far before the Retry-After.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let calls = log.calls_to("a");
-    let r = svc.clone().oneshot(excluding(&pool, &["b"])).await;
-    assert_eq!(
-        log.calls_to("a"),
-        calls,
-        "a request reached a 5 s into its 100 s Retry-After: {:?}",
-        r.map(|r| r.status())
-    );
+    no_request_within_the_back_off(&log, "a", svc.clone().oneshot(excluding(&pool, &["b"]))).await;
     assert_eq!(total_in_flight(&pool), 0);
 }
 
@@ -966,30 +996,8 @@ async fn an_ejection_does_not_cut_a_cooldown_short() {
 #[tokio::test(start_paused = true)]
 async fn a_429_to_a_trial_request_holds_the_endpoint_back_for_its_retry_after() {
     let log = Log::default();
-    let pool = Pool::new();
-    pool.insert(
-        "a",
-        endpoint("a", &log, |i| match i {
-            0 | 1 => Script::status(500, &[], "broken"),
-            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
-            _ => Script::ok(&[(0, "fine")], Then::End),
-        }),
-    )
-    .unwrap();
-    pool.insert(
-        "b",
-        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
-    )
-    .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(
-            tower_ai_balance::HealthFilterLayer::builder()
-                .policy(quick_policy())
-                .build()
-                .unwrap(),
-        )
-        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
-        .service(pool.clone());
+    let pool = a_and_b(&log, fails_then_backs_off(false));
+    let svc = health_over_balance(&pool, quick_health());
     let a = pool.get("a").unwrap();
     for _ in 0..2 {
         let r = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
@@ -1004,16 +1012,7 @@ async fn a_429_to_a_trial_request_holds_the_endpoint_back_for_its_retry_after() 
     let r = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
     assert_eq!(r.status(), 429);
     drop(r.into_body().collect().await);
-    eprintln!("after the 429: {:?}", a.health());
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let calls = log.calls_to("a");
-    let r = svc.clone().oneshot(excluding(&pool, &["b"])).await;
-    assert_eq!(
-        log.calls_to("a"),
-        calls,
-        "a request reached a 5 s into its 100 s Retry-After: {:?}",
-        r.map(|r| r.status())
-    );
+    no_request_within_the_back_off(&log, "a", svc.clone().oneshot(excluding(&pool, &["b"]))).await;
     assert_eq!(total_in_flight(&pool), 0);
 }
 
@@ -1023,25 +1022,8 @@ async fn a_429_to_a_trial_request_holds_the_endpoint_back_for_its_retry_after() 
 #[tokio::test(start_paused = true)]
 async fn good_probes_do_not_end_a_providers_back_off_early() {
     let log = Log::default();
-    let pool = Pool::new();
-    pool.insert(
-        "a",
-        endpoint("a", &log, |i| match i {
-            0 | 1 => Script::status(500, &[], "broken").head_after(10),
-            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
-            _ => Script::ok(&[(0, "fine")], Then::End),
-        }),
-    )
-    .unwrap();
-    pool.insert(
-        "b",
-        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
-    )
-    .unwrap();
-    let health = tower_ai_balance::HealthFilterLayer::builder()
-        .policy(quick_policy())
-        .build()
-        .unwrap();
+    let pool = a_and_b(&log, fails_then_backs_off(true));
+    let health = quick_health();
     let mut probes = tower_ai_balance::health::ProbeConfig::default();
     probes.interval = ms(500);
     let probing = health.spawn_probes(
@@ -1049,33 +1031,10 @@ async fn good_probes_do_not_end_a_providers_back_off_early() {
         |_e: std::sync::Arc<tower_ai_balance::Endpoint>| async { true },
         probes,
     );
-    let svc = ServiceBuilder::new()
-        .layer(health)
-        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
-        .service(pool.clone());
-    let slow: Vec<_> = (0..2)
-        .map(|_| svc.clone().oneshot(excluding(&pool, &["b"])))
-        .collect();
-    let slow = tokio::spawn(futures_util::future::join_all(slow));
-    settle().await;
-    let limited = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
-    assert_eq!(limited.status(), 429);
-    drop(limited);
-    for r in slow.await.unwrap() {
-        drop(r.unwrap().into_body().collect().await);
-    }
-    // Several rounds of good probes, far before the Retry-After.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let a = pool.get("a").unwrap();
-    eprintln!("after the probes: {:?}", a.health());
-    let calls = log.calls_to("a");
-    let r = svc.clone().oneshot(excluding(&pool, &["b"])).await;
-    assert_eq!(
-        log.calls_to("a"),
-        calls,
-        "a request reached a 5 s into its 100 s Retry-After: {:?}",
-        r.map(|r| r.status())
-    );
+    let svc = health_over_balance(&pool, health);
+    two_failures_around_a_429(&svc, &pool, &["b"]).await;
+    // Several rounds of good probes pass during the five seconds.
+    no_request_within_the_back_off(&log, "a", svc.clone().oneshot(excluding(&pool, &["b"]))).await;
     probing.abort();
 }
 
@@ -1156,26 +1115,15 @@ async fn a_hold_back_does_not_cut_a_cooldown_short() {
         endpoint("x", &log, |_| Script::status(500, &[], "broken")),
     )
     .unwrap();
-    pool.insert(
-        "y",
-        endpoint("y", &log, |i| match i {
-            0 | 1 => Script::status(500, &[], "broken").head_after(10),
-            2 => Script::status(429, &[("retry-after", "100")], "slow down"),
-            _ => Script::ok(&[(0, "fine")], Then::End),
-        }),
-    )
-    .unwrap();
+    pool.insert("y", endpoint("y", &log, fails_then_backs_off(true)))
+        .unwrap();
     let mut policy = quick_policy();
     policy.base_ejection = Duration::from_secs(60);
-    let svc = ServiceBuilder::new()
-        .layer(
-            tower_ai_balance::HealthFilterLayer::builder()
-                .policy(policy)
-                .build()
-                .unwrap(),
-        )
-        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
-        .service(pool.clone());
+    let health = tower_ai_balance::HealthFilterLayer::builder()
+        .policy(policy)
+        .build()
+        .unwrap();
+    let svc = health_over_balance(&pool, health);
     // x is ejected: half of two, the most that may be.
     for _ in 0..2 {
         let r = svc.clone().oneshot(excluding(&pool, &["y"])).await.unwrap();
@@ -1185,27 +1133,7 @@ async fn a_hold_back_does_not_cut_a_cooldown_short() {
         pool.get("x").unwrap().health(),
         tower_ai_balance::Health::Ejected { .. }
     ));
-    // Two requests in flight on y, then its 429; then the two fail.
-    let slow: Vec<_> = (0..2)
-        .map(|_| svc.clone().oneshot(excluding(&pool, &["x"])))
-        .collect();
-    let slow = tokio::spawn(futures_util::future::join_all(slow));
-    settle().await;
-    let limited = svc.clone().oneshot(excluding(&pool, &["x"])).await.unwrap();
-    assert_eq!(limited.status(), 429);
-    drop(limited);
-    for r in slow.await.unwrap() {
-        drop(r.unwrap().into_body().collect().await);
-    }
-    let y = pool.get("y").unwrap();
-    eprintln!("y after the failures: {:?}", y.health());
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let calls = log.calls_to("y");
-    let r = svc.clone().oneshot(request()).await;
-    assert_eq!(
-        log.calls_to("y"),
-        calls,
-        "a request reached y 5 s into its 100 s Retry-After: {:?}",
-        r.map(|r| r.status())
-    );
+    // Two requests in flight on y, then its 429; then the two fail, and y is held back.
+    two_failures_around_a_429(&svc, &pool, &["x"]).await;
+    no_request_within_the_back_off(&log, "y", svc.clone().oneshot(request())).await;
 }
