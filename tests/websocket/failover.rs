@@ -143,3 +143,26 @@ async fn a_connect_abandoned_mid_handshake_releases_its_slot_uncounted() {
         "released, and nobody's failure"
     );
 }
+
+#[tokio::test]
+async fn a_path_with_dot_segments_is_refused_before_any_upstream() {
+    let servers = servers(1).await;
+    let pool = pool_of(&servers, |_, c| c);
+    let proxy = Proxy::builder()
+        .build(BalanceLayer::new().layer(pool.clone()))
+        .unwrap();
+    for path in ["/../admin", "/realtime/%2e%2e/%2e%2e/admin", "/.%2E/x"] {
+        let head = http::Request::get(path).body(()).unwrap().into_parts().0;
+        let error = proxy.connect(&head).await.map(drop).unwrap_err();
+        assert!(
+            error.is::<tower_ai_balance::route::BadRequest>(),
+            "{path}: {error}"
+        );
+        let answer = tower_ai_balance::http_error::openai_response(&error);
+        assert_eq!(answer.status(), 400, "{path}");
+    }
+    let stats = &servers[0].stats;
+    assert_eq!(stats.received.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let e = pool.get("gpu-0").unwrap();
+    assert_eq!((e.in_flight(), e.failures(), e.requests()), (0, 0, 0));
+}
