@@ -239,7 +239,12 @@ fn an_endpoint_key_listed_twice_is_refused() {
 fn zero_probe_and_scrape_settings_are_refused_naming_the_field() {
     let probe = |text: &str| {
         let s: Settings = toml::from_str(text).unwrap();
-        s.probes.unwrap().config().map(|_| ()).unwrap_err().to_string()
+        s.probes
+            .unwrap()
+            .config()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
     };
     for (text, field) in [
         ("[probes]\ninterval = \"0s\"", "interval"),
@@ -253,7 +258,12 @@ fn zero_probe_and_scrape_settings_are_refused_naming_the_field() {
     }
     let scrape = |text: &str| {
         let s: Settings = toml::from_str(text).unwrap();
-        s.scrape.unwrap().config().map(|_| ()).unwrap_err().to_string()
+        s.scrape
+            .unwrap()
+            .config()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
     };
     for (text, field, not) in [
         ("[scrape]\ninterval = \"0s\"", "interval", "concurrency"),
