@@ -80,7 +80,7 @@ impl Gateway {
             .policy(s.health.clone())
             .build()?;
         if let Some(probes) = s.probes {
-            client::spawn_probes(&pool, &health, probes.config());
+            client::spawn_probes(&pool, &health, probes.config()?);
         }
         if let Some(scrape) = s.scrape {
             client::spawn_scrape(&pool, scrape.config()?);

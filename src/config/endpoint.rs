@@ -1,10 +1,10 @@
 //! An endpoint's metadata from a file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{de, Deserialize, Deserializer};
 
-use crate::endpoint::EndpointConfig;
+use crate::{endpoint::EndpointConfig, error::ConfigError};
 
 /// The file's shape of an [`EndpointConfig`]: `key` is required, everything else optional.
 #[derive(Deserialize)]
@@ -75,4 +75,18 @@ impl<'de> Deserialize<'de> for EndpointConfig {
         config.validate().map_err(de::Error::custom)?;
         Ok(config)
     }
+}
+
+/// `#[serde(deserialize_with)]` for a file's list of endpoints: two entries with one key are
+/// refused, since the pool would keep only one of them and silently drop the other.
+pub(super) fn unique<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EndpointConfig>, D::Error> {
+    let endpoints = Vec::<EndpointConfig>::deserialize(d)?;
+    let mut keys = BTreeSet::new();
+    for endpoint in &endpoints {
+        if !keys.insert(endpoint.key()) {
+            let key = endpoint.key().clone();
+            return Err(de::Error::custom(ConfigError::DuplicateKey { key }));
+        }
+    }
+    Ok(endpoints)
 }

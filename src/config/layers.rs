@@ -275,14 +275,28 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
-    /// The probe config these settings describe (defaults where left out).
-    pub fn config(&self) -> ProbeConfig {
+    /// The probe config these settings describe (defaults where left out), or why they are
+    /// refused: a zero interval (the probes would run without a pause), a zero timeout (every
+    /// probe would fail) or a threshold of 0.
+    pub fn config(&self) -> Result<ProbeConfig, ConfigError> {
         let mut c = ProbeConfig::default();
         c.interval = self.interval.unwrap_or(c.interval);
         c.timeout = self.timeout.unwrap_or(c.timeout);
         c.healthy_threshold = self.healthy_threshold.unwrap_or(c.healthy_threshold);
         c.unhealthy_threshold = self.unhealthy_threshold.unwrap_or(c.unhealthy_threshold);
-        c
+        if c.interval.is_zero() {
+            return Err(invalid("interval", "must be longer than zero"));
+        }
+        if c.timeout.is_zero() {
+            return Err(invalid("timeout", "must be longer than zero"));
+        }
+        if c.healthy_threshold == 0 {
+            return Err(invalid("healthy_threshold", "must be at least 1"));
+        }
+        if c.unhealthy_threshold == 0 {
+            return Err(invalid("unhealthy_threshold", "must be at least 1"));
+        }
+        Ok(c)
     }
 }
 
@@ -306,7 +320,8 @@ pub struct ScrapeSettings {
 }
 
 impl ScrapeSettings {
-    /// The scrape config these settings describe, or why they are refused.
+    /// The scrape config these settings describe, or why they are refused: a jitter outside
+    /// `0..=1`, a zero interval, timeout, body limit or concurrency.
     pub fn config(&self) -> Result<ScrapeConfig, ConfigError> {
         let mut c = ScrapeConfig::default();
         c.interval = self.interval.unwrap_or(c.interval);
@@ -319,8 +334,17 @@ impl ScrapeSettings {
             }
             c.jitter = j;
         }
-        if c.interval.is_zero() || c.concurrency == 0 {
-            return Err(invalid("interval, concurrency", "must be above zero"));
+        if c.interval.is_zero() {
+            return Err(invalid("interval", "must be longer than zero"));
+        }
+        if c.timeout.is_zero() {
+            return Err(invalid("timeout", "must be longer than zero"));
+        }
+        if c.max_body == 0 {
+            return Err(invalid("max_body", "must be at least 1 byte"));
+        }
+        if c.concurrency == 0 {
+            return Err(invalid("concurrency", "must be at least 1"));
         }
         Ok(c)
     }

@@ -6,7 +6,7 @@
 //! [`ProbeSettings`], [`ScrapeSettings`]) with a method that builds the layer or config, so a
 //! file never depends on how the builders are spelled. [`Settings`] gathers them all. Every
 //! field may be left out (the layer's default); an unknown field is an error, so a typo is
-//! not silently ignored, and a value the builders refuse (a negative weight, 0 attempts) is an
+//! not silently ignored, and so is an endpoint key listed twice; and a value the builders refuse (a negative weight, 0 attempts) is an
 //! error at load time, not at the first request.
 //!
 //! Durations are written `"250ms"`, `"30s"`, `"5m"`, `"1h"` (units may be combined:
@@ -47,7 +47,8 @@ use crate::{endpoint::EndpointConfig, health::HealthPolicy};
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Settings {
-    /// The endpoints.
+    /// The endpoints, each key at most once.
+    #[serde(deserialize_with = "endpoint::unique")]
     pub endpoints: Vec<EndpointConfig>,
     /// The health policy.
     pub health: HealthPolicy,

@@ -244,7 +244,11 @@ fn slice_metadata(mut config: EndpointConfig, slice: &EndpointSlice) -> Endpoint
     }
     if let Some(v) = get(KEY_WEIGHT) {
         match v.parse::<f64>() {
-            Ok(w) if w.is_finite() && w >= 0.0 => config = config.weight(w),
+            // Within what the pool takes: a weight it refuses would keep the slice's every
+            // endpoint out of the pool, where an unreadable one is only skipped.
+            Ok(w) if (0.0..=EndpointConfig::MAX_WEIGHT).contains(&w) => {
+                config = config.weight(w);
+            }
             _ => warn(KEY_WEIGHT, v),
         }
     }
@@ -293,5 +297,44 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn annotated(pairs: &[(&str, &str)]) -> EndpointSlice {
+        let annotations: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some("vllm-abc".into()),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            ..EndpointSlice::default()
+        }
+    }
+
+    #[test]
+    fn a_weight_the_pool_would_refuse_is_skipped_not_the_endpoint() {
+        let addr = "10.0.0.7:8000";
+        for weight in ["1e13", "1e300", "inf", "NaN", "-1", "heavy"] {
+            let slice = annotated(&[(KEY_WEIGHT, weight), (KEY_TIER, "2")]);
+            let config = slice_metadata(EndpointConfig::new(addr), &slice);
+            assert!(config.validate().is_ok(), "weight {weight}");
+            assert_eq!(config, EndpointConfig::new(addr).tier(2), "weight {weight}");
+        }
+        let slice = annotated(&[(KEY_WEIGHT, "1e12")]);
+        let config = slice_metadata(EndpointConfig::new(addr), &slice);
+        assert_eq!(config, EndpointConfig::new(addr).weight(1e12));
     }
 }

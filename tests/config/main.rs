@@ -145,7 +145,7 @@ fn a_whole_gateway_from_toml() {
         format!("{:?}", s.affinity.unwrap().layer().unwrap()),
         format!("{affinity:?}")
     );
-    let probes = s.probes.unwrap().config();
+    let probes = s.probes.unwrap().config().unwrap();
     assert_eq!(
         (probes.interval, probes.timeout),
         (Duration::from_secs(2), Duration::from_secs(1))
@@ -218,4 +218,72 @@ fn bad_settings_are_refused_when_read() {
     assert!(s.affinity.unwrap().layer().is_err());
     let s: Settings = toml::from_str("[scrape]\njitter = 3.0").unwrap();
     assert!(s.scrape.unwrap().config().is_err());
+}
+
+#[test]
+fn an_endpoint_key_listed_twice_is_refused() {
+    let text = "[[endpoints]]\nkey = \"http://10.0.0.7:8000\"\nweight = 1\n\n\
+                [[endpoints]]\nkey = \"http://10.0.0.8:8000\"\n\n\
+                [[endpoints]]\nkey = \"http://10.0.0.7:8000\"\nweight = 5";
+    let err = toml::from_str::<Settings>(text).unwrap_err().to_string();
+    assert!(err.contains("endpoints"), "{err}");
+    assert!(err.contains("http://10.0.0.7:8000"), "{err}");
+    let json = r#"{"endpoints": [{"key": "a"}, {"key": "a"}]}"#;
+    assert!(serde_json::from_str::<Settings>(json).is_err());
+    // Distinct keys, and an empty list, still load.
+    let s: Settings = toml::from_str("endpoints = []").unwrap();
+    assert!(s.endpoints.is_empty());
+}
+
+#[test]
+fn zero_probe_and_scrape_settings_are_refused_naming_the_field() {
+    let probe = |text: &str| {
+        let s: Settings = toml::from_str(text).unwrap();
+        s.probes
+            .unwrap()
+            .config()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    for (text, field) in [
+        ("[probes]\ninterval = \"0s\"", "interval"),
+        ("[probes]\ninterval = 0", "interval"),
+        ("[probes]\ntimeout = \"0ms\"", "timeout"),
+        ("[probes]\nhealthy_threshold = 0", "healthy_threshold"),
+        ("[probes]\nunhealthy_threshold = 0", "unhealthy_threshold"),
+    ] {
+        let err = probe(text);
+        assert!(err.contains(field), "{text}: {err}");
+    }
+    let scrape = |text: &str| {
+        let s: Settings = toml::from_str(text).unwrap();
+        s.scrape
+            .unwrap()
+            .config()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    for (text, field, not) in [
+        ("[scrape]\ninterval = \"0s\"", "interval", "concurrency"),
+        ("[scrape]\nconcurrency = 0", "concurrency", "interval"),
+        ("[scrape]\ntimeout = 0", "timeout", "interval"),
+        ("[scrape]\nmax_body = 0", "max_body", "interval"),
+    ] {
+        let err = scrape(text);
+        assert!(err.contains(field) && !err.contains(not), "{text}: {err}");
+    }
+    // NaN and negative values never get as far as a config.
+    for text in [
+        "[probes]\ninterval = nan",
+        "[probes]\ntimeout = -1",
+        "[scrape]\ninterval = -0.5",
+        "[scrape]\ntimeout = inf",
+    ] {
+        assert!(toml::from_str::<Settings>(text).is_err(), "{text}");
+    }
+    let s: Settings = toml::from_str("[probes]\n[scrape]").unwrap();
+    assert!(s.probes.unwrap().config().is_ok());
+    assert!(s.scrape.unwrap().config().is_ok());
 }

@@ -5,6 +5,7 @@
 #[path = "../../examples/support/model_server.rs"]
 mod model_server;
 mod pick;
+mod rounds;
 
 use std::{
     sync::{Arc, Mutex},
