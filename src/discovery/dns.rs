@@ -28,11 +28,22 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DnsConfig {
-    /// Never resolve again sooner than this, whatever the TTL (default 1 s); also the wait
-    /// before retrying a failed resolution.
+    /// Never resolve again sooner than this, whatever the TTL (default 1 s; taken as at least
+    /// 100 ms, so that a zero never makes a failing resolver be asked in a tight loop);
+    /// also the wait before retrying a failed resolution.
     pub min_ttl: Duration,
     /// Never wait longer than this, whatever the TTL (default 30 s).
     pub max_ttl: Duration,
+}
+
+/// The shortest wait between two resolutions of one name, whatever the settings say.
+const MIN_WAIT: Duration = Duration::from_millis(100);
+
+impl DnsConfig {
+    /// [`min_ttl`](Self::min_ttl), at least `MIN_WAIT`.
+    fn min_wait(&self) -> Duration {
+        self.min_ttl.max(MIN_WAIT)
+    }
 }
 
 impl Default for DnsConfig {
@@ -165,8 +176,8 @@ where
     fn resolve(&self) -> Resolution {
         let (resolver, name) = (Arc::clone(&self.resolver), Arc::clone(&self.name));
         let (min, max) = (
-            self.config.min_ttl,
-            self.config.max_ttl.max(self.config.min_ttl),
+            self.config.min_wait(),
+            self.config.max_ttl.max(self.config.min_wait()),
         );
         Box::pin(async move {
             // A and AAAA apart, so that one family's timeout is never mistaken for the
@@ -223,7 +234,7 @@ where
             }
             Resolved::Failed(error) => {
                 tracing::warn!(name = %self.name, %error, "resolution failed; keeping the last answer");
-                return self.config.min_ttl;
+                return self.config.min_wait();
             }
         };
         for gone in self.known.difference(&now) {

@@ -295,3 +295,30 @@ async fn the_pool_follows_the_names_addresses() {
     }
     drop(server);
 }
+
+/// Zero TTL bounds: the name is still resolved no more than every 100 ms, not in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_ttl_bounds_never_make_a_tight_loop() {
+    let TestDns {
+        server: _server,
+        zone,
+        queries,
+        port,
+        ..
+    } = dns_server().await;
+    zone.set(&[1]).await;
+    let pool: Pool<String> = Pool::new();
+    let mut config = DnsConfig::default();
+    config.min_ttl = Duration::ZERO;
+    config.max_ttl = Duration::ZERO;
+    let dns = Dns::new(resolver(port), NAME, 8000, |addr| addr.to_string()).config(config);
+    let task = pool.spawn_discovery(dns);
+    until("the address", || keys(&pool) == ["127.0.0.1:8000"]).await;
+    let before = queries.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let asked = queries.load(SeqCst) - before;
+    // Two queries (A and AAAA) per resolution, at most one resolution per 100 ms.
+    assert!(asked <= 24, "{asked} queries in one second");
+    assert!(asked >= 2, "resolved again: {asked}");
+    task.abort();
+}
