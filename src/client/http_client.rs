@@ -185,6 +185,18 @@ impl ClientBuilder {
         if let Some(error) = self.error.clone() {
             return Err(error);
         }
+        for (option, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("tcp_keepalive", self.tcp_keepalive),
+            ("http2_keep_alive_interval", self.http2_keep_alive_interval),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(ClientError::InvalidOption {
+                    option: option.into(),
+                    reason: "must be more than zero (None turns it off)".into(),
+                });
+            }
+        }
         let mut roots = rustls::RootCertStore::empty();
         if self.webpki_roots {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());

@@ -129,4 +129,19 @@ fn bad_certificates_and_settings_are_refused_when_built() {
         Client::builder().webpki_roots(false).build(),
         Err(ClientError::Tls { .. })
     ));
+    let zero = Some(std::time::Duration::ZERO);
+    for (name, builder) in [
+        ("connect_timeout", Client::builder().connect_timeout(zero)),
+        ("tcp_keepalive", Client::builder().tcp_keepalive(zero)),
+        (
+            "http2_keep_alive_interval",
+            Client::builder().http2_keep_alive_interval(zero),
+        ),
+    ] {
+        match builder.build() {
+            Err(ClientError::InvalidOption { option, .. }) => assert_eq!(option, name),
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        }
+    }
+    assert!(Client::builder().connect_timeout(None).build().is_ok());
 }
