@@ -10,6 +10,11 @@ impl Endpoint {
         self.completions.counters.requests()
     }
 
+    /// Requests that succeeded here.
+    pub fn successes(&self) -> u64 {
+        self.completions.counters.successes()
+    }
+
     /// Requests that failed here.
     pub fn failures(&self) -> u64 {
         self.completions.counters.failures()

@@ -6,7 +6,9 @@ use crate::sync::{AtomicBool, AtomicU64, Ordering::SeqCst};
 /// What finished at the endpoint.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    requests: AtomicU64,
+    /// Successes, counted apart from failures so that each outcome's count only grows: a
+    /// count of requests less one of failures, read one after the other, can go back.
+    successes: AtomicU64,
     failures: AtomicU64,
     /// Successes counted without the health record's lock, ever.
     unlocked_successes: AtomicU64,
@@ -18,7 +20,7 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn new() -> Self {
         Self {
-            requests: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             unlocked_successes: AtomicU64::new(0),
             success_skips_lock: AtomicBool::new(true),
@@ -26,14 +28,20 @@ impl Counters {
     }
 
     pub(crate) fn finished(&self, failed: bool) {
-        self.requests.fetch_add(1, SeqCst);
         if failed {
             self.failures.fetch_add(1, SeqCst);
+        } else {
+            self.successes.fetch_add(1, SeqCst);
         }
     }
 
     pub(crate) fn requests(&self) -> u64 {
-        self.requests.load(SeqCst)
+        let failures = self.failures();
+        self.successes().saturating_add(failures)
+    }
+
+    pub(crate) fn successes(&self) -> u64 {
+        self.successes.load(SeqCst)
     }
 
     pub(crate) fn failures(&self) -> u64 {

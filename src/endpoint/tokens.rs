@@ -116,6 +116,11 @@ impl Tokens {
     }
 
     fn row(&self, model: Option<&str>) -> &Row {
+        // A model named as the rest's label is counted with the rest: a row of its own would
+        // write the series `model="_OTHER"` twice.
+        if model == Some(OTHER_MODEL) {
+            return &self.other;
+        }
         let Some(model) = model else {
             return match &*self.slots {
                 [only] if self.configured => &only.row,
@@ -141,6 +146,8 @@ impl Tokens {
         self.slots
             .iter()
             .filter_map(|s| Some(s.row.read(Arc::clone(s.name.get()?))))
+            // A configured model of that name counts nothing: the rest's row stands for it.
+            .filter(|t| &*t.model != OTHER_MODEL)
             .chain([self.other.read(Arc::from(OTHER_MODEL))])
             .collect()
     }

@@ -95,6 +95,9 @@ pub struct EndpointMetrics {
 impl EndpointMetrics {
     /// The state of `endpoint` now.
     pub fn of(endpoint: &Endpoint, now: Instant) -> Self {
+        // Each outcome read once, so that `outcomes` never goes back between two reads.
+        let failures = endpoint.failures();
+        let successes = endpoint.successes();
         Self {
             key: endpoint.key().to_string(),
             tier: endpoint.tier(),
@@ -105,8 +108,8 @@ impl EndpointMetrics {
             latency: endpoint.latency_estimate(now),
             health: endpoint.health(),
             held: endpoint.is_held(now),
-            requests: endpoint.requests(),
-            failures: endpoint.failures(),
+            requests: successes.saturating_add(failures),
+            failures,
             cancelled: endpoint.cancelled(),
             ttfb_histogram: endpoint.ttfb_histogram(),
             duration_histogram: endpoint.duration_histogram(),
