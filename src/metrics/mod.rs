@@ -45,7 +45,10 @@ pub const OUTCOMES: [&str; 3] = ["success", "failure", "cancelled"];
 /// One endpoint's state at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointMetrics {
-    /// Its key, without credentials (see [`Key::redacted`](crate::endpoint::Key::redacted)).
+    /// Its key, without credentials (see [`Key::redacted`](crate::endpoint::Key::redacted)),
+    /// and, when that left something out, `#` and six hex digits of the whole key's hash: two
+    /// keys that differ only in their credentials or query (two API keys for one provider)
+    /// are two series, each the same from scrape to scrape.
     pub key: String,
     /// Its tier.
     pub tier: u32,
@@ -92,6 +95,15 @@ pub struct EndpointMetrics {
     pub tokens: Vec<ModelTokens>,
 }
 
+/// The key as the metrics label it (see [`EndpointMetrics::key`]).
+fn shown_key(endpoint: &Endpoint) -> String {
+    let shown = endpoint.key().to_string();
+    if shown == endpoint.key().as_str() {
+        return shown;
+    }
+    format!("{shown}#{:06x}", endpoint.key_hash() >> 40)
+}
+
 impl EndpointMetrics {
     /// The state of `endpoint` now.
     pub fn of(endpoint: &Endpoint, now: Instant) -> Self {
@@ -99,7 +111,7 @@ impl EndpointMetrics {
         let failures = endpoint.failures();
         let successes = endpoint.successes();
         Self {
-            key: endpoint.key().to_string(),
+            key: shown_key(endpoint),
             tier: endpoint.tier(),
             weight: endpoint.weight(),
             in_flight: endpoint.in_flight(),
