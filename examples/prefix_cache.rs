@@ -283,52 +283,27 @@ fn main() {
     ];
     for (name, tuning) in variants {
         for seed in 1..=args.seeds.min(3) {
-            let t = &t;
-            jobs.push(Box::new(move || Row {
-                cache,
-                target,
-                replicas: 1,
-                kind: Kind::Prefix,
-                variant: Some(name),
-                cell: tuned(tuning, || {
-                    replay(
-                        t,
-                        speed,
-                        &settings(cache, t.distinct),
-                        Kind::Prefix,
-                        1,
-                        seed,
-                    )
-                }),
-            }));
+            jobs.push(variant_job(
+                &t,
+                (cache, target, speed),
+                1,
+                seed,
+                name,
+                tuning,
+            ));
         }
     }
     // Outside the stated setting: the new policy fed the engines' KV events.
-    for &(cache, target, speed) in &speeds {
+    let kv_events = Tuning {
+        kv_events: true,
+        ..Tuning::default()
+    };
+    for &setting in &speeds {
         for replicas in REPLICAS {
             for seed in 1..=args.seeds {
-                let t = &t;
-                let tuning = Tuning {
-                    kv_events: true,
-                    ..Tuning::default()
-                };
-                jobs.push(Box::new(move || Row {
-                    cache,
-                    target,
-                    replicas,
-                    kind: Kind::Prefix,
-                    variant: Some(KV_EVENTS),
-                    cell: tuned(tuning, || {
-                        replay(
-                            t,
-                            speed,
-                            &settings(cache, t.distinct),
-                            Kind::Prefix,
-                            replicas,
-                            seed,
-                        )
-                    }),
-                }));
+                jobs.push(variant_job(
+                    &t, setting, replicas, seed, KV_EVENTS, kv_events,
+                ));
             }
         }
     }
@@ -351,6 +326,35 @@ fn main() {
         std::fs::write(&svg, report.svg()).expect("write the plot");
         println!("wrote {} and {}", md.display(), svg.display());
     }
+}
+
+/// A replay of the new policy tuned as `variant` says, at `setting` (cache blocks, share of
+/// slots busy, speed).
+fn variant_job<'a>(
+    t: &'a Trace,
+    (cache, target, speed): (usize, f64, f64),
+    replicas: usize,
+    seed: u64,
+    variant: &'static str,
+    tuning: Tuning,
+) -> Box<dyn FnOnce() -> Row + Send + 'a> {
+    Box::new(move || Row {
+        cache,
+        target,
+        replicas,
+        kind: Kind::Prefix,
+        variant: Some(variant),
+        cell: tuned(tuning, || {
+            replay(
+                t,
+                speed,
+                &settings(cache, t.distinct),
+                Kind::Prefix,
+                replicas,
+                seed,
+            )
+        }),
+    })
 }
 
 /// One setting, the new policy only, with one router and with four: each seed's figures and
