@@ -8,6 +8,7 @@ use http::Response;
 use http_body::{Body, Frame};
 
 use super::{
+    reconnect::has_event_stream_type,
     settings::Settings,
     step::{Failed, Step},
     ResponseBody,
@@ -33,10 +34,8 @@ where
     // wait) are no chunk of the answer: skipped while the gateway holds the response anyway,
     // unless a declared length counts their bytes.
     let headers = response.headers();
-    let skip_comments = headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-        && !headers.contains_key(http::header::CONTENT_LENGTH);
+    let skip_comments =
+        has_event_stream_type(headers) && !headers.contains_key(http::header::CONTENT_LENGTH);
     let read = read_first(
         response.body_mut().inner_mut(),
         settings.error_event,

@@ -87,13 +87,16 @@ pub(crate) fn fit_headers(headers: &mut HeaderMap, length: usize) {
 
 /// Whether `response` can carry the stream on: a 2xx `text/event-stream`.
 fn is_event_stream<B>(response: &Response<B>) -> bool {
-    let sse = response
-        .headers()
+    response.status().is_success() && has_event_stream_type(response.headers())
+}
+
+/// Whether `headers` say `text/event-stream` (in any case, with or without parameters).
+pub(super) fn has_event_stream_type(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"));
-    response.status().is_success() && sse
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 #[cfg(all(test, not(loom)))]
