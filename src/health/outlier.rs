@@ -141,6 +141,13 @@ pub(crate) struct Outliers {
     pub(crate) cooled_until: Option<Instant>,
 }
 
+impl Outliers {
+    /// When the provider's back-off in force at `now` ends, if one is.
+    pub(crate) fn backing_off(&self, now: Instant) -> Option<Instant> {
+        self.cooled_until.filter(|&until| until > now)
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -270,7 +270,7 @@ impl HealthPolicy {
         let time = self.ejection_time(ejections);
         // A provider's back-off in force is never cut short: an ejection that would end
         // sooner lasts until the back-off does.
-        let until = later(now, time).max(o.cooled_until.unwrap_or(now));
+        let until = later(now, time).max(o.backing_off(now).unwrap_or(now));
         if !e.eject(until, self.trials, self.max_ejected_fraction) {
             tracing::debug!(
                 endpoint = %e.key(),
@@ -297,7 +297,7 @@ impl HealthPolicy {
         o.ejections = o.ejections.saturating_add(1);
         let hold = self.ejection_time(o.ejections);
         e.hold_back(hold, self.slow_start.unwrap_or(Duration::ZERO), now);
-        if let Some(until) = o.cooled_until.filter(|&c| c > now) {
+        if let Some(until) = o.backing_off(now) {
             // The hold waits behind the provider's back-off in force, as a hold that a 429
             // interrupts does: cooling down until then, held after.
             e.set_health(Health::CoolingDown { until });
@@ -310,13 +310,11 @@ impl HealthPolicy {
     }
 
     fn recover(&self, e: &Endpoint, o: &mut Outliers, now: Instant, why: &'static str) {
-        e.set_health(match self.slow_start {
+        e.set_health(match (o.backing_off(now), self.slow_start) {
             // A provider's back-off in force outlasts the recovery (good probes while it
             // rate-limits): cooling down until it ends.
-            _ if o.cooled_until.is_some_and(|c| c > now) => Health::CoolingDown {
-                until: o.cooled_until.unwrap_or(now),
-            },
-            Some(window) if !window.is_zero() => Health::SlowStart {
+            (Some(until), _) => Health::CoolingDown { until },
+            (None, Some(window)) if !window.is_zero() => Health::SlowStart {
                 until: later(now, window),
             },
             _ => Health::Healthy,
