@@ -19,6 +19,14 @@ fn invalid(name: &'static str, reason: &'static str) -> ConfigError {
     ConfigError::InvalidSetting { name, reason }
 }
 
+/// Refuses a zero duration, naming the setting.
+fn longer_than_zero(name: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(name, "must be longer than zero"));
+    }
+    Ok(())
+}
+
 /// A picking strategy by name: `"power_of_two_choices"` (or `"p2c"`), `"least_loaded"`,
 /// `"peak_ewma"`, `"round_robin"`, `"random"`, `"weighted"`, `"least_work"`,
 /// `"least_work_scan"`, or `{"cost_aware": {"max_load": 0.8}}`.
@@ -284,12 +292,8 @@ impl ProbeSettings {
         c.timeout = self.timeout.unwrap_or(c.timeout);
         c.healthy_threshold = self.healthy_threshold.unwrap_or(c.healthy_threshold);
         c.unhealthy_threshold = self.unhealthy_threshold.unwrap_or(c.unhealthy_threshold);
-        if c.interval.is_zero() {
-            return Err(invalid("interval", "must be longer than zero"));
-        }
-        if c.timeout.is_zero() {
-            return Err(invalid("timeout", "must be longer than zero"));
-        }
+        longer_than_zero("interval", c.interval)?;
+        longer_than_zero("timeout", c.timeout)?;
         if c.healthy_threshold == 0 {
             return Err(invalid("healthy_threshold", "must be at least 1"));
         }
@@ -334,12 +338,8 @@ impl ScrapeSettings {
             }
             c.jitter = j;
         }
-        if c.interval.is_zero() {
-            return Err(invalid("interval", "must be longer than zero"));
-        }
-        if c.timeout.is_zero() {
-            return Err(invalid("timeout", "must be longer than zero"));
-        }
+        longer_than_zero("interval", c.interval)?;
+        longer_than_zero("timeout", c.timeout)?;
         if c.max_body == 0 {
             return Err(invalid("max_body", "must be at least 1 byte"));
         }
