@@ -271,30 +271,12 @@ fn excluding(pool: &Pool<Svc>, keys: &[&str]) -> Request<Full<Bytes>> {
 #[tokio::test(start_paused = true)]
 async fn a_stream_from_before_an_ejection_that_breaks_after_it_is_no_failed_trial() {
     let log = Log::default();
-    let pool = Pool::new();
-    pool.insert(
-        "a",
-        endpoint("a", &log, |i| match i {
-            0 => Script::ok(&[(0, "x"), (1_500, "y")], Then::Fail),
-            1 | 2 => Script::status(500, &[], "broken"),
-            _ => Script::ok(&[(0, "fine")], Then::End),
-        }),
-    )
-    .unwrap();
-    pool.insert(
-        "b",
-        endpoint("b", &log, |_| Script::ok(&[(0, "b")], Then::End)),
-    )
-    .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(
-            tower_ai_balance::HealthFilterLayer::builder()
-                .policy(quick_policy())
-                .build()
-                .unwrap(),
-        )
-        .layer(BalanceLayer::builder().panic_mode(false).build().unwrap())
-        .service(pool.clone());
+    let pool = a_and_b(&log, |i| match i {
+        0 => Script::ok(&[(0, "x"), (1_500, "y")], Then::Fail),
+        1 | 2 => Script::status(500, &[], "broken"),
+        _ => Script::ok(&[(0, "fine")], Then::End),
+    });
+    let svc = health_over_balance(&pool, quick_health());
     let a = pool.get("a").unwrap();
     // The long stream starts on a, healthy.
     let stream = svc.clone().oneshot(excluding(&pool, &["b"])).await.unwrap();
